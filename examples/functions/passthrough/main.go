@@ -1,0 +1,16 @@
+// Command passthrough is the smallest Culvert function: it returns every
+// record unchanged. Benchmarks use it to measure the host and the protocol
+// without any work in the function.
+package main
+
+import (
+	"context"
+
+	culvert "github.com/culvert-dev/culvert/sdk/go"
+)
+
+func main() {
+	culvert.Run(func(ctx context.Context, rec *culvert.Record) ([]culvert.Output, error) {
+		return culvert.Emit(rec), nil
+	}, culvert.WithAgent("passthrough/1"))
+}

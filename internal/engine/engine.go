@@ -1,0 +1,422 @@
+// Package engine runs one pipeline: it takes records from the sources,
+// routes each to every matching route, runs them through the route's chain
+// of function instances, publishes the results to the sinks, and settles
+// each source record only when everything derived from it is confirmed.
+//
+// The engine owns delivery: reference-counted settlement (at-least-once
+// across fan-out and chains), bounded in-flight records (back-pressure),
+// dispatch to instances by key, partition or round robin (per-key order),
+// retries with backoff, dead letters, instance restarts and the drain on
+// shutdown. It does not parse configuration (pipelines), decide matches
+// (router), speak function protocols (internal/fnhost) or talk to brokers
+// (connectors).
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/culvert-dev/culvert/connectors"
+	"github.com/culvert-dev/culvert/pipelines"
+	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
+	"github.com/culvert-dev/culvert/router"
+	"github.com/culvert-dev/culvert/sandbox"
+)
+
+// Options are what the engine runs on. The caller builds the connectors
+// and closes them after Run returns.
+type Options struct {
+	Pipeline *pipelines.Pipeline
+	// Sources by input name, Sinks by output name.
+	Sources map[string]connectors.Source
+	Sinks   map[string]connectors.Sink
+	// Subjects holds each output's subject template ("" for outputs, such
+	// as files, that have no subject).
+	Subjects map[string]string
+	Runtime  sandbox.Runtime
+	// Env is the environment every function starts with (e.g. PATH),
+	// before the function's own env.
+	Env    []string
+	Logger *slog.Logger
+	// KeepAlive is the idle ping interval for framed instances; 0 = 30s.
+	KeepAlive time.Duration
+}
+
+// Stats counts what happened, for summaries and tests.
+type Stats struct {
+	In           int64 // source records handed to the engine
+	Acked        int64 // source records acked
+	Naked        int64 // source records given back for redelivery
+	Published    int64 // records confirmed by sinks (outputs and dead letters)
+	DeadLettered int64 // records sent to a dead-letter output
+	Failed       int64 // record failures reported by functions or instances
+	Dropped      int64 // unmatched records dropped by policy
+}
+
+// Engine runs one pipeline.
+type Engine struct {
+	p       *pipelines.Pipeline
+	log     *slog.Logger
+	opts    Options
+	router  *router.Router
+	routes  []*route
+	outputs map[string]*output
+	unmatch *output
+	sem     chan struct{}
+
+	workCtx    context.Context
+	cancelWork context.CancelFunc
+	wg         sync.WaitGroup // workers
+
+	stats struct {
+		in, acked, naked, published, deadLettered, failed, dropped atomic.Int64
+	}
+}
+
+type output struct {
+	name string
+	sink connectors.Sink
+	tmpl *router.Template // nil: no subject
+}
+
+// New checks the options and compiles routes and templates. Nothing starts
+// until Run.
+func New(opts Options) (*Engine, error) {
+	p := opts.Pipeline
+	if p == nil || opts.Runtime == nil {
+		return nil, errors.New("engine: a pipeline and a sandbox runtime are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.KeepAlive == 0 {
+		opts.KeepAlive = 30 * time.Second
+	}
+	e := &Engine{
+		p:       p,
+		opts:    opts,
+		log:     opts.Logger.With("pipeline", p.Name),
+		outputs: map[string]*output{},
+	}
+	e.workCtx, e.cancelWork = context.WithCancel(context.Background())
+	maxInFlight := p.Delivery.MaxInFlight
+	if maxInFlight <= 0 {
+		maxInFlight = 1024
+	}
+	e.sem = make(chan struct{}, maxInFlight)
+
+	for name := range p.Outputs {
+		sink, ok := opts.Sinks[name]
+		if !ok {
+			return nil, fmt.Errorf("engine: output %q has no sink", name)
+		}
+		o := &output{name: name, sink: sink}
+		if s := opts.Subjects[name]; s != "" {
+			t, err := router.ParseTemplate(s)
+			if err != nil {
+				return nil, fmt.Errorf("output %q: subject: %w", name, err)
+			}
+			o.tmpl = t
+		}
+		e.outputs[name] = o
+	}
+	if p.Unmatched.Action == "output" {
+		e.unmatch = e.outputs[p.Unmatched.Output]
+		if e.unmatch == nil {
+			return nil, fmt.Errorf("unmatched: output %q is not declared", p.Unmatched.Output)
+		}
+	}
+	specs := make([]router.Spec, len(p.Routes))
+	for i, r := range p.Routes {
+		specs[i] = router.Spec{Name: r.Name, Subjects: r.Match.Subjects, Headers: r.Match.Headers, CEL: r.Match.CEL}
+		rt, err := e.newRoute(r)
+		if err != nil {
+			return nil, err
+		}
+		e.routes = append(e.routes, rt)
+	}
+	rtr, err := router.New(specs)
+	if err != nil {
+		return nil, err
+	}
+	e.router = rtr
+	for name := range p.Inputs {
+		if _, ok := opts.Sources[name]; !ok {
+			return nil, fmt.Errorf("engine: input %q has no source", name)
+		}
+	}
+	return e, nil
+}
+
+func (e *Engine) newRoute(r *pipelines.Route) (*route, error) {
+	rt := &route{e: e, name: r.Name, log: e.log.With("route", r.Name)}
+	for _, name := range r.Outputs {
+		o := e.outputs[name]
+		if o == nil {
+			return nil, fmt.Errorf("route %q: output %q is not declared", r.Name, name)
+		}
+		rt.outputs = append(rt.outputs, o)
+	}
+	if r.DeadLetter != "" {
+		rt.dlq = e.outputs[r.DeadLetter]
+		if rt.dlq == nil {
+			return nil, fmt.Errorf("route %q: dead_letter output %q is not declared", r.Name, r.DeadLetter)
+		}
+	}
+	for i, fname := range r.Chain {
+		fn := e.p.Functions[fname]
+		if fn == nil {
+			return nil, fmt.Errorf("route %q: function %q is not declared", r.Name, fname)
+		}
+		st, err := newStage(rt, i, fn)
+		if err != nil {
+			return nil, err
+		}
+		rt.stages = append(rt.stages, st)
+	}
+	return rt, nil
+}
+
+// Stats returns the counters so far.
+func (e *Engine) Stats() Stats {
+	return Stats{
+		In: e.stats.in.Load(), Acked: e.stats.acked.Load(), Naked: e.stats.naked.Load(),
+		Published: e.stats.published.Load(), DeadLettered: e.stats.deadLettered.Load(),
+		Failed: e.stats.failed.Load(), Dropped: e.stats.dropped.Load(),
+	}
+}
+
+// Run runs the pipeline until ctx is cancelled or a source fails, then
+// drains: it stops fetching, lets in-flight records finish within the
+// pipeline's shutdown grace, stops the function instances and flushes the
+// sinks. Records not finished by then are given back (nak) or left un-acked
+// at the broker. It returns nil after a clean stop.
+func (e *Engine) Run(ctx context.Context) error {
+	for _, rt := range e.routes {
+		for _, st := range rt.stages {
+			st.start()
+		}
+	}
+	srcCtx, cancelSrc := context.WithCancel(ctx)
+	defer cancelSrc()
+	errs := make(chan error, len(e.opts.Sources))
+	var srcWG sync.WaitGroup
+	for name, src := range e.opts.Sources {
+		srcWG.Add(1)
+		go func() {
+			defer srcWG.Done()
+			h := &handler{e: e, input: name}
+			if err := src.Run(srcCtx, h); err != nil && srcCtx.Err() == nil {
+				errs <- fmt.Errorf("input %q: %w", name, err)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	e.log.Info("pipeline running", "inputs", len(e.opts.Sources), "routes", len(e.routes), "outputs", len(e.outputs))
+	var runErr error
+	pending := len(e.opts.Sources)
+wait:
+	for pending > 0 {
+		select {
+		case <-ctx.Done():
+			break wait
+		case err := <-errs:
+			pending--
+			if err != nil {
+				runErr = err
+				e.log.Error("input failed; stopping the pipeline", "error", err)
+				break wait
+			}
+		}
+	}
+	cancelSrc()
+	srcWG.Wait()
+	if err := e.drain(); err != nil && runErr == nil {
+		runErr = err
+	}
+	return runErr
+}
+
+// drain finishes in-flight work within the grace period, then stops.
+func (e *Engine) drain() error {
+	grace := time.Duration(e.p.Delivery.ShutdownGrace)
+	if grace <= 0 {
+		grace = 30 * time.Second
+	}
+	e.log.Info("draining", "in_flight", len(e.sem), "grace", grace)
+	deadline := time.Now().Add(grace)
+	for len(e.sem) > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	left := len(e.sem)
+	e.cancelWork()
+	e.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, rt := range e.routes {
+		for _, st := range rt.stages {
+			wg.Add(1)
+			go func() { defer wg.Done(); st.close(ctx) }()
+		}
+	}
+	wg.Wait()
+	var err error
+	for name, o := range e.outputs {
+		if ferr := o.sink.Flush(ctx); ferr != nil {
+			err = errors.Join(err, fmt.Errorf("output %q: flush: %w", name, ferr))
+		}
+	}
+	s := e.Stats()
+	e.log.Info("pipeline stopped", "in", s.In, "acked", s.Acked, "naked", s.Naked, "published", s.Published,
+		"dead_lettered", s.DeadLettered, "unfinished_at_deadline", left)
+	return err
+}
+
+// handler receives one input's messages.
+type handler struct {
+	e     *Engine
+	input string
+}
+
+func (h *handler) Revoked(partitions []string) {
+	h.e.log.Info("partitions revoked", "input", h.input, "partitions", partitions)
+}
+
+func (h *handler) Handle(ctx context.Context, m connectors.Message) error {
+	e := h.e
+	select {
+	case e.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	e.stats.in.Add(1)
+	tr := &tracker{e: e, msg: m}
+	tr.refs.Store(1)
+	var buf [8]int
+	matches, err := e.router.Match(m.Record, buf[:0])
+	if err != nil {
+		e.log.Warn("route condition failed for record; the route does not match", "record", m.Record.Id, "error", err)
+	}
+	if len(matches) == 0 {
+		if e.unmatch == nil {
+			e.stats.dropped.Add(1)
+		} else {
+			tr.add(1)
+			e.publish(e.unmatch, m.Record, tr, nil)
+		}
+	}
+	for _, i := range matches {
+		tr.add(1)
+		e.routes[i].enter(&item{rec: m.Record, tr: tr, born: time.Now()})
+	}
+	tr.release(nil)
+	return nil
+}
+
+// tracker counts the references to one source message: one per record
+// derived from it that is still being processed or published. At zero the
+// message is settled: acked, or naked if anything failed for good without a
+// dead-letter output.
+type tracker struct {
+	e      *Engine
+	msg    connectors.Message
+	refs   atomic.Int64
+	failed atomic.Bool
+}
+
+func (t *tracker) add(n int64) { t.refs.Add(n) }
+
+func (t *tracker) release(err error) {
+	if err != nil {
+		t.failed.Store(true)
+	}
+	if t.refs.Add(-1) != 0 {
+		return
+	}
+	e := t.e
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if t.failed.Load() {
+		e.stats.naked.Add(1)
+		if err := t.msg.Settler.Nak(ctx, e.nakDelay()); err != nil {
+			e.log.Warn("nak failed; the broker will redeliver after its ack wait", "record", t.msg.Record.Id, "error", err)
+		}
+	} else {
+		e.stats.acked.Add(1)
+		if err := t.msg.Settler.Ack(ctx); err != nil {
+			e.log.Warn("ack failed; the record will be redelivered", "record", t.msg.Record.Id, "error", err)
+		}
+	}
+	<-e.sem
+}
+
+func (e *Engine) nakDelay() time.Duration { return time.Second }
+
+// errAbandoned marks work dropped by a shutdown; its source message is
+// given back for redelivery.
+var errAbandoned = errors.New("abandoned at shutdown")
+
+// publish sends rec to o; the done releases one reference of tr. onErr, if
+// set, handles a subject that cannot be rendered (the record then counts as
+// failed for good).
+func (e *Engine) publish(o *output, rec *culvertv1.Record, tr *tracker, onErr func(error)) {
+	subject := ""
+	if o.tmpl != nil {
+		s, err := o.tmpl.Execute(rec)
+		if err != nil {
+			err = fmt.Errorf("output %q: subject for record %s: %w", o.name, rec.Id, err)
+			if onErr != nil {
+				onErr(err)
+				return
+			}
+			e.log.Error("cannot publish record", "error", err)
+			tr.release(err)
+			return
+		}
+		subject = s
+	}
+	o.sink.Publish(e.workCtxOrBackground(), subject, rec, func(err error) {
+		if err != nil {
+			e.log.Error("publish failed; the source record will be redelivered", "output", o.name, "subject", subject, "record", rec.Id, "error", err)
+		} else {
+			e.stats.published.Add(1)
+		}
+		tr.release(err)
+	})
+}
+
+// workCtxOrBackground: publishing must go on during the drain, after the
+// work context is cancelled, so sinks get a context that only a hard stop
+// ends.
+func (e *Engine) workCtxOrBackground() context.Context { return context.Background() }
+
+// resolveCommand finds a function's executable: a path with a slash is
+// relative to the pipeline file; a bare name is looked up on PATH.
+func resolveCommand(fn *pipelines.Function) (string, error) {
+	cmd := fn.Command
+	if filepath.IsAbs(cmd) {
+		return cmd, nil
+	}
+	if filepath.Base(cmd) != cmd {
+		p := filepath.Join(fn.Dir, cmd)
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("function %q: command %s: %w", fn.Name, p, err)
+		}
+		return filepath.Abs(p)
+	}
+	p, err := exec.LookPath(cmd)
+	if err != nil {
+		return "", fmt.Errorf("function %q: command %q not found on PATH: %w", fn.Name, cmd, err)
+	}
+	return p, nil
+}

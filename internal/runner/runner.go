@@ -1,0 +1,229 @@
+// Package runner turns a loaded pipeline into running parts: it connects to
+// NATS (or starts the embedded server), builds each input's source and each
+// output's sink from the pipeline's connector blocks, runs the engine, and
+// tears everything down in reverse order.
+//
+// It owns the mapping from configuration to connectors and nothing else;
+// the engine does the work.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/culvert-dev/culvert/connectors"
+	"github.com/culvert-dev/culvert/connectors/embedded"
+	"github.com/culvert-dev/culvert/connectors/file"
+	"github.com/culvert-dev/culvert/connectors/jetstream"
+	natsconn "github.com/culvert-dev/culvert/connectors/nats"
+	"github.com/culvert-dev/culvert/internal/engine"
+	"github.com/culvert-dev/culvert/pipelines"
+	"github.com/culvert-dev/culvert/sandbox"
+)
+
+// Options configure a run.
+type Options struct {
+	Pipeline *pipelines.Pipeline
+	// NATSURL overrides the pipeline's broker.url; empty keeps it.
+	NATSURL string
+	// DataDir holds the embedded server's store; default
+	// embedded.DefaultDataDir().
+	DataDir string
+	// Listen is the embedded server's client address host:port; default
+	// 127.0.0.1:4222. Port 0 picks a free one.
+	Listen  string
+	Runtime sandbox.Runtime
+	Logger  *slog.Logger
+	Stdin   io.Reader
+	Stdout  io.Writer
+	// Ready, if set, is called once everything is running, with the NATS
+	// URL in use ("" when the pipeline uses no NATS).
+	Ready func(natsURL string)
+	// Engine, if set, is called with the engine before it runs (tests use
+	// it to read Stats).
+	Engine func(*engine.Engine)
+}
+
+// Run runs the pipeline until ctx is done, then drains and stops.
+func Run(ctx context.Context, o Options) (err error) {
+	p := o.Pipeline
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if o.Stdin == nil {
+		o.Stdin = os.Stdin
+	}
+	if o.Stdout == nil {
+		o.Stdout = os.Stdout
+	}
+	var cleanups []func()
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}()
+
+	var nc *nats.Conn
+	url := ""
+	if usesNATS(p) {
+		url = o.NATSURL
+		if url == "" {
+			url = p.Broker.URL
+		}
+		if url == "" {
+			srv, err := startEmbedded(ctx, o, log)
+			if err != nil {
+				return err
+			}
+			cleanups = append(cleanups, func() {
+				sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				if err := srv.Shutdown(sctx); err != nil {
+					log.Warn("embedded NATS server shutdown", "error", err)
+				}
+			})
+			url = srv.ClientURL()
+		}
+		opts := []nats.Option{nats.Name("culvert " + p.Name), nats.MaxReconnects(-1)}
+		if p.Broker.Credentials != "" {
+			opts = append(opts, nats.UserCredentials(p.Broker.Credentials))
+		}
+		if p.Broker.Token != "" {
+			opts = append(opts, nats.Token(p.Broker.Token))
+		}
+		nc, err = nats.Connect(url, opts...)
+		if err != nil {
+			return fmt.Errorf("connecting to NATS at %s: %w", url, err)
+		}
+		cleanups = append(cleanups, func() {
+			if err := nc.Drain(); err != nil {
+				nc.Close()
+			}
+		})
+	}
+
+	sources := map[string]connectors.Source{}
+	for name, in := range p.Inputs {
+		src, err := newSource(ctx, nc, p, in, o, log)
+		if err != nil {
+			return fmt.Errorf("%s: input %q: %w", in.Pos, name, err)
+		}
+		sources[name] = src
+		cleanups = append(cleanups, func() { _ = src.Close() })
+	}
+	sinks := map[string]connectors.Sink{}
+	subjects := map[string]string{}
+	for name, out := range p.Outputs {
+		sink, subject, err := newSink(ctx, nc, out, o, log)
+		if err != nil {
+			return fmt.Errorf("%s: output %q: %w", out.Pos, name, err)
+		}
+		sinks[name] = sink
+		subjects[name] = subject
+		cleanups = append(cleanups, func() { _ = sink.Close() })
+	}
+	env := []string{"PATH=" + os.Getenv("PATH")}
+	for _, k := range []string{"HOME", "LANG", "TZ", "TMPDIR"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	eng, err := engine.New(engine.Options{
+		Pipeline: p, Sources: sources, Sinks: sinks, Subjects: subjects,
+		Runtime: o.Runtime, Env: env, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	if o.Engine != nil {
+		o.Engine(eng)
+	}
+	if o.Ready != nil {
+		o.Ready(url)
+	}
+	return eng.Run(ctx)
+}
+
+func usesNATS(p *pipelines.Pipeline) bool {
+	for _, in := range p.Inputs {
+		if in.NATS != nil || in.JetStream != nil {
+			return true
+		}
+	}
+	for _, out := range p.Outputs {
+		if out.NATS != nil || out.JetStream != nil {
+			return true
+		}
+	}
+	return false
+}
+
+func startEmbedded(ctx context.Context, o Options, log *slog.Logger) (*embedded.Server, error) {
+	dir := o.DataDir
+	if dir == "" {
+		d, err := embedded.DefaultDataDir()
+		if err != nil {
+			return nil, err
+		}
+		dir = d
+	}
+	host, port, err := splitListen(o.Listen)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := embedded.Start(ctx, embedded.Options{DataDir: dir, Host: host, Port: port, Logger: log.With("component", "nats-server")})
+	if err != nil {
+		return nil, fmt.Errorf("starting the embedded NATS server (data dir %s): %w", dir, err)
+	}
+	log.Info("embedded NATS server with JetStream started", "url", srv.ClientURL(), "data_dir", dir)
+	if err := os.WriteFile(filepath.Join(dir, "culvert.url"), []byte(srv.ClientURL()+"\n"), 0o644); err != nil {
+		log.Warn("cannot record the server URL in the data dir", "error", err)
+	}
+	return srv, nil
+}
+
+func newSource(ctx context.Context, nc *nats.Conn, p *pipelines.Pipeline, in *pipelines.Input, o Options, log *slog.Logger) (connectors.Source, error) {
+	switch {
+	case in.JetStream != nil:
+		c := in.JetStream
+		return jetstream.NewSource(ctx, nc, jetstream.SourceConfig{
+			Stream: c.Stream, Subjects: c.Subjects, Durable: c.Durable, FilterSubjects: c.FilterSubjects,
+			DeliverPolicy: c.DeliverPolicy, MaxInFlight: c.MaxInFlight, AckWait: time.Duration(c.AckWait), FetchBatch: c.FetchBatch,
+		}, log)
+	case in.NATS != nil:
+		return natsconn.NewSource(nc, natsconn.SourceConfig{Subjects: in.NATS.Subjects, QueueGroup: in.NATS.QueueGroup, MaxInFlight: p.Delivery.MaxInFlight}, log)
+	case in.File != nil:
+		return file.NewSource(file.SourceConfig{Path: in.File.Path, Format: in.File.Format, MaxInFlight: p.Delivery.MaxInFlight}, log)
+	case in.Stdin != nil:
+		return file.NewSource(file.SourceConfig{Reader: o.Stdin, Format: in.Stdin.Format, MaxInFlight: p.Delivery.MaxInFlight}, log)
+	}
+	return nil, errors.New("no connector configured")
+}
+
+func newSink(ctx context.Context, nc *nats.Conn, out *pipelines.Output, o Options, log *slog.Logger) (connectors.Sink, string, error) {
+	switch {
+	case out.JetStream != nil:
+		c := out.JetStream
+		s, err := jetstream.NewSink(ctx, nc, jetstream.SinkConfig{Encoding: c.Encoding, Stream: c.Stream, Subjects: c.Subjects}, log)
+		return s, c.Subject, err
+	case out.NATS != nil:
+		s, err := natsconn.NewSink(nc, natsconn.SinkConfig{Encoding: out.NATS.Encoding}, log)
+		return s, out.NATS.Subject, err
+	case out.File != nil:
+		s, err := file.NewSink(file.SinkConfig{Path: out.File.Path, Format: out.File.Format}, log)
+		return s, "", err
+	case out.Stdout != nil:
+		s, err := file.NewSink(file.SinkConfig{Writer: o.Stdout, Format: out.Stdout.Format}, log)
+		return s, "", err
+	}
+	return nil, "", errors.New("no connector configured")
+}

@@ -1,0 +1,87 @@
+// Package sandbox owns how a function process is started, confined and
+// stopped. A Runtime turns a Spec into a running Process whose stdin and
+// stdout carry the function protocol and whose stderr is the function's log.
+//
+// The package defines the contract only; implementations live in
+// subpackages. process runs plain child processes (no isolation) and is the
+// baseline every isolating runtime is measured against. Nothing here knows
+// about records or the protocol spoken over the pipes.
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"io"
+)
+
+// Spec describes one function instance to start.
+type Spec struct {
+	// Name identifies the instance in logs and errors, e.g.
+	// "pipeline/function#0".
+	Name string
+	// Path of the executable and its arguments (Args excludes argv[0]).
+	Path string
+	Args []string
+	// Env is the complete environment, as "K=V" pairs.
+	Env []string
+	// Dir is the working directory; empty keeps the runtime's default.
+	Dir string
+	// Tenant groups instances that may share resources; runtimes that
+	// isolate keep tenants apart.
+	Tenant string
+	// Stderr receives the function's standard error. Nil discards it.
+	Stderr io.Writer
+}
+
+// Process is a started function instance.
+type Process interface {
+	// Stdin is the function's standard input. Closing it signals EOF.
+	Stdin() io.WriteCloser
+	// Stdout is the function's standard output.
+	Stdout() io.ReadCloser
+	// Wait waits for the process to exit and for its stderr to be drained.
+	// It may be called once.
+	Wait() Exit
+	// Kill stops the process and everything it started, at once.
+	Kill() error
+	// Pid is the process id as seen by the host.
+	Pid() int
+}
+
+// Runtime starts processes.
+type Runtime interface {
+	// Start starts the instance described by spec. ctx bounds the start
+	// only; the process lives until Kill or exit.
+	Start(ctx context.Context, spec Spec) (Process, error)
+	// Name of the runtime, for logs ("process", "libcontainer").
+	Name() string
+}
+
+// Exit is how a process ended.
+type Exit struct {
+	// Code is the exit status, or -1 when killed by a signal.
+	Code int
+	// Signal that killed the process, if any (e.g. "killed").
+	Signal string
+	// OOMKilled is true when the runtime knows the kernel killed the
+	// process for exceeding its memory limit.
+	OOMKilled bool
+	// Err is set when waiting itself failed.
+	Err error
+}
+
+// Success reports a clean exit 0.
+func (e Exit) Success() bool { return e.Err == nil && e.Code == 0 && e.Signal == "" }
+
+func (e Exit) String() string {
+	switch {
+	case e.Err != nil:
+		return "wait failed: " + e.Err.Error()
+	case e.OOMKilled:
+		return "killed: out of memory"
+	case e.Signal != "":
+		return "killed by signal " + e.Signal
+	default:
+		return fmt.Sprintf("exit status %d", e.Code)
+	}
+}
