@@ -380,3 +380,54 @@ func TestSinkNoStream(t *testing.T) {
 		t.Fatal("no done")
 	}
 }
+
+// BenchmarkSinkThenSource publishes b.N records through the Sink and reads
+// them back through the Source, acking each.
+func BenchmarkSinkThenSource(b *testing.B) {
+	s := natstest.Server(b)
+	nc := natstest.Connect(b, s)
+	ctx := context.Background()
+	sink, err := jetstream.NewSink(ctx, nc, jetstream.SinkConfig{Stream: "B", Subjects: []string{"b.>"}}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+	r := &culvertv1.Record{Key: []byte("k"), Value: make([]byte, 64)}
+	b.ResetTimer()
+	for i := range b.N {
+		rr := proto.Clone(r).(*culvertv1.Record)
+		rr.Id = fmt.Sprint(i)
+		sink.Publish(ctx, "b.x", rr, func(err error) {
+			if err != nil {
+				b.Error(err)
+			}
+		})
+	}
+	if err := sink.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+	pub := b.Elapsed()
+	src, err := jetstream.NewSource(ctx, nc, jetstream.SourceConfig{Stream: "B", Durable: "b"}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer src.Close()
+	got := make(chan struct{})
+	n := 0
+	rctx, cancel := context.WithCancel(ctx)
+	go src.Run(rctx, handlerFuncB(func(m connectors.Message) {
+		m.Settler.Ack(ctx)
+		if n++; n == b.N {
+			close(got)
+		}
+	}))
+	<-got
+	cancel()
+	b.ReportMetric(float64(b.N)/pub.Seconds(), "pub/s")
+	b.ReportMetric(float64(b.N)/(b.Elapsed()-pub).Seconds(), "consume/s")
+}
+
+type handlerFuncB func(connectors.Message)
+
+func (f handlerFuncB) Handle(_ context.Context, m connectors.Message) error { f(m); return nil }
+func (f handlerFuncB) Revoked([]string)                                     {}

@@ -18,6 +18,7 @@ package natsmsg
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -76,7 +77,7 @@ func (e Encoding) String() string {
 // ErrNotRepresentable is wrapped by Encode when a record cannot be carried
 // faithfully in the value encoding (a header name or value NATS cannot
 // transport).
-var ErrNotRepresentable = fmt.Errorf("record not representable as NATS headers")
+var ErrNotRepresentable = errors.New("record not representable as NATS headers")
 
 // Decode turns a message into a Record. It fails only when the message
 // claims to carry a Record (Content-Type) and the body does not parse;

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/culvert-dev/culvert/internal/fnhost"
+	"github.com/culvert-dev/culvert/internal/testbin"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"github.com/culvert-dev/culvert/sandbox/process"
 )
@@ -22,22 +23,7 @@ import (
 // bins holds the example functions, built once for the package's tests.
 var bins string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "fnhost-bins")
-	if err != nil {
-		panic(err)
-	}
-	cmd := exec.Command("go", "build", "-o", dir, "github.com/culvert-dev/culvert/examples/functions/...")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building example functions:", err)
-		os.Exit(1)
-	}
-	bins = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, &bins, testbin.Examples) }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 

@@ -182,6 +182,11 @@ func (f *framed) handshake(m *culvertv1.FunctionMessage) error {
 			f.violation(fmt.Sprintf("Ready chose protocol version %d; the host offered [%d]", x.Ready.Version, ProtocolVersion))
 			return errors.New("bad version")
 		}
+		if len(x.Ready.Capabilities) > 0 {
+			// v1 offers none, so a function may accept none.
+			f.violation(fmt.Sprintf("Ready accepted capabilities %q that the host did not offer", x.Ready.Capabilities))
+			return errors.New("bad capabilities")
+		}
 		f.cfg.Logger.Debug("function ready", "agent", x.Ready.Agent, "version", x.Ready.Version)
 		return nil
 	case *culvertv1.FunctionMessage_InitError:

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -22,6 +21,7 @@ import (
 	"github.com/culvert-dev/culvert/connectors/natsmsg"
 	"github.com/culvert-dev/culvert/internal/engine"
 	"github.com/culvert-dev/culvert/internal/runner"
+	"github.com/culvert-dev/culvert/internal/testbin"
 	"github.com/culvert-dev/culvert/pipelines"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"github.com/culvert-dev/culvert/router"
@@ -31,22 +31,7 @@ import (
 // bins holds the example functions, built once.
 var bins string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "runner-bins")
-	if err != nil {
-		panic(err)
-	}
-	cmd := exec.Command("go", "build", "-o", dir, "github.com/culvert-dev/culvert/examples/functions/...")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building example functions:", err)
-		os.Exit(1)
-	}
-	bins = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, &bins, testbin.Examples) }
 
 // syncBuffer collects the logs of a run, for asserting on error reports.
 type syncBuffer struct {

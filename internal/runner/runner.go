@@ -180,7 +180,13 @@ func startEmbedded(ctx context.Context, o Options, log *slog.Logger) (*embedded.
 	if err != nil {
 		return nil, err
 	}
-	srv, err := embedded.Start(ctx, embedded.Options{DataDir: dir, Host: host, Port: port, Logger: log.With("component", "nats-server")})
+	// The server's notices (banner, limits) are noise next to the
+	// pipeline's logs: they show at --log-level debug only.
+	srvLog := slog.New(minLevel{log.Handler(), slog.LevelWarn})
+	if log.Enabled(ctx, slog.LevelDebug) {
+		srvLog = log
+	}
+	srv, err := embedded.Start(ctx, embedded.Options{DataDir: dir, Host: host, Port: port, Logger: srvLog.With("component", "nats-server")})
 	if err != nil {
 		return nil, fmt.Errorf("starting the embedded NATS server (data dir %s): %w", dir, err)
 	}
@@ -227,3 +233,18 @@ func newSink(ctx context.Context, nc *nats.Conn, out *pipelines.Output, o Option
 	}
 	return nil, "", errors.New("no connector configured")
 }
+
+// minLevel drops records below min.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.min && m.Handler.Enabled(ctx, l)
+}
+
+func (m minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{m.Handler.WithAttrs(a), m.min}
+}
+func (m minLevel) WithGroup(g string) slog.Handler { return minLevel{m.Handler.WithGroup(g), m.min} }
