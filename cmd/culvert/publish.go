@@ -26,8 +26,16 @@ func newPublishCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "publish SUBJECT [--file FILE]",
 		Short: "Publish each line of a file (or stdin) as one message, for feeding pipelines by hand",
-		Args:  cobra.ExactArgs(1),
+		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			hdr := nats.Header{}
+			for _, h := range headers {
+				name, value, ok := cut(h)
+				if !ok {
+					return usageError{fmt.Errorf("--header %q: want NAME=VALUE", h)}
+				}
+				hdr.Add(name, value)
+			}
 			nc, err := nats.Connect(url, nats.Timeout(5*time.Second))
 			if err != nil {
 				return fmt.Errorf("connecting to %s: %w (is `culvert run` running?)", url, err)
@@ -41,14 +49,6 @@ func newPublishCmd(g *globals) *cobra.Command {
 				}
 				defer f.Close()
 				in = f
-			}
-			hdr := nats.Header{}
-			for _, h := range headers {
-				name, value, ok := cut(h)
-				if !ok {
-					return usageError{fmt.Errorf("--header %q: want NAME=VALUE", h)}
-				}
-				hdr.Add(name, value)
 			}
 			sc := bufio.NewScanner(in)
 			sc.Buffer(make([]byte, 1<<20), 4<<20)

@@ -28,6 +28,11 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 		Version:       version,
 	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		_, err := g.logger(io.Discard) // check --log-level and --log-format for every command
+		return err
+	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.AddCommand(newRunCmd(g), newValidateCmd(g), newPublishCmd(g), newSubscribeCmd(g))
@@ -60,10 +65,20 @@ type validationError struct{ error }
 
 func exitCode(err error) int {
 	var u usageError
-	if errors.As(err, &u) {
-		return 2
+	if errors.As(err, &u) || strings.HasPrefix(err.Error(), "unknown command") {
+		return 2 // cobra reports unknown subcommands before any of ours runs
 	}
 	return 1
 }
 
 func stderrLogger(g *globals) (*slog.Logger, error) { return g.logger(os.Stderr) }
+
+// usageArgs makes an argument check's failure a usage error (exit 2).
+func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}

@@ -21,7 +21,7 @@ func newRunCmd(g *globals) *cobra.Command {
 With no NATS URL in the pipeline (broker.url), on the command line (--nats-url)
 or in $NATS_URL, culvert starts an embedded NATS server with JetStream that
 listens on --listen and keeps its store in --data-dir.`,
-		Args: cobra.ExactArgs(1),
+		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := stderrLogger(g)
 			if err != nil {

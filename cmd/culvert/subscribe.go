@@ -31,7 +31,7 @@ func newSubscribeCmd(g *globals) *cobra.Command {
 object per line. Messages carrying a Culvert Record are decoded; others are
 shown as raw records. With a JetStream stream capturing the subject, stored
 messages are replayed from the start.`,
-		Args: cobra.ExactArgs(1),
+		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			nc, err := nats.Connect(url, nats.Timeout(5*time.Second))
 			if err != nil {

@@ -235,6 +235,10 @@ func (st *stage) close(ctx context.Context) {
 // dispatch queues it on the instance that owns its key, partition or turn.
 // It blocks while that instance's queue is full (back-pressure).
 func (st *stage) dispatch(it *item) {
+	if st.rt.e.workCtx.Err() != nil {
+		it.tr.release(errAbandoned)
+		return
+	}
 	w := st.pick(it.rec)
 	select {
 	case w.queue <- it:
@@ -277,6 +281,13 @@ func (st *stage) pick(rec *culvertv1.Record) *worker {
 // or given up. It runs on the instance's reader, in batch order.
 func (st *stage) done(items []*item, res []fnhost.Result, err error) {
 	e := st.rt.e
+	if err != nil && e.workCtx.Err() != nil {
+		// Lost to the shutdown, not to the function: give them back.
+		for _, it := range items {
+			it.tr.release(errAbandoned)
+		}
+		return
+	}
 	if err != nil {
 		var ie *fnhost.InstanceError
 		f := failure{class: fnhost.ClassCrash, msg: err.Error(), retryable: true}
@@ -315,6 +326,12 @@ func (st *stage) done(items []*item, res []fnhost.Result, err error) {
 // retryOrFail retries a retryable failure after a backoff, up to the
 // function's max_attempts; solo isolates the record in a batch of its own.
 func (st *stage) retryOrFail(it *item, f failure, solo bool) {
+	if st.rt.e.workCtx.Err() != nil {
+		// A failure during the drain may be the shutdown's doing (a killed
+		// process): the broker redelivers the record instead.
+		it.tr.release(errAbandoned)
+		return
+	}
 	r := st.fn.Retry
 	if !f.retryable || it.attempt >= max(r.MaxAttempts, 1) {
 		st.rt.fail(it, st, f)
@@ -334,9 +351,9 @@ func backoff(base, ceiling time.Duration, attempt int) time.Duration {
 	if ceiling <= 0 {
 		ceiling = 5 * time.Second
 	}
-	d := base << min(attempt-1, 30)
-	if d > ceiling || d <= 0 {
-		d = ceiling
+	d := ceiling
+	if n := attempt - 1; n < 63 && base <= ceiling>>n {
+		d = base << n
 	}
 	return d/2 + rand.N(d/2+1)
 }

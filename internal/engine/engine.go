@@ -153,6 +153,13 @@ func New(opts Options) (*Engine, error) {
 			return nil, fmt.Errorf("engine: input %q has no source", name)
 		}
 	}
+	for name, fn := range p.Functions {
+		if fn.Dispatch == "partition" {
+			// NATS, JetStream and file inputs carry no partition: every
+			// record then goes to the one instance of partition "".
+			e.log.Warn("function dispatches by partition, but records from unpartitioned inputs (nats, jetstream, file) all go to one instance", "function", name, "file", fn.Pos.String())
+		}
+	}
 	return e, nil
 }
 

@@ -97,7 +97,9 @@ func (x *execInst) run(ctx context.Context, rec *culvertv1.Record) Result {
 	}()
 	timedOut := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
-		close(timedOut)
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			close(timedOut)
+		}
 		_ = proc.Kill()
 	})
 	var out bytes.Buffer

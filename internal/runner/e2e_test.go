@@ -31,7 +31,9 @@ import (
 // bins holds the example functions, built once.
 var bins string
 
-func TestMain(m *testing.M) { testbin.Main(m, &bins, testbin.Examples) }
+func TestMain(m *testing.M) {
+	testbin.Main(m, &bins, testbin.Examples, "github.com/culvert-dev/culvert/internal/engine/testdata/testfn")
+}
 
 // syncBuffer collects the logs of a run, for asserting on error reports.
 type syncBuffer struct {
@@ -134,26 +136,31 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// publish stores msgs in JetStream and waits for every ack.
+// publish stores msgs in JetStream and waits for every ack, at most 1000
+// outstanding at a time.
 func (h *harness) publish(msgs []*nats.Msg) {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var futures []jetstream.PubAckFuture
-	for _, m := range msgs {
-		f, err := h.js.PublishMsgAsync(m)
-		if err != nil {
-			h.t.Fatal(err)
+	for len(msgs) > 0 {
+		chunk := msgs[:min(len(msgs), 1000)]
+		msgs = msgs[len(chunk):]
+		futures := make([]jetstream.PubAckFuture, 0, len(chunk))
+		for _, m := range chunk {
+			f, err := h.js.PublishMsgAsync(m)
+			if err != nil {
+				h.t.Fatal(err)
+			}
+			futures = append(futures, f)
 		}
-		futures = append(futures, f)
-	}
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			h.t.Fatal(err)
-		case <-ctx.Done():
-			h.t.Fatal("publish acks not received")
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				h.t.Fatal(err)
+			case <-ctx.Done():
+				h.t.Fatal("publish acks not received")
+			}
 		}
 	}
 }
