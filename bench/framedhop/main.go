@@ -2,10 +2,12 @@
 // passthrough function (sdk/go) in framed mode, at several batch sizes,
 // beside a raw `cat` pipe moving the same bytes in the same run.
 //
-//	go run ./bench/framedhop [-records 1000000] [-value 100] [-batches 1,100,1000] [-runs 3]
+//	go run ./bench/framedhop [-records 1000000] [-value 100] [-batches 1,100,1000] [-runs 3] [-cpu] [-cpuprofile file]
 //
 // It prints a table of records/s and ns/record (median of -runs), and each
-// figure's ratio to the cat pipe.
+// figure's ratio to the cat pipe. With -cpu it adds the CPU time (user and
+// system) per record of the host side (this process) and of the function
+// process, medians too.
 package main
 
 import (
@@ -17,10 +19,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -36,14 +40,29 @@ func main() {
 	batchList := flag.String("batches", "1,100,1000", "batch sizes")
 	runs := flag.Int("runs", 3, "measurements per figure; the median is printed")
 	inflight := flag.Int("inflight", 2, "batches outstanding per instance")
+	cpu := flag.Bool("cpu", false, "also print CPU ns/record of the host and of the function process")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the host side to this file")
 	flag.Parse()
-	if err := run(*records, *valueSize, *batchList, *runs, *inflight); err != nil {
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "framedhop:", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "framedhop:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if err := run(*records, *valueSize, *batchList, *runs, *inflight, *cpu); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "framedhop:", err)
 		os.Exit(1)
 	}
 }
 
-func run(records, valueSize int, batchList string, runs, inflight int) error {
+func run(records, valueSize int, batchList string, runs, inflight int, cpu bool) error {
 	dir, err := os.MkdirTemp("", "framedhop")
 	if err != nil {
 		return err
@@ -63,20 +82,28 @@ func run(records, valueSize int, batchList string, runs, inflight int) error {
 		batches = append(batches, n)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "batch\trecords\tframed rec/s\tframed ns/rec\tcat rec/s\tcat ns/rec\tframed/cat time\t\n")
+	head := "batch\trecords\tframed rec/s\tframed ns/rec\tcat rec/s\tcat ns/rec\tframed/cat time\t"
+	if cpu {
+		head += "host cpu ns/rec\tfn cpu ns/rec\t"
+	}
+	fmt.Fprintln(tw, head)
 	for _, b := range batches {
 		n := records
 		if b < 100 {
 			n = min(records, 100_000)
 		}
 		n = n / b * b
-		var hop, cat []time.Duration
+		var hop, cat, hostCPU, fnCPU []time.Duration
 		for range runs {
+			self0, children0 := cpuTimes()
 			d, err := framedRun(filepath.Join(dir, "passthrough"), n, b, valueSize, inflight)
 			if err != nil {
 				return err
 			}
+			self1, children1 := cpuTimes()
 			hop = append(hop, d)
+			hostCPU = append(hostCPU, self1-self0)
+			fnCPU = append(fnCPU, children1-children0)
 			c, err := catRun(n, b, valueSize)
 			if err != nil {
 				return err
@@ -84,9 +111,13 @@ func run(records, valueSize int, batchList string, runs, inflight int) error {
 			cat = append(cat, c)
 		}
 		h, c := median(hop), median(cat)
-		fmt.Fprintf(tw, "%d\t%d\t%.0f\t%.0f\t%.0f\t%.0f\t%.2f\t\n", b, n,
+		fmt.Fprintf(tw, "%d\t%d\t%.0f\t%.0f\t%.0f\t%.0f\t%.2f\t", b, n,
 			float64(n)/h.Seconds(), float64(h.Nanoseconds())/float64(n),
 			float64(n)/c.Seconds(), float64(c.Nanoseconds())/float64(n), h.Seconds()/c.Seconds())
+		if cpu {
+			fmt.Fprintf(tw, "%.0f\t%.0f\t", float64(median(hostCPU).Nanoseconds())/float64(n), float64(median(fnCPU).Nanoseconds())/float64(n))
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
 }
@@ -94,6 +125,19 @@ func run(records, valueSize int, batchList string, runs, inflight int) error {
 func median(ds []time.Duration) time.Duration {
 	slices.Sort(ds)
 	return ds[len(ds)/2]
+}
+
+// cpuTimes returns the user and system CPU time of this process and of its
+// waited-for children so far.
+func cpuTimes() (self, children time.Duration) {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	if syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru) == nil {
+		children = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	return self, children
 }
 
 func batchOf(size, valueSize int) []*culvertv1.Record {

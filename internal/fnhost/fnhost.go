@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -225,7 +226,7 @@ func fillOutputs(function string, in *culvertv1.Record, outs []Output) {
 	for n, o := range outs {
 		r := o.Record
 		if r.Id == "" || r.Id == in.Id {
-			r.Id = fmt.Sprintf("%s/%s.%d", in.Id, function, n)
+			r.Id = in.Id + "/" + function + "." + strconv.Itoa(n) // hot path: no fmt
 		}
 		if len(r.Key) == 0 {
 			r.Key = in.Key

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/culvert-dev/culvert/internal/wire"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"github.com/culvert-dev/culvert/proto/framing"
 	"google.golang.org/protobuf/proto"
@@ -26,6 +27,8 @@ type framed struct {
 	msg   culvertv1.HostMessage
 	batch culvertv1.Batch
 	nonce uint64
+
+	dec resultDecoder // owned by readLoop
 
 	stopPing chan struct{}
 }
@@ -101,7 +104,13 @@ func (f *framed) Submit(ctx context.Context, call *Call) error {
 	f.batch.DeadlineUnixMs = call.deadline.UnixMilli()
 	f.batch.Attempt = uint32(call.Attempt)
 	f.msg.Msg = &culvertv1.HostMessage_Batch{Batch: &f.batch}
-	err := f.w.Write(&f.msg)
+	var err error
+	if validRecords(call.Records) {
+		err = f.w.Write(&f.msg)
+	} else {
+		// Package proto refuses invalid UTF-8 with its own error.
+		err = f.w.Write(wire.ProtoOnly{Message: &f.msg})
+	}
 	f.batch.Records = nil
 	f.wmu.Unlock()
 	if err != nil {
@@ -141,6 +150,12 @@ func (f *framed) readLoop(ready chan<- error) {
 			f.readError(err)
 			return
 		}
+		if !first && f.dec.decode(b) { // the common case, without proto
+			if err = f.result(&f.dec); err != nil {
+				return
+			}
+			continue
+		}
 		m := &culvertv1.FunctionMessage{}
 		if uerr := proto.Unmarshal(b, m); uerr != nil {
 			err = uerr
@@ -157,7 +172,8 @@ func (f *framed) readLoop(ready chan<- error) {
 		}
 		switch x := m.Msg.(type) {
 		case *culvertv1.FunctionMessage_Result:
-			if err = f.result(x.Result); err != nil {
+			f.dec.from(x.Result)
+			if err = f.result(&f.dec); err != nil {
 				return
 			}
 		case *culvertv1.FunctionMessage_KeepAlive:
@@ -198,41 +214,38 @@ func (f *framed) handshake(m *culvertv1.FunctionMessage) error {
 	}
 }
 
-func (f *framed) result(br *culvertv1.BatchResult) error {
+func (f *framed) result(br *resultDecoder) error {
 	e, ok := f.pop()
 	switch {
 	case !ok || e.call == nil:
-		f.violation(fmt.Sprintf("BatchResult for batch %d while no batch was outstanding", br.BatchId))
+		f.violation(fmt.Sprintf("BatchResult for batch %d while no batch was outstanding", br.id))
 		return errors.New("unexpected result")
-	case br.BatchId != e.call.id:
-		f.failPopped(e.call, fmt.Sprintf("BatchResult for batch %d, expected batch %d (results must come in order)", br.BatchId, e.call.id))
+	case br.id != e.call.id:
+		f.failPopped(e.call, fmt.Sprintf("BatchResult for batch %d, expected batch %d (results must come in order)", br.id, e.call.id))
 		return errors.New("wrong batch id")
-	case len(br.Results) != len(e.call.Records):
-		f.failPopped(e.call, fmt.Sprintf("BatchResult for batch %d has %d results for %d records", br.BatchId, len(br.Results), len(e.call.Records)))
+	case len(br.results) != len(e.call.Records):
+		f.failPopped(e.call, fmt.Sprintf("BatchResult for batch %d has %d results for %d records", br.id, len(br.results), len(e.call.Records)))
 		return errors.New("wrong result count")
 	}
-	res := make([]Result, len(br.Results))
-	for i, rr := range br.Results {
+	res := make([]Result, len(br.results))
+	for i := range br.results {
+		rr := &br.results[i]
 		in := e.call.Records[i]
-		if rr.Failure != nil {
-			if len(rr.Outputs) > 0 {
-				f.failPopped(e.call, fmt.Sprintf("result %d of batch %d (record %s) has both a failure and outputs", i, br.BatchId, in.Id))
+		if rr.failure {
+			if rr.end > rr.start {
+				f.failPopped(e.call, fmt.Sprintf("result %d of batch %d (record %s) has both a failure and outputs", i, br.id, in.Id))
 				return errors.New("failure with outputs")
 			}
-			res[i].Failure = &Failure{Message: rr.Failure.Message, Retryable: rr.Failure.Retryable}
+			res[i].Failure = &Failure{Message: rr.message, Retryable: rr.retryable}
 			continue
 		}
-		outs := make([]Output, 0, len(rr.Outputs))
-		for _, o := range rr.Outputs {
-			r := o.Record
-			if r == nil {
-				r = &culvertv1.Record{}
-			}
-			outs = append(outs, Output{Record: r, To: o.Output})
-		}
+		// One array for the batch; each record's outputs are capped so that
+		// appending to them cannot reach its neighbour's.
+		outs := br.outs[rr.start:rr.end:rr.end]
 		fillOutputs(f.cfg.Function, in, outs)
 		res[i].Outputs = outs
 	}
+	br.handedOn()
 	f.complete(e.call, res)
 	return nil
 }

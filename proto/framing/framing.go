@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -171,11 +172,27 @@ func ValidTag(b0, b1 byte) bool {
 	return protowire.Type(tag&7) == protowire.BytesType && tag>>3 >= 16 && tag>>3 <= 31
 }
 
+// vtMessage is implemented by messages with vtprotobuf-generated codecs
+// (the *_vtproto.pb.go files of culvert.v1), which encode the same bytes as
+// package proto without reflection.
+type vtMessage interface {
+	SizeVT() int
+	MarshalToSizedBufferVT([]byte) (int, error)
+}
+
 // Append appends m as one frame to dst. It fails if the body would exceed
 // maxFrame bytes (0 means DefaultMaxFrame).
+//
+// Messages with vtprotobuf codecs (SizeVT and MarshalToSizedBufferVT) are
+// encoded by those, others by package proto. The vtprotobuf encoders do not
+// check that strings are valid UTF-8, as package proto does: callers that
+// need the check make it before.
 func Append(dst []byte, m proto.Message, maxFrame int) ([]byte, error) {
 	if maxFrame <= 0 {
 		maxFrame = DefaultMaxFrame
+	}
+	if vm, ok := m.(vtMessage); ok {
+		return appendVT(dst, vm, maxFrame)
 	}
 	size := proto.MarshalOptions{}.Size(m)
 	if size > maxFrame {
@@ -183,6 +200,24 @@ func Append(dst []byte, m proto.Message, maxFrame int) ([]byte, error) {
 	}
 	dst = protowire.AppendVarint(dst, uint64(size))
 	return proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(dst, m)
+}
+
+func appendVT(dst []byte, m vtMessage, maxFrame int) ([]byte, error) {
+	size := m.SizeVT()
+	if size > maxFrame {
+		return dst, fmt.Errorf("frame of %d bytes exceeds the limit of %d bytes", size, maxFrame)
+	}
+	b := protowire.AppendVarint(dst, uint64(size))
+	start := len(b)
+	b = slices.Grow(b, size)[:start+size]
+	n, err := m.MarshalToSizedBufferVT(b[start:])
+	if err != nil {
+		return dst, err
+	}
+	if n != size {
+		return dst, fmt.Errorf("framing: message encoded to %d bytes, its size said %d", n, size)
+	}
+	return b, nil
 }
 
 // Writer writes frames with one write call each. It is not safe for

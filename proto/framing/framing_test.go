@@ -3,13 +3,16 @@ package framing_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
 
-	"github.com/culvert-dev/culvert/proto/framing"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
+	"github.com/culvert-dev/culvert/proto/framing"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func batch(n int) *culvertv1.HostMessage {
@@ -121,6 +124,95 @@ func TestWriterRefusesOversize(t *testing.T) {
 	w := framing.NewWriter(io.Discard, 100)
 	if err := w.Write(batch(10)); err == nil || !strings.Contains(err.Error(), "exceeds the limit of 100") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// protoOnly hides the vtprotobuf methods of a message, so that Append
+// encodes it with package proto.
+type protoOnly struct{ proto.Message }
+
+// protoFrame is a frame as package proto encodes it.
+func protoFrame(t *testing.T, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(protowire.AppendVarint(nil, uint64(len(b))), b...)
+}
+
+// TestAppendMatchesProto checks that the vtprotobuf encoder Append uses for
+// culvert.v1 messages writes the bytes package proto writes.
+func TestAppendMatchesProto(t *testing.T) {
+	rec := &culvertv1.Record{
+		Id: "js:ORDERS:42", Key: []byte("k"), Value: bytes.Repeat([]byte{0xff}, 300), ContentType: "application/json",
+		Headers:   []*culvertv1.Header{{Name: "a", Value: []byte("1")}, nil, {Name: "a"}},
+		EventTime: &timestamppb.Timestamp{Seconds: -62135596800, Nanos: 999999999},
+		Source:    &culvertv1.Position{Connector: "jetstream", Stream: "ORDERS", Subject: "orders.x", Partition: "3", Offset: 1 << 62, Sequence: "18446744073709551616"},
+	}
+	// A record with fields from a newer schema: unknown fields are kept.
+	withUnknown := &culvertv1.Record{}
+	unknown := protowire.AppendString(protowire.AppendTag(nil, 99, protowire.BytesType), "new")
+	unknown = protowire.AppendVarint(protowire.AppendTag(unknown, 100, protowire.VarintType), 7)
+	recBytes, err := proto.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proto.Unmarshal(append(recBytes, unknown...), withUnknown); err != nil {
+		t.Fatal(err)
+	}
+	msgs := []proto.Message{
+		&culvertv1.HostMessage{},
+		&culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Hello{Hello: &culvertv1.Hello{
+			Versions: []uint32{1, 2, 1 << 31}, MaxFrameBytes: 4 << 20, MaxBatchRecords: 1000, MaxInflightBatches: 2,
+			Capabilities: []string{"x", ""}, KeepAliveMs: 30000,
+			Context: &culvertv1.InitContext{Pipeline: "p", Function: "f", Instance: 3, Instances: 4, Partition: "7", Route: "r"},
+		}}},
+		&culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Batch{Batch: &culvertv1.Batch{
+			Id: 1 << 40, DeadlineUnixMs: -1, Attempt: 2, Records: []*culvertv1.Record{rec, {}, nil, withUnknown},
+		}}},
+		&culvertv1.HostMessage{Msg: &culvertv1.HostMessage_KeepAlive{KeepAlive: &culvertv1.KeepAlive{Nonce: 9}}},
+		&culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Shutdown{Shutdown: &culvertv1.Shutdown{DeadlineUnixMs: 5, Reason: "stop"}}},
+		&culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Ready{Ready: &culvertv1.Ready{Version: 1, Capabilities: []string{"c"}, Agent: "a/1"}}},
+		&culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_InitError{InitError: &culvertv1.InitError{Message: "no", Retryable: true}}},
+		&culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Result{Result: &culvertv1.BatchResult{BatchId: 3, Results: []*culvertv1.RecordResult{
+			{Outputs: []*culvertv1.Output{{Record: rec, Output: "audit"}, {}, nil}},
+			{Failure: &culvertv1.Failure{Message: "bad", Retryable: true}},
+			{},
+			nil,
+		}}}},
+		&culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_KeepAlive{KeepAlive: &culvertv1.KeepAlive{}}},
+		batch(1000),
+	}
+	for i, m := range msgs {
+		got, err := framing.Append([]byte("prefix"), m, 0)
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		want := append([]byte("prefix"), protoFrame(t, m)...)
+		if !bytes.Equal(got, want) {
+			t.Errorf("message %d: Append wrote\n%x\npackage proto\n%x", i, got, want)
+		}
+		viaProto, err := framing.Append([]byte("prefix"), protoOnly{m}, 0)
+		if err != nil || !bytes.Equal(viaProto, want) {
+			t.Errorf("message %d: Append without vtprotobuf wrote %x, %v", i, viaProto, err)
+		}
+	}
+}
+
+// TestAppendRefusesOversize checks the limit on both encoders, and that a
+// refused frame leaves dst as it was.
+func TestAppendRefusesOversize(t *testing.T) {
+	m := batch(10)
+	size := proto.Size(m)
+	for _, m := range []proto.Message{m, protoOnly{m}} {
+		if _, err := framing.Append(nil, m, size); err != nil {
+			t.Errorf("%T: a frame of exactly the limit: %v", m, err)
+		}
+		dst, err := framing.Append([]byte("x"), m, size-1)
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("frame of %d bytes exceeds the limit of %d bytes", size, size-1)) || string(dst) != "x" {
+			t.Errorf("%T: got %q, %v", m, dst, err)
+		}
 	}
 }
 

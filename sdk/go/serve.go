@@ -10,6 +10,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/culvert-dev/culvert/internal/wire"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"github.com/culvert-dev/culvert/proto/framing"
 	"google.golang.org/protobuf/proto"
@@ -52,6 +53,7 @@ type server struct {
 	max int
 
 	in        culvertv1.HostMessage // reused for every frame read
+	dec       batchDecoder          // decodes most batches, instead of proto
 	resultMsg culvertv1.FunctionMessage
 	result    culvertv1.BatchResult
 	// Slabs reused from batch to batch; cleared after each write so that no
@@ -121,6 +123,11 @@ func (s *server) next(ctx context.Context) (*culvertv1.HostMessage, error) {
 			return nil, io.EOF
 		}
 		return nil, fmt.Errorf("reading the host's frames: %w", err)
+	}
+	if bt, ok := s.dec.decode(b); ok { // the common case, without proto
+		s.in.Reset()
+		s.in.Msg = &culvertv1.HostMessage_Batch{Batch: bt}
+		return &s.in, nil
 	}
 	if err := (proto.UnmarshalOptions{}).Unmarshal(b, &s.in); err != nil {
 		return nil, fmt.Errorf("protocol violation: undecodable HostMessage of %d bytes: %v; starts %s", len(b), err, framing.Quote(b[:min(len(b), 32)]))
@@ -197,16 +204,26 @@ func (s *server) batch(ctx context.Context, b *culvertv1.Batch) error {
 	res := s.call(ctx, recs)
 	cancel()
 	s.build(b.GetId(), recs, res)
-	err := s.w.Write(&s.resultMsg)
+	err := s.writeResult()
 	if err != nil && proto.Size(&s.resultMsg) > s.max {
 		s.shrink()
-		err = s.w.Write(&s.resultMsg)
+		err = s.writeResult()
 	}
 	s.clear()
 	if err != nil {
 		return fmt.Errorf("writing the result of batch %d: %w", b.GetId(), err)
 	}
 	return nil
+}
+
+// writeResult writes s.resultMsg. Its strings are checked first: package
+// proto refuses invalid UTF-8, with its error, and the vtprotobuf encoder
+// that framing uses does not check.
+func (s *server) writeResult() error {
+	if !validBatchResult(&s.result) {
+		return s.w.Write(wire.ProtoOnly{Message: &s.resultMsg})
+	}
+	return s.w.Write(&s.resultMsg)
 }
 
 // call runs the handler, turning a panic or a wrong result count into a

@@ -1,0 +1,110 @@
+package wire
+
+import (
+	"bytes"
+	"testing"
+
+	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+func field(num protowire.Number, v []byte) []byte {
+	return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), v)
+}
+
+func TestCheckRecord(t *testing.T) {
+	tag := func(num protowire.Number, typ protowire.Type) []byte { return protowire.AppendTag(nil, num, typ) }
+	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	tests := []struct {
+		name string
+		b    []byte
+		ok   bool
+	}{
+		{"empty", nil, true},
+		{"id", field(1, []byte("é")), true},
+		{"unknown varint", cat(tag(99, protowire.VarintType), []byte{1}), true},
+		{"unknown group", cat(tag(99, protowire.StartGroupType), tag(1, protowire.VarintType), []byte{1}, tag(99, protowire.EndGroupType)), true},
+		{"header and position", cat(field(5, field(1, []byte("n"))), field(7, cat(field(2, []byte("s")), tag(5, protowire.VarintType), []byte{7}))), true},
+		{"event time", field(6, cat(tag(1, protowire.VarintType), []byte{0x80, 1}, tag(2, protowire.VarintType), []byte{5})), true},
+		// Invalid UTF-8 in a string overwritten later: proto refuses.
+		{"invalid then valid id", cat(field(1, []byte{0xff}), field(1, []byte("a"))), false},
+		{"invalid header name", field(5, field(1, []byte{0xff})), false},
+		{"invalid position", field(7, field(6, []byte{0xc3})), false},
+		// Unknown field with an overlong tag: proto stores it re-encoded.
+		{"overlong unknown tag", []byte{0x98, 0x86, 0x00, 1}, false},
+		{"unknown field in event time", field(6, cat(tag(9, protowire.VarintType), []byte{1})), false},
+		{"unbalanced group", cat(tag(99, protowire.StartGroupType), tag(98, protowire.EndGroupType)), false},
+		{"varint past 64 bits", cat(tag(1, protowire.VarintType), bytes.Repeat([]byte{0xff}, 9), []byte{0x7f}), false},
+		{"id as varint", cat(tag(1, protowire.VarintType), []byte{1}), false},
+		{"offset as bytes", field(7, field(5, nil)), false},
+		{"field 0", []byte{0x02, 0}, false},
+		{"truncated", field(3, []byte("value"))[:4], false},
+	}
+	for _, c := range tests {
+		if got := CheckRecord(c.b); got != c.ok {
+			t.Errorf("%s: CheckRecord(%x) = %v, want %v", c.name, c.b, got, c.ok)
+		}
+		if c.ok {
+			// Whatever CheckRecord accepts, proto and vtprotobuf decode alike.
+			var v, p culvertv1.Record
+			if err := v.UnmarshalVTUnsafe(bytes.Clone(c.b)); err != nil {
+				t.Errorf("%s: UnmarshalVTUnsafe: %v", c.name, err)
+			}
+			if err := proto.Unmarshal(c.b, &p); err != nil {
+				t.Errorf("%s: proto.Unmarshal: %v", c.name, err)
+			}
+			if !proto.Equal(&v, &p) {
+				t.Errorf("%s: vtprotobuf decoded %v, proto %v", c.name, &v, &p)
+			}
+		}
+	}
+}
+
+func TestDecodeOwnsItsBytes(t *testing.T) {
+	var d Records
+	in := &culvertv1.Record{Id: "a", Key: []byte("k"), Value: []byte("v"), Headers: []*culvertv1.Header{{Name: "h", Value: []byte("x")}}}
+	b, err := proto.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, ok := d.Decode(b)
+	if !ok || !proto.Equal(r, in) {
+		t.Fatalf("Decode = %v, %v", r, ok)
+	}
+	clear(b) // the caller's buffer may be reused at once
+	if !proto.Equal(r, in) {
+		t.Fatalf("decoded record aliases its input: %v", r)
+	}
+	r.Key = append(r.Key, "more"...)
+	if string(r.Value) != "v" {
+		t.Fatalf("appending to the key overwrote the value: %q", r.Value)
+	}
+}
+
+func TestValidRecord(t *testing.T) {
+	tests := []struct {
+		name string
+		rec  *culvertv1.Record
+		ok   bool
+	}{
+		{"nil", nil, true},
+		{"ascii", &culvertv1.Record{Id: "abc", Source: &culvertv1.Position{Subject: "a.b"}}, true},
+		{"utf8", &culvertv1.Record{Id: "é", Headers: []*culvertv1.Header{{Name: "ü"}}}, true},
+		{"bad id", &culvertv1.Record{Id: "\xff"}, false},
+		{"bad header name", &culvertv1.Record{Headers: []*culvertv1.Header{{Name: "\xc3"}}}, false},
+		{"bad subject", &culvertv1.Record{Source: &culvertv1.Position{Subject: "a\xffb"}}, false},
+		{"binary value is fine", &culvertv1.Record{Value: []byte{0xff}}, true},
+	}
+	for _, tc := range tests {
+		if got := ValidRecord(tc.rec); got != tc.ok {
+			t.Errorf("%s: ValidRecord = %v, want %v", tc.name, got, tc.ok)
+		}
+		if tc.rec != nil {
+			_, err := proto.Marshal(tc.rec)
+			if (err == nil) != tc.ok {
+				t.Errorf("%s: ValidRecord disagrees with proto.Marshal (%v)", tc.name, err)
+			}
+		}
+	}
+}

@@ -1,0 +1,100 @@
+package culvert
+
+import (
+	"unicode/utf8"
+
+	"github.com/culvert-dev/culvert/internal/wire"
+	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// Serve's codec. Results are encoded by framing with the
+// vtprotobuf-generated encoder; Batch frames are decoded by batchDecoder
+// without package proto's reflection. Both agree with package proto byte for
+// byte and error for error: whatever the fast code cannot vouch for goes to
+// package proto.
+
+// validBatchResult reports whether every string in br is valid UTF-8, which
+// package proto requires to encode it and the vtprotobuf encoder does not
+// check.
+func validBatchResult(br *culvertv1.BatchResult) bool {
+	for _, rr := range br.Results {
+		for _, o := range rr.GetOutputs() {
+			if !wire.ValidString(o.GetOutput()) || !wire.ValidRecord(o.GetRecord()) {
+				return false
+			}
+		}
+		if f := rr.GetFailure(); f != nil && !utf8.ValidString(f.Message) {
+			return false
+		}
+	}
+	return true
+}
+
+// batchDecoder is the fast path for the frame that matters: a HostMessage
+// holding only a Batch.
+type batchDecoder struct {
+	last int          // records in the last batch
+	recs wire.Records // where decoded records live
+}
+
+// decode decodes a frame body; nothing in the batch aliases b. It returns
+// false, having decoded nothing usable, for any other frame and for
+// anything in this one that it cannot vouch package proto would decode the
+// same way (an unknown field outside records, a wire type proto would take
+// for an unknown field, invalid UTF-8, malformed bytes): package proto then
+// decides.
+func (d *batchDecoder) decode(b []byte) (*culvertv1.Batch, bool) {
+	// Field 17 (batch), length-delimited: the only field of the frame.
+	if len(b) < 3 || b[0] != 0x8a || b[1] != 0x01 {
+		return nil, false
+	}
+	body, n := protowire.ConsumeBytes(b[2:])
+	if n < 0 || 2+n != len(b) {
+		return nil, false
+	}
+	bt := &culvertv1.Batch{Records: make([]*culvertv1.Record, 0, d.last)}
+	for len(body) > 0 {
+		num, typ, n := protowire.ConsumeTag(body)
+		if n < 0 {
+			return nil, false
+		}
+		body = body[n:]
+		if num == 2 && typ == protowire.BytesType { // records
+			v, n := protowire.ConsumeBytes(body)
+			if n < 0 {
+				return nil, false
+			}
+			body = body[n:]
+			r, ok := d.recs.Decode(v)
+			if !ok {
+				return nil, false
+			}
+			bt.Records = append(bt.Records, r)
+			continue
+		}
+		if typ != protowire.VarintType {
+			return nil, false
+		}
+		v, n := protowire.ConsumeVarint(body)
+		if n < 0 {
+			return nil, false
+		}
+		body = body[n:]
+		switch num {
+		case 1:
+			bt.Id = v
+		case 3:
+			bt.DeadlineUnixMs = int64(v)
+		case 4:
+			bt.Attempt = uint32(v)
+		default:
+			return nil, false
+		}
+	}
+	d.last = len(bt.Records)
+	if len(bt.Records) == 0 {
+		bt.Records = nil // as proto leaves it
+	}
+	return bt, true
+}

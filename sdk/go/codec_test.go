@@ -1,0 +1,157 @@
+package culvert
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"testing"
+
+	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
+	"github.com/culvert-dev/culvert/proto/framing"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+func frameBody(t testing.TB, m *culvertv1.HostMessage) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func batchMsg(b *culvertv1.Batch) *culvertv1.HostMessage {
+	return &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Batch{Batch: b}}
+}
+
+func field(num protowire.Number, v []byte) []byte {
+	return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), v)
+}
+
+// batchFrame is a HostMessage frame holding a Batch with body b.
+func batchFrame(b []byte) []byte { return field(17, b) }
+
+// checkFast checks the fast path against package proto on b: whenever it
+// accepts b, proto accepts it too, with the same meaning.
+func checkFast(t *testing.T, b []byte) (accepted bool) {
+	t.Helper()
+	var d batchDecoder
+	got, ok := d.decode(bytes.Clone(b))
+	if !ok {
+		return false
+	}
+	want := &culvertv1.HostMessage{}
+	if err := proto.Unmarshal(b, want); err != nil {
+		t.Fatalf("frame %x: the fast path accepts what proto refuses (%v)", b, err)
+	}
+	if !proto.Equal(batchMsg(got), want) || (got.Records == nil) != (want.GetBatch().GetRecords() == nil) {
+		t.Fatalf("frame %x: fast path %v, proto %v", b, got, want)
+	}
+	return true
+}
+
+func TestBatchFastPath(t *testing.T) {
+	full := &culvertv1.Record{
+		Id: "r/1", Key: []byte("k"), Value: []byte("v"), ContentType: "text/plain",
+		Headers:   []*culvertv1.Header{{Name: "a", Value: []byte("1")}, {Name: "a"}},
+		EventTime: timestamppb.New(timestamppb.Now().AsTime()),
+		Source:    &culvertv1.Position{Connector: "c", Stream: "s", Subject: "x.y", Partition: "3", Offset: 42, Sequence: "9"},
+	}
+	accept := []*culvertv1.Batch{
+		{},
+		{Id: 1, Attempt: 3, DeadlineUnixMs: -5},
+		{Id: 1 << 50, Records: []*culvertv1.Record{full, {}, {Id: "é", Value: bytes.Repeat([]byte{0xff}, 10000)}}},
+	}
+	for i, m := range accept {
+		b := frameBody(t, batchMsg(m))
+		if !checkFast(t, b) {
+			t.Errorf("batch %d: the fast path refused %x", i, b)
+		}
+	}
+	ok := frameBody(t, batchMsg(&culvertv1.Batch{Id: 3, Records: []*culvertv1.Record{full}}))
+	bad := []struct {
+		name string
+		b    []byte
+	}{
+		{"hello", frameBody(t, &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Hello{Hello: &culvertv1.Hello{Versions: []uint32{1}}}})},
+		{"two batches", append(bytes.Clone(ok), ok...)},
+		{"truncated", ok[:len(ok)-1]},
+		{"unknown field", batchFrame(protowire.AppendVarint(protowire.AppendTag(nil, 9, protowire.VarintType), 1))},
+		{"id as bytes", batchFrame(field(1, []byte{1}))},
+		{"records as varint", batchFrame(protowire.AppendVarint(protowire.AppendTag(nil, 2, protowire.VarintType), 1))},
+		{"invalid UTF-8 id", batchFrame(field(2, field(1, []byte{0xff})))},
+		{"invalid UTF-8 header", batchFrame(field(2, field(5, field(1, []byte{0xc3}))))},
+		{"record id as varint", batchFrame(field(2, protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 1)))},
+		{"invalid then valid content type", batchFrame(field(2, append(field(4, []byte{0xff}), field(4, []byte("a"))...)))},
+		{"unknown field in event time", batchFrame(field(2, field(6, protowire.AppendVarint(protowire.AppendTag(nil, 9, protowire.VarintType), 1))))},
+		{"overlong unknown tag in a record", batchFrame(field(2, []byte{0x98, 0x86, 0x00, 1}))},
+	}
+	for _, c := range bad {
+		if checkFast(t, c.b) {
+			t.Errorf("%s: the fast path accepted %x", c.name, c.b)
+		}
+	}
+}
+
+// TestDecodedRecordsOwnTheirBytes checks that records decoded from a shared
+// arena behave as if they had their own copies.
+func TestDecodedRecordsOwnTheirBytes(t *testing.T) {
+	rec := &culvertv1.Record{Id: "a", Key: []byte("key"), Value: []byte("value"), ContentType: "text/plain",
+		Headers: []*culvertv1.Header{{Name: "h", Value: []byte("hv")}, {Name: "i", Value: []byte("iv")}}}
+	b := frameBody(t, batchMsg(&culvertv1.Batch{Records: []*culvertv1.Record{rec, rec}}))
+	var d batchDecoder
+	bt, ok := d.decode(b)
+	if !ok {
+		t.Fatal("fast path refused the batch")
+	}
+	clear(b) // the frame buffer is reused by framing.Reader
+	r0, r1 := bt.Records[0], bt.Records[1]
+	r0.Key = append(r0.Key, "XXXXXXXXXXXXXXXX"...)
+	r0.Value = append(r0.Value, "XXXXXXXXXXXXXXXX"...)
+	r0.Headers[0].Value = append(r0.Headers[0].Value, "XXXXXXXXXXXXXXXX"...)
+	for i := range r0.Value {
+		r0.Value[i] = 'Y'
+	}
+	if !proto.Equal(r1, rec) {
+		t.Errorf("the second record changed: %v", r1)
+	}
+	want := proto.Clone(rec).(*culvertv1.Record)
+	want.Key = []byte("keyXXXXXXXXXXXXXXXX")
+	want.Value = bytes.Repeat([]byte{'Y'}, len("valueXXXXXXXXXXXXXXXX"))
+	want.Headers[0].Value = []byte("hvXXXXXXXXXXXXXXXX")
+	if !proto.Equal(r0, want) {
+		t.Errorf("the first record is %v, want %v", r0, want)
+	}
+}
+
+func FuzzBatchDecoder(f *testing.F) {
+	f.Add(frameBody(f, batchMsg(&culvertv1.Batch{Id: 1, Attempt: 2, DeadlineUnixMs: 3, Records: []*culvertv1.Record{
+		{Id: "x", Key: []byte("k"), Value: []byte("v"), Headers: []*culvertv1.Header{{Name: "h"}}, Source: &culvertv1.Position{Stream: "s"}},
+	}})))
+	f.Add(batchFrame(field(2, field(1, []byte{0xff}))))
+	f.Add([]byte("\x8a\x01\x1b 0\x12\x13\"\x01\xffB\x010\"\x010E00002\x032\x010 0 0"))
+	f.Add(batchFrame(field(2, []byte("2\x020X0"))))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		checkFast(t, b)
+	})
+}
+
+// TestInvalidUTF8Output checks that an output package proto cannot encode
+// fails the write as it did before vtprotobuf.
+func TestInvalidUTF8Output(t *testing.T) {
+	var in bytes.Buffer
+	w := framing.NewWriter(&in, 0)
+	_ = w.Write(&culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Hello{Hello: &culvertv1.Hello{Versions: []uint32{1}}}})
+	_ = w.Write(batchMsg(&culvertv1.Batch{Id: 1, Records: []*culvertv1.Record{{Id: "a"}}}))
+	bad := &culvertv1.Record{Id: "a", Headers: []*culvertv1.Header{{Name: "\xff"}}}
+	_, werr := proto.Marshal(bad)
+	err := Serve(context.Background(), &in, io.Discard, PerRecord(func(context.Context, *Record) ([]Output, error) {
+		return Emit(bad), nil
+	}))
+	if werr == nil || err == nil || !strings.HasSuffix(err.Error(), werr.Error()) {
+		t.Fatalf("Serve returned %v; want the error of proto.Marshal, %v", err, werr)
+	}
+}
