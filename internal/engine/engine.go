@@ -392,7 +392,9 @@ func (e *Engine) publish(o *output, rec *culvertv1.Record, tr *tracker, onErr fu
 		}
 		subject = s
 	}
-	o.sink.Publish(e.workCtxOrBackground(), subject, rec, func(err error) {
+	// Not the work context: publishing goes on during the drain, after it
+	// is cancelled.
+	o.sink.Publish(context.Background(), subject, rec, func(err error) {
 		if err != nil {
 			e.log.Error("publish failed; the source record will be redelivered", "output", o.name, "subject", subject, "record", rec.Id, "error", err)
 		} else {
@@ -401,11 +403,6 @@ func (e *Engine) publish(o *output, rec *culvertv1.Record, tr *tracker, onErr fu
 		tr.release(err)
 	})
 }
-
-// workCtxOrBackground: publishing must go on during the drain, after the
-// work context is cancelled, so sinks get a context that only a hard stop
-// ends.
-func (e *Engine) workCtxOrBackground() context.Context { return context.Background() }
 
 // resolveCommand finds a function's executable: a path with a slash is
 // relative to the pipeline file; a bare name is looked up on PATH.
