@@ -8,17 +8,17 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"github.com/culvert-dev/culvert/internal/testbin"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/culvert-dev/culvert/internal/testbin"
 )
 
 // binDir holds culvert and the example functions, built by TestMain.
@@ -42,24 +42,6 @@ func baseEnv() []string {
 	return env
 }
 
-// syncBuffer is written by exec's copying goroutines and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // result of a finished command.
 type result struct {
 	code           int
@@ -77,7 +59,7 @@ func runCLI(t *testing.T, dir string, env []string, timeout time.Duration, args 
 // proc is a running culvert.
 type proc struct {
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *testbin.Buffer
 	stdin          io.WriteCloser
 	done           chan struct{}
 	err            error // set before done is closed
@@ -93,7 +75,7 @@ func startCLI(t *testing.T, dir string, env []string, stdin io.Reader, args ...s
 	if cmd.Env == nil {
 		cmd.Env = baseEnv()
 	}
-	p := &proc{cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: cmd, stdout: &testbin.Buffer{}, stderr: &testbin.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
 	if stdin != nil {
 		cmd.Stdin = stdin

@@ -7,10 +7,8 @@ package engine
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"github.com/culvert-dev/culvert/internal/testbin"
 	"io"
 	"log/slog"
 	"os"
@@ -20,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/culvert-dev/culvert/internal/testbin"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -39,23 +39,6 @@ func TestMain(m *testing.M) {
 }
 
 func testfnPath() string { return filepath.Join(bins, "testfn") }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type testWriter struct{ t *testing.T }
 
@@ -233,7 +216,7 @@ type result struct {
 func runEngine(t *testing.T, s setup) result {
 	t.Helper()
 	p := parse(t, s.yaml)
-	logs := &syncBuffer{}
+	logs := &testbin.Buffer{}
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(logs, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	settled := &settleLog{m: map[string]*settlement{}}
 	sources := map[string]connectors.Source{}
@@ -245,10 +228,10 @@ func runEngine(t *testing.T, s setup) result {
 		t.Cleanup(func() { src.Close() })
 		sources[name] = watchedSource{src, settled}
 	}
-	bufs := map[string]*syncBuffer{}
+	bufs := map[string]*testbin.Buffer{}
 	sinks := map[string]connectors.Sink{}
 	for name := range p.Outputs {
-		bufs[name] = &syncBuffer{}
+		bufs[name] = &testbin.Buffer{}
 		sink, err := file.NewSink(file.SinkConfig{Writer: bufs[name], Format: file.FormatNDJSON}, log)
 		if err != nil {
 			t.Fatal(err)

@@ -196,35 +196,3 @@ func BenchmarkResultDecode(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/record")
 }
-
-// TestDecodedRecordsOwnTheirBytes checks that records decoded from a shared
-// arena behave as if they had their own copies.
-func TestDecodedRecordsOwnTheirBytes(t *testing.T) {
-	rec := &culvertv1.Record{Id: "a", Key: []byte("key"), Value: []byte("value"), ContentType: "text/plain",
-		Headers: []*culvertv1.Header{{Name: "h", Value: []byte("hv")}, {Name: "i", Value: []byte("iv")}}}
-	b := resultFrame(t, &culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Result{Result: &culvertv1.BatchResult{
-		Results: []*culvertv1.RecordResult{{Outputs: []*culvertv1.Output{{Record: rec}, {Record: rec}}}},
-	}}})
-	var d resultDecoder
-	if !d.decode(b) {
-		t.Fatal("fast path refused the frame")
-	}
-	clear(b) // the frame buffer is reused by framing.Reader
-	r0, r1 := d.outs[0].Record, d.outs[1].Record
-	r0.Key = append(r0.Key, "XXXXXXXXXXXXXXXX"...)
-	r0.Value = append(r0.Value, "XXXXXXXXXXXXXXXX"...)
-	r0.Headers[0].Value = append(r0.Headers[0].Value, "XXXXXXXXXXXXXXXX"...)
-	for i := range r0.Value {
-		r0.Value[i] = 'Y'
-	}
-	if !proto.Equal(r1, rec) {
-		t.Errorf("the second record changed: %v", r1)
-	}
-	want := proto.Clone(rec).(*culvertv1.Record)
-	want.Key = []byte("keyXXXXXXXXXXXXXXXX")
-	want.Value = bytes.Repeat([]byte{'Y'}, len("valueXXXXXXXXXXXXXXXX"))
-	want.Headers[0].Value = []byte("hvXXXXXXXXXXXXXXXX")
-	if !proto.Equal(r0, want) {
-		t.Errorf("the first record is %v, want %v", r0, want)
-	}
-}

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -35,24 +34,6 @@ func TestMain(m *testing.M) {
 	testbin.Main(m, &bins, testbin.Examples, "github.com/culvert-dev/culvert/internal/engine/testdata/testfn")
 }
 
-// syncBuffer collects the logs of a run, for asserting on error reports.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // harness runs a pipeline on an embedded server for one test.
 type harness struct {
 	t      *testing.T
@@ -60,7 +41,7 @@ type harness struct {
 	done   chan error
 	url    string
 	eng    *engine.Engine
-	logs   *syncBuffer
+	logs   *testbin.Buffer
 	nc     *nats.Conn
 	js     jetstream.JetStream
 }
@@ -78,7 +59,7 @@ func startPipeline(t *testing.T, yaml string) *harness {
 	if err != nil {
 		t.Fatalf("pipeline: %v", err)
 	}
-	h := &harness{t: t, done: make(chan error, 1), logs: &syncBuffer{}}
+	h := &harness{t: t, done: make(chan error, 1), logs: &testbin.Buffer{}}
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(h.logs, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ready := make(chan string, 1)
 	var ctx context.Context

@@ -1,12 +1,15 @@
-// Package testbin builds the binaries that tests run as real processes
-// (example functions, the culvert command) once per test binary, into a
-// temporary directory. It is for tests only.
+// Package testbin serves tests that run real processes: it builds their
+// binaries (example functions, the culvert command) once per test binary,
+// into a temporary directory, and collects what they write. It is for tests
+// only.
 package testbin
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 )
 
@@ -34,4 +37,23 @@ func Main(m *testing.M, dir *string, pkgs ...string) {
 	code := m.Run()
 	os.RemoveAll(d)
 	os.Exit(code)
+}
+
+// Buffer is a bytes.Buffer safe for concurrent writers, for collecting the
+// output or logs of processes that a test then asserts on.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

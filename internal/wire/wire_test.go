@@ -61,24 +61,37 @@ func TestCheckRecord(t *testing.T) {
 	}
 }
 
+// TestDecodeOwnsItsBytes checks that records decoded into a shared arena
+// behave as if they had their own copies, and do not alias their input.
 func TestDecodeOwnsItsBytes(t *testing.T) {
-	var d Records
-	in := &culvertv1.Record{Id: "a", Key: []byte("k"), Value: []byte("v"), Headers: []*culvertv1.Header{{Name: "h", Value: []byte("x")}}}
-	b, err := proto.Marshal(in)
+	rec := &culvertv1.Record{Id: "a", Key: []byte("key"), Value: []byte("value"), ContentType: "text/plain",
+		Headers: []*culvertv1.Header{{Name: "h", Value: []byte("hv")}, {Name: "i", Value: []byte("iv")}}}
+	b, err := proto.Marshal(rec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, ok := d.Decode(b)
-	if !ok || !proto.Equal(r, in) {
-		t.Fatalf("Decode = %v, %v", r, ok)
+	var d Records
+	r0, ok0 := d.Decode(b)
+	r1, ok1 := d.Decode(b)
+	if !ok0 || !ok1 {
+		t.Fatal("Decode refused a plain record")
 	}
-	clear(b) // the caller's buffer may be reused at once
-	if !proto.Equal(r, in) {
-		t.Fatalf("decoded record aliases its input: %v", r)
+	clear(b) // frame buffers are reused
+	r0.Key = append(r0.Key, "XXXXXXXXXXXXXXXX"...)
+	r0.Value = append(r0.Value, "XXXXXXXXXXXXXXXX"...)
+	r0.Headers[0].Value = append(r0.Headers[0].Value, "XXXXXXXXXXXXXXXX"...)
+	for i := range r0.Value {
+		r0.Value[i] = 'Y'
 	}
-	r.Key = append(r.Key, "more"...)
-	if string(r.Value) != "v" {
-		t.Fatalf("appending to the key overwrote the value: %q", r.Value)
+	if !proto.Equal(r1, rec) {
+		t.Errorf("the second record changed: %v", r1)
+	}
+	want := proto.Clone(rec).(*culvertv1.Record)
+	want.Key = []byte("keyXXXXXXXXXXXXXXXX")
+	want.Value = bytes.Repeat([]byte{'Y'}, len("valueXXXXXXXXXXXXXXXX"))
+	want.Headers[0].Value = []byte("hvXXXXXXXXXXXXXXXX")
+	if !proto.Equal(r0, want) {
+		t.Errorf("the first record is %v, want %v", r0, want)
 	}
 }
 

@@ -96,37 +96,6 @@ func TestBatchFastPath(t *testing.T) {
 	}
 }
 
-// TestDecodedRecordsOwnTheirBytes checks that records decoded from a shared
-// arena behave as if they had their own copies.
-func TestDecodedRecordsOwnTheirBytes(t *testing.T) {
-	rec := &culvertv1.Record{Id: "a", Key: []byte("key"), Value: []byte("value"), ContentType: "text/plain",
-		Headers: []*culvertv1.Header{{Name: "h", Value: []byte("hv")}, {Name: "i", Value: []byte("iv")}}}
-	b := frameBody(t, batchMsg(&culvertv1.Batch{Records: []*culvertv1.Record{rec, rec}}))
-	var d batchDecoder
-	bt, ok := d.decode(b)
-	if !ok {
-		t.Fatal("fast path refused the batch")
-	}
-	clear(b) // the frame buffer is reused by framing.Reader
-	r0, r1 := bt.Records[0], bt.Records[1]
-	r0.Key = append(r0.Key, "XXXXXXXXXXXXXXXX"...)
-	r0.Value = append(r0.Value, "XXXXXXXXXXXXXXXX"...)
-	r0.Headers[0].Value = append(r0.Headers[0].Value, "XXXXXXXXXXXXXXXX"...)
-	for i := range r0.Value {
-		r0.Value[i] = 'Y'
-	}
-	if !proto.Equal(r1, rec) {
-		t.Errorf("the second record changed: %v", r1)
-	}
-	want := proto.Clone(rec).(*culvertv1.Record)
-	want.Key = []byte("keyXXXXXXXXXXXXXXXX")
-	want.Value = bytes.Repeat([]byte{'Y'}, len("valueXXXXXXXXXXXXXXXX"))
-	want.Headers[0].Value = []byte("hvXXXXXXXXXXXXXXXX")
-	if !proto.Equal(r0, want) {
-		t.Errorf("the first record is %v, want %v", r0, want)
-	}
-}
-
 func FuzzBatchDecoder(f *testing.F) {
 	f.Add(frameBody(f, batchMsg(&culvertv1.Batch{Id: 1, Attempt: 2, DeadlineUnixMs: 3, Records: []*culvertv1.Record{
 		{Id: "x", Key: []byte("k"), Value: []byte("v"), Headers: []*culvertv1.Header{{Name: "h"}}, Source: &culvertv1.Position{Stream: "s"}},
