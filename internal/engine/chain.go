@@ -77,10 +77,10 @@ func (rt *route) deliver(it *item, outs []fnhost.Output, st *stage) {
 				continue
 			}
 			it.tr.add(1)
-			rt.e.publish(out, o.Record, it.tr, func(err error) {
+			if err := rt.e.publish(out, o.Record, it.tr); err != nil {
 				// A subject that cannot be rendered is the record's fault.
 				rt.fail(&item{rec: o.Record, tr: it.tr, born: it.born}, st, failure{class: "subject", msg: err.Error()})
-			})
+			}
 		}
 	}
 	it.tr.release(nil)
@@ -136,10 +136,10 @@ func (rt *route) fail(it *item, st *stage, f failure) {
 		rec.EventTime = timestamppb.Now()
 	}
 	// The item's reference passes to the dead-letter publish.
-	e.publish(rt.dlq, rec, it.tr, func(err error) {
+	if err := e.publish(rt.dlq, rec, it.tr); err != nil {
 		rt.log.Error("cannot dead-letter record; the source record will be redelivered", "record", rec.Id, "error", err)
 		it.tr.release(err)
-	})
+	}
 }
 
 func hdr(name, value string) *culvertv1.Header {

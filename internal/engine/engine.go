@@ -319,7 +319,10 @@ func (h *handler) Handle(ctx context.Context, m connectors.Message) error {
 			e.stats.dropped.Add(1)
 		} else {
 			tr.add(1)
-			e.publish(e.unmatch, m.Record, tr, nil)
+			if err := e.publish(e.unmatch, m.Record, tr); err != nil {
+				e.log.Error("cannot publish unmatched record; it will be redelivered", "error", err)
+				tr.release(err)
+			}
 		}
 	}
 	for _, i := range matches {
@@ -351,8 +354,9 @@ func (t *tracker) release(err error) {
 		return
 	}
 	e := t.e
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	// Settling is fire-and-forget at the brokers (a JetStream ack is one
+	// publish), so no per-record timer bounds it.
+	ctx := context.Background()
 	if t.failed.Load() {
 		e.stats.naked.Add(1)
 		if err := t.msg.Settler.Nak(ctx, e.nakDelay()); err != nil {
@@ -373,22 +377,16 @@ func (e *Engine) nakDelay() time.Duration { return time.Second }
 // given back for redelivery.
 var errAbandoned = errors.New("abandoned at shutdown")
 
-// publish sends rec to o; the done releases one reference of tr. onErr, if
-// set, handles a subject that cannot be rendered (the record then counts as
-// failed for good).
-func (e *Engine) publish(o *output, rec *culvertv1.Record, tr *tracker, onErr func(error)) {
+// publish sends rec to o; its confirmation releases one reference of tr.
+// When o's subject cannot be rendered for rec, nothing is sent, the
+// reference is still held, and the error (naming the output and record) is
+// the caller's to handle.
+func (e *Engine) publish(o *output, rec *culvertv1.Record, tr *tracker) error {
 	subject := ""
 	if o.tmpl != nil {
 		s, err := o.tmpl.Execute(rec)
 		if err != nil {
-			err = fmt.Errorf("output %q: subject for record %s: %w", o.name, rec.Id, err)
-			if onErr != nil {
-				onErr(err)
-				return
-			}
-			e.log.Error("cannot publish record", "error", err)
-			tr.release(err)
-			return
+			return fmt.Errorf("output %q: subject for record %s: %w", o.name, rec.Id, err)
 		}
 		subject = s
 	}
@@ -402,6 +400,7 @@ func (e *Engine) publish(o *output, rec *culvertv1.Record, tr *tracker, onErr fu
 		}
 		tr.release(err)
 	})
+	return nil
 }
 
 // resolveCommand finds a function's executable: a path with a slash is

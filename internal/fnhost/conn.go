@@ -82,6 +82,19 @@ func (c *conn) acquire(ctx context.Context, call *Call) error {
 	return nil
 }
 
+// firstPending names the first record the instance was working on.
+func firstPending(culprit *Call, pending []entry) string {
+	if culprit != nil {
+		return firstID(culprit)
+	}
+	for _, e := range pending {
+		if e.call != nil {
+			return firstID(e.call)
+		}
+	}
+	return "(none)"
+}
+
 func firstID(call *Call) string {
 	if len(call.Records) == 0 {
 		return "(none)"
@@ -153,7 +166,8 @@ func (c *conn) failWith(ie *InstanceError, culprit *Call) {
 				c.cfg.Logger.Warn("function exited uncleanly after shutdown", "exit", exit.String(), "stderr", ie.Stderr)
 			}
 		} else {
-			c.cfg.Logger.Error("function instance failed", "class", string(ie.Class), "error", ie.Error(), "lost_batches", len(pending))
+			c.cfg.Logger.Error("function instance failed", "class", string(ie.Class), "error", ie.Error(),
+				"lost_batches", len(pending), "first_record", firstPending(culprit, pending))
 		}
 		c.err = ie
 		// Dead first: a caller blocked in Submit must see the instance
