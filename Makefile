@@ -6,19 +6,12 @@
 
 GO       ?= go
 BIN      := bin
-APT_PKGS := jq protobuf-compiler
 
 .PHONY: quickstart test deps build generate check-generated lint bench fuzz-smoke
 
+# Every install step lives in .ci/deps.d, one script per concern.
 deps:
-	@missing=""; \
-	for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	fi
-	$(GO) mod download
+	@bash .ci/deps
 
 build: deps
 	$(GO) build -o $(BIN)/ ./cmd/culvert ./examples/functions/...

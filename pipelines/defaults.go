@@ -75,6 +75,10 @@ func applyDefaults(p *Pipeline) {
 			setStr(&out.Stdout.Format, defaultStdoutFormat)
 		}
 	}
+	applyKafkaDefaults(p)
+	applyKinesisDefaults(p)
+	applySandboxDefaults(p)
+	applyScaleDefaults(p)
 	setStr(&p.Unmatched.Action, defaultUnmatchedAction)
 	setInt(&p.Delivery.MaxInFlight, defaultMaxInFlight)
 	setDur(&p.Delivery.ShutdownGrace, defaultShutdownGrace)

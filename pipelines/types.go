@@ -63,6 +63,8 @@ type Input struct {
 	JetStream *JetStreamInput `yaml:"jetstream,omitempty" oneof:"connector" doc:"Durable JetStream pull consumer with explicit acks."`
 	File      *FileInput      `yaml:"file,omitempty" oneof:"connector" doc:"Read records from a file."`
 	Stdin     *StdinInput     `yaml:"stdin,omitempty" oneof:"connector" doc:"Read records from standard input. At most one input may use it."`
+	Kafka     *KafkaInput     `yaml:"kafka,omitempty" oneof:"connector" doc:"Kafka consumer group (see kafka.go)."`
+	Kinesis   *KinesisInput   `yaml:"kinesis,omitempty" oneof:"connector" doc:"Kinesis stream consumer with shard leases (see kinesis.go)."`
 
 	// Name is the input's key in the inputs map.
 	Name string `yaml:"-"`
@@ -121,6 +123,8 @@ type Output struct {
 	JetStream *JetStreamOutput `yaml:"jetstream,omitempty" oneof:"connector" doc:"Publish to JetStream with publish acks."`
 	File      *FileOutput      `yaml:"file,omitempty" oneof:"connector" doc:"Append records to a file."`
 	Stdout    *StdoutOutput    `yaml:"stdout,omitempty" oneof:"connector" doc:"Write records to standard output."`
+	Kafka     *KafkaOutput     `yaml:"kafka,omitempty" oneof:"connector" doc:"Kafka idempotent producer."`
+	Kinesis   *KinesisOutput   `yaml:"kinesis,omitempty" oneof:"connector" doc:"Kinesis PutRecords producer."`
 
 	// Name is the output's key in the outputs map.
 	Name string `yaml:"-"`
@@ -187,6 +191,10 @@ type Function struct {
 	Restart Restart `yaml:"restart,omitempty" doc:"How crashed instances come back."`
 	// Retry policy for failed records.
 	Retry Retry `yaml:"retry,omitempty" doc:"How failed records are tried again."`
+	// Scale bounds the pool of warm instances (see scale.go).
+	Scale Scale `yaml:"scale,omitempty" doc:"Pool of warm instances: min, max, idle timeout."`
+	// Sandbox confines each instance (see sandbox.go).
+	Sandbox *Sandbox `yaml:"sandbox,omitempty" doc:"How each instance is confined."`
 
 	// Name is the function's key in the functions map.
 	Name string `yaml:"-"`

@@ -82,6 +82,11 @@ func (d *decoder) validate(p *Pipeline) {
 		}
 	}
 
+	d.validateKafka(p)
+	d.validateKinesis(p)
+	d.validateSandbox(p)
+	d.validateScale(p)
+
 	switch u := p.Unmatched; {
 	case u.Action == "output" && u.Output == "":
 		d.errorf(d.posOf("unmatched.output"), "unmatched", "missing required field \"output\" (action: output sends unmatched records to it)")

@@ -31,6 +31,61 @@ type Spec struct {
 	Tenant string
 	// Stderr receives the function's standard error. Nil discards it.
 	Stderr io.Writer
+	// Isolation says how an isolating runtime confines the instance. The
+	// process runtime ignores it.
+	Isolation Isolation
+}
+
+// Isolation is what an isolating runtime needs beyond the command line.
+type Isolation struct {
+	// Root holds the files the function can see.
+	Root Root
+	// Limits are the instance's own cgroup limits; zero means the
+	// runtime's default.
+	Limits Limits
+	// Network is the instance's network policy.
+	Network Network
+}
+
+// Root describes the function's read-only root filesystem.
+type Root struct {
+	// Dir is a host directory mounted read-only as the container's /
+	// (a function's files, or an unpacked image). Empty: the runtime
+	// builds a root holding only Path and Binds.
+	Dir string
+	// Binds are host paths (files or directories) mounted read-only at the
+	// same path inside, e.g. an interpreter the function needs.
+	Binds []string
+	// TmpfsBytes, when positive, mounts a tmpfs of that size at /tmp: the
+	// only place the function can write.
+	TmpfsBytes int64
+}
+
+// Limits are per-instance resource limits. Zero fields take the runtime's
+// defaults.
+type Limits struct {
+	MemoryBytes int64
+	Pids        int64
+	// CPU in cores, e.g. 0.5.
+	CPU float64
+}
+
+// Network is an instance's network policy.
+type Network struct {
+	// Mode is "none" (only its own loopback; the default) or "egress"
+	// (outbound TCP to Allow only).
+	Mode string
+	// Allow lists the destinations egress may connect to.
+	Allow []Endpoint
+	// DNS, if set, is the one resolver (ip:port) the instance may query.
+	DNS string
+}
+
+// Endpoint is a CIDR and an inclusive port range.
+type Endpoint struct {
+	CIDR     string
+	FromPort uint16
+	ToPort   uint16
 }
 
 // Process is a started function instance.

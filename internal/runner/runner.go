@@ -113,7 +113,7 @@ func Run(ctx context.Context, o Options) (err error) {
 
 	sources := map[string]connectors.Source{}
 	for name, in := range p.Inputs {
-		src, err := newSource(ctx, nc, p, in, o, log)
+		src, err := newSource(ctx, nc, p, name, in, o, log)
 		if err != nil {
 			return fmt.Errorf("%s: input %q: %w", in.Pos, name, err)
 		}
@@ -123,7 +123,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	sinks := map[string]connectors.Sink{}
 	subjects := map[string]string{}
 	for name, out := range p.Outputs {
-		sink, subject, err := newSink(ctx, nc, out, o, log)
+		sink, subject, err := newSink(ctx, nc, p, name, out, o, log)
 		if err != nil {
 			return fmt.Errorf("%s: output %q: %w", out.Pos, name, err)
 		}
@@ -155,7 +155,7 @@ func Run(ctx context.Context, o Options) (err error) {
 
 func usesNATS(p *pipelines.Pipeline) bool {
 	for _, in := range p.Inputs {
-		if in.NATS != nil || in.JetStream != nil {
+		if in.NATS != nil || in.JetStream != nil || kinesisUsesNATS(in.Kinesis) {
 			return true
 		}
 	}
@@ -197,8 +197,12 @@ func startEmbedded(ctx context.Context, o Options, log *slog.Logger) (*embedded.
 	return srv, nil
 }
 
-func newSource(ctx context.Context, nc *nats.Conn, p *pipelines.Pipeline, in *pipelines.Input, o Options, log *slog.Logger) (connectors.Source, error) {
+func newSource(ctx context.Context, nc *nats.Conn, p *pipelines.Pipeline, name string, in *pipelines.Input, o Options, log *slog.Logger) (connectors.Source, error) {
 	switch {
+	case in.Kafka != nil:
+		return newKafkaSource(ctx, p, name, in.Kafka, o, log)
+	case in.Kinesis != nil:
+		return newKinesisSource(ctx, nc, p, name, in.Kinesis, o, log)
 	case in.JetStream != nil:
 		c := in.JetStream
 		return jetstream.NewSource(ctx, nc, jetstream.SourceConfig{
@@ -215,8 +219,12 @@ func newSource(ctx context.Context, nc *nats.Conn, p *pipelines.Pipeline, in *pi
 	return nil, errors.New("no connector configured")
 }
 
-func newSink(ctx context.Context, nc *nats.Conn, out *pipelines.Output, o Options, log *slog.Logger) (connectors.Sink, string, error) {
+func newSink(ctx context.Context, nc *nats.Conn, p *pipelines.Pipeline, name string, out *pipelines.Output, o Options, log *slog.Logger) (connectors.Sink, string, error) {
 	switch {
+	case out.Kafka != nil:
+		return newKafkaSink(ctx, p, name, out.Kafka, o, log)
+	case out.Kinesis != nil:
+		return newKinesisSink(ctx, p, name, out.Kinesis, o, log)
 	case out.JetStream != nil:
 		c := out.JetStream
 		s, err := jetstream.NewSink(ctx, nc, jetstream.SinkConfig{Encoding: c.Encoding, Stream: c.Stream, Subjects: c.Subjects}, log)
