@@ -162,11 +162,21 @@ type stage struct {
 }
 
 func newStage(rt *route, index int, fn *pipelines.Function) (*stage, error) {
-	path, err := resolveCommand(fn)
-	if err != nil {
-		return nil, err
-	}
 	e := rt.e
+	conf := Confinement{Runtime: e.opts.Runtime}
+	if e.opts.Confine != nil {
+		var err error
+		if conf, err = e.opts.Confine(fn); err != nil {
+			return nil, fmt.Errorf("%s: function %q: %w", fn.Pos, fn.Name, err)
+		}
+	}
+	path := conf.Path
+	if path == "" {
+		var err error
+		if path, err = resolveCommand(fn); err != nil {
+			return nil, err
+		}
+	}
 	env := append([]string(nil), e.opts.Env...)
 	keys := make([]string, 0, len(fn.Env))
 	for k := range fn.Env {
@@ -191,7 +201,9 @@ func newStage(rt *route, index int, fn *pipelines.Function) (*stage, error) {
 			MaxBatch:  max(fn.Batch.Size, 1),
 			Timeout:   time.Duration(fn.Timeout),
 			KeepAlive: e.opts.KeepAlive,
-			Runtime:   e.opts.Runtime,
+			Runtime:   conf.Runtime,
+			Tenant:    conf.Tenant,
+			Isolation: conf.Isolation,
 			Logger:    rt.log,
 		},
 		partitions: map[string]*worker{},

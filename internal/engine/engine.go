@@ -42,12 +42,27 @@ type Options struct {
 	// as files, that have no subject).
 	Subjects map[string]string
 	Runtime  sandbox.Runtime
+	// Confine, if set, chooses how each function's instances are
+	// confined; otherwise every function runs on Runtime with no isolation
+	// settings and its command resolved on the host.
+	Confine func(fn *pipelines.Function) (Confinement, error)
 	// Env is the environment every function starts with (e.g. PATH),
 	// before the function's own env.
 	Env    []string
 	Logger *slog.Logger
 	// KeepAlive is the idle ping interval for framed instances; 0 = 30s.
 	KeepAlive time.Duration
+}
+
+// Confinement is how one function's instances run.
+type Confinement struct {
+	Runtime sandbox.Runtime
+	// Tenant owns the instances; empty: the pipeline's name.
+	Tenant    string
+	Isolation sandbox.Isolation
+	// Path is the command as the runtime sees it (e.g. inside the
+	// function's own root); empty resolves fn.Command on the host.
+	Path string
 }
 
 // Stats counts what happened, for summaries and tests.

@@ -1,6 +1,7 @@
 package fnhost
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -266,12 +267,13 @@ func (c *conn) readerFailed(err error, class Class, msg string) {
 
 func (cfg *Config) spec(stderr *logTail) sandbox.Spec {
 	return sandbox.Spec{
-		Name:   cfg.Name(),
-		Path:   cfg.Path,
-		Args:   cfg.Args,
-		Env:    cfg.Env,
-		Dir:    cfg.Dir,
-		Tenant: cfg.Pipeline,
-		Stderr: stderr,
+		Name:      cfg.Name(),
+		Path:      cfg.Path,
+		Args:      cfg.Args,
+		Env:       cfg.Env,
+		Dir:       cfg.Dir,
+		Tenant:    cmp.Or(cfg.Tenant, cfg.Pipeline),
+		Stderr:    stderr,
+		Isolation: cfg.Isolation,
 	}
 }

@@ -64,7 +64,11 @@ type Config struct {
 	MaxFrame int
 
 	Runtime sandbox.Runtime
-	Logger  *slog.Logger
+	// Tenant owns the instance; default Pipeline.
+	Tenant string
+	// Isolation is handed to the runtime as it is.
+	Isolation sandbox.Isolation
+	Logger    *slog.Logger
 }
 
 // Name is "pipeline/function#instance", used in logs and errors.
