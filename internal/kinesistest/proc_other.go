@@ -1,0 +1,11 @@
+//go:build !linux
+
+package kinesistest
+
+import "syscall"
+
+// sysProcAttr puts the server in its own process group, so Stop kills node
+// and anything it started.
+func sysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true}
+}
