@@ -30,6 +30,10 @@ const (
 
 	defaultMaxInFlight   = 1024
 	defaultShutdownGrace = 30 * time.Second
+
+	defaultMaxInFlightBytes = 64 << 20
+	defaultNackWindow       = time.Minute
+	defaultBatchFailure     = "each"
 )
 
 // applyDefaults fills every unset field of a valid pipeline.
@@ -62,6 +66,7 @@ func applyDefaults(p *Pipeline) {
 		setInt(&f.Retry.MaxAttempts, defaultRetryMaxAttempts)
 		setDur(&f.Retry.Backoff, defaultRetryBackoff)
 		setDur(&f.Retry.MaxBackoff, defaultRetryMaxBackoff)
+		setStr(&f.Retry.BatchFailure, defaultBatchFailure)
 	}
 	for _, out := range p.Outputs {
 		switch {
@@ -82,6 +87,10 @@ func applyDefaults(p *Pipeline) {
 	setStr(&p.Unmatched.Action, defaultUnmatchedAction)
 	setInt(&p.Delivery.MaxInFlight, defaultMaxInFlight)
 	setDur(&p.Delivery.ShutdownGrace, defaultShutdownGrace)
+	setInt(&p.Delivery.MaxInFlightBytes, defaultMaxInFlightBytes)
+	if t := p.Delivery.NackThreshold; t != nil {
+		setDur(&t.Window, defaultNackWindow)
+	}
 }
 
 func setStr(s *string, def string) {

@@ -142,7 +142,7 @@ func TestValidFull(t *testing.T) {
 	}})
 
 	restart := Restart{Policy: "always", Backoff: Duration(100 * time.Millisecond), MaxBackoff: Duration(10 * time.Second)}
-	retry := Retry{MaxAttempts: 3, Backoff: Duration(100 * time.Millisecond), MaxBackoff: Duration(5 * time.Second)}
+	retry := Retry{MaxAttempts: 3, Backoff: Duration(100 * time.Millisecond), MaxBackoff: Duration(5 * time.Second), BatchFailure: "each"}
 	batch := Batch{Size: 100, MaxWait: Duration(5 * time.Millisecond)}
 	check("Functions", p.Functions, map[string]*Function{
 		"enrich": {
@@ -155,7 +155,8 @@ func TestValidFull(t *testing.T) {
 			Instances: 4,
 			Dispatch:  "key",
 			Restart:   restart,
-			Retry:     Retry{MaxAttempts: 5, Backoff: Duration(200 * time.Millisecond), MaxBackoff: Duration(2 * time.Second)},
+			Retry:     Retry{MaxAttempts: 5, Backoff: Duration(200 * time.Millisecond), MaxBackoff: Duration(2 * time.Second), BatchFailure: "each"},
+			Scale:     fixedScale(4),
 			Name:      "enrich",
 			Pos:       at(18, 3),
 			Dir:       dir,
@@ -170,6 +171,7 @@ func TestValidFull(t *testing.T) {
 			Dispatch:  "any",
 			Restart:   restart,
 			Retry:     retry,
+			Scale:     fixedScale(1),
 			Name:      "upper",
 			Pos:       at(33, 3),
 			Dir:       dir,
@@ -183,6 +185,7 @@ func TestValidFull(t *testing.T) {
 			Dispatch:  "key",
 			Restart:   Restart{Policy: "never", Backoff: restart.Backoff, MaxBackoff: restart.MaxBackoff},
 			Retry:     retry,
+			Scale:     fixedScale(2),
 			Name:      "notify",
 			Pos:       at(38, 3),
 			Dir:       dir,
@@ -228,7 +231,7 @@ func TestValidFull(t *testing.T) {
 			Pos:  at(76, 3),
 		},
 	})
-	check("Delivery", p.Delivery, Delivery{MaxInFlight: 2048, ShutdownGrace: Duration(time.Minute)})
+	check("Delivery", p.Delivery, Delivery{MaxInFlight: 2048, ShutdownGrace: Duration(time.Minute), MaxInFlightBytes: 64 << 20})
 
 	// The environment wins over defaults.
 	env := func(k string) (string, bool) {
@@ -270,7 +273,7 @@ func TestValidMinimal(t *testing.T) {
 			Pos:    Pos{file, 10, 3},
 		}},
 		Unmatched: Unmatched{Action: "drop"},
-		Delivery:  Delivery{MaxInFlight: 1024, ShutdownGrace: Duration(30 * time.Second)},
+		Delivery:  Delivery{MaxInFlight: 1024, ShutdownGrace: Duration(30 * time.Second), MaxInFlightBytes: 64 << 20},
 		File:      file,
 	}
 	same(t, "pipeline", p, want)
@@ -321,7 +324,8 @@ outputs: {out: {stdout: {}}}
 		Instances: 1,
 		Dispatch:  "key",
 		Restart:   Restart{Policy: "always", Backoff: Duration(100 * time.Millisecond), MaxBackoff: Duration(10 * time.Second)},
-		Retry:     Retry{MaxAttempts: 3, Backoff: Duration(100 * time.Millisecond), MaxBackoff: Duration(5 * time.Second)},
+		Retry:     Retry{MaxAttempts: 3, Backoff: Duration(100 * time.Millisecond), MaxBackoff: Duration(5 * time.Second), BatchFailure: "each"},
+		Scale:     fixedScale(1),
 		Name:      "f",
 		Pos:       Pos{"p.yaml", 6, 3},
 		Dir:       got.Dir,

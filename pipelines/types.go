@@ -226,6 +226,21 @@ type Retry struct {
 	MaxAttempts int      `yaml:"max_attempts,omitempty" min:"1" doc:"Attempts per record, the first included; default 3 (1: no retry)."` // default 3 (1 = no retry)
 	Backoff     Duration `yaml:"backoff,omitempty" doc:"First delay between attempts, doubling up to max_backoff; default 100ms."`       // default 100ms
 	MaxBackoff  Duration `yaml:"max_backoff,omitempty" doc:"Longest delay between attempts; default 5s."`                                // default 5s
+	// MaxRecordAge gives up on a failing record (dead letter) once this long
+	// has passed since it entered the pipeline; unset: no limit.
+	MaxRecordAge Duration `yaml:"max_record_age,omitempty" doc:"A failing record older than this (since the pipeline first received it) is given up instead of retried; default: no limit."`
+	// BatchFailure says what a batch whose every record failed becomes:
+	// each (default: every record is retried alone, counting an attempt) or
+	// bisect (the batch is halved and each half resent, without counting an
+	// attempt, until the failing record is alone; Lambda's
+	// BisectBatchOnFunctionError).
+	BatchFailure string `yaml:"batch_failure,omitempty" enum:"each,bisect" doc:"A batch whose every record failed: each (default) retries every record alone; bisect halves it, without counting an attempt, until the failing record is alone."`
+	// Lanes splits each instance's records by key hash into this many
+	// ordered lanes: a record waiting for a retry holds back the later
+	// records of its lane. Unset: one lane per key (only the same key
+	// waits); 1: the whole instance (or partition) waits, as Lambda's
+	// ParallelizationFactor 1.
+	Lanes int `yaml:"lanes,omitempty" min:"1" doc:"Ordered lanes per instance (by key hash): a record waiting for a retry holds back later records of its lane. Default: one lane per key; 1: the whole instance or partition waits."`
 }
 
 // Route matches records and sends them through a chain to outputs.
@@ -276,6 +291,19 @@ type Delivery struct {
 	MaxInFlight int `yaml:"max_in_flight,omitempty" min:"1" doc:"Bound on source records being processed at once; default 1024."`
 	// ShutdownGrace bounds the drain on SIGTERM; default 30s.
 	ShutdownGrace Duration `yaml:"shutdown_grace,omitempty" doc:"Bound on the drain on SIGTERM; default 30s."`
+	// MaxInFlightBytes bounds the value and key bytes of the source records
+	// being processed at once; default 64 MiB. One record larger than the
+	// bound is let in alone.
+	MaxInFlightBytes int `yaml:"max_in_flight_bytes,omitempty" min:"1" doc:"Bound on the key and value bytes of source records being processed at once; default 67108864 (64 MiB). A larger record is let in alone."`
+	// NackThreshold stops the pipeline when too many records fail for good
+	// in a window, instead of dead-lettering a flood.
+	NackThreshold *NackThreshold `yaml:"nack_threshold,omitempty" doc:"Stop the pipeline (exit with an error, records given back) when this many records fail for good within the window."`
+}
+
+// NackThreshold is N records failed for good within a sliding window.
+type NackThreshold struct {
+	Failures int      `yaml:"failures" required:"true" min:"1" doc:"Records failed for good (dead-lettered or given back) that stop the pipeline."`
+	Window   Duration `yaml:"window,omitempty" doc:"Window the failures are counted in; default 1m."`
 }
 
 // Duration is a time.Duration written as "150ms", "2s", "1m".
