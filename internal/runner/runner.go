@@ -50,6 +50,13 @@ type Options struct {
 	// Engine, if set, is called with the engine before it runs (tests use
 	// it to read Stats).
 	Engine func(*engine.Engine)
+	// Sources and Sinks, if set, replace the connectors of the inputs and
+	// outputs they name (`culvert test`, `replay --dry-run`): those are
+	// not built from the pipeline, and no broker is contacted for them.
+	// The runner closes them like its own. An injected sink receives the
+	// subjects rendered from the output's subject or topic template.
+	Sources map[string]connectors.Source
+	Sinks   map[string]connectors.Sink
 }
 
 // Run runs the pipeline until ctx is done, then drains and stops.
@@ -74,7 +81,7 @@ func Run(ctx context.Context, o Options) (err error) {
 
 	var nc *nats.Conn
 	url := ""
-	if usesNATS(p) {
+	if usesNATS(p, o) {
 		url = o.NATSURL
 		if url == "" {
 			url = p.Broker.URL
@@ -113,7 +120,11 @@ func Run(ctx context.Context, o Options) (err error) {
 
 	sources := map[string]connectors.Source{}
 	for name, in := range p.Inputs {
-		src, err := newSource(ctx, nc, p, name, in, o, log)
+		src, ok := o.Sources[name]
+		var err error
+		if !ok {
+			src, err = newSource(ctx, nc, p, name, in, o, log)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: input %q: %w", in.Pos, name, err)
 		}
@@ -123,7 +134,12 @@ func Run(ctx context.Context, o Options) (err error) {
 	sinks := map[string]connectors.Sink{}
 	subjects := map[string]string{}
 	for name, out := range p.Outputs {
-		sink, subject, err := newSink(ctx, nc, p, name, out, o, log)
+		sink, ok := o.Sinks[name]
+		subject := injectedSubject(out)
+		var err error
+		if !ok {
+			sink, subject, err = newSink(ctx, nc, p, name, out, o, log)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: output %q: %w", out.Pos, name, err)
 		}
@@ -153,13 +169,19 @@ func Run(ctx context.Context, o Options) (err error) {
 	return eng.Run(ctx)
 }
 
-func usesNATS(p *pipelines.Pipeline) bool {
-	for _, in := range p.Inputs {
+func usesNATS(p *pipelines.Pipeline, o Options) bool {
+	for name, in := range p.Inputs {
+		if _, injected := o.Sources[name]; injected {
+			continue
+		}
 		if in.NATS != nil || in.JetStream != nil || kinesisUsesNATS(in.Kinesis) {
 			return true
 		}
 	}
-	for _, out := range p.Outputs {
+	for name, out := range p.Outputs {
+		if _, injected := o.Sinks[name]; injected {
+			continue
+		}
 		if out.NATS != nil || out.JetStream != nil {
 			return true
 		}
