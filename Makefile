@@ -24,7 +24,7 @@ generate: deps
 
 # Fails when committed generated code differs from what go generate makes.
 check-generated: generate
-	@git diff --exit-code --stat -- '*.pb.go' pipelines/schema.json || \
+	@git diff --exit-code --stat -- '*.pb.go' pipelines/schema.json 'sdk/python/culvert/v1/*_pb2.py' sdk/node/gen || \
 	  (echo "generated code is stale: run 'make generate' and commit the result" >&2; exit 1)
 
 lint:

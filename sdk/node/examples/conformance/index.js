@@ -1,0 +1,38 @@
+#!/usr/bin/env node
+// Echo function that honours the conformance convention (proto/SPEC.md,
+// appendix A), so that `culvert fn conform -- node index.js` can drive every
+// rule: with CULVERT_CONFORMANCE=1 in its environment, a record's
+// culvert-conformance header asks it to echo, emit N copies, drop, fail,
+// fail retryably or print to stdout. Every other record is echoed.
+import { clone } from "@bufbuild/protobuf";
+import * as culvert from "../../culvert.js";
+
+const HEADER = "culvert-conformance";
+const enabled = process.env.CULVERT_CONFORMANCE === "1";
+
+function directive(record) {
+  const h = record.headers.find((h) => h.name === HEADER);
+  return h ? Buffer.from(h.value).toString("latin1") : null;
+}
+
+culvert.run(
+  (record) => {
+    const d = enabled ? directive(record) : null;
+    if (d === null || d === "echo") return record;
+    if (d === "drop") return null;
+    if (d === "fail") throw new Error("failure requested by the culvert-conformance header");
+    if (d === "retry") throw new culvert.RetryableError("failure requested by the culvert-conformance header");
+    const emit = /^emit=(0|[1-9][0-9]{0,3})$/.exec(d);
+    if (emit && Number(emit[1]) <= 1000) {
+      const copy = clone(culvert.RecordSchema, record);
+      copy.source = undefined;
+      return Array.from({ length: Number(emit[1]) }, () => copy);
+    }
+    if (d.startsWith("stdout=") && /^[\x20-\x7e]*$/.test(d.slice(7))) {
+      console.log(d.slice(7));
+      return record;
+    }
+    throw new Error(`${HEADER}: unknown directive ${JSON.stringify(d)} (echo, emit=N, drop, fail, retry, stdout=TEXT)`);
+  },
+  { agent: "conformance-node/1" },
+);
