@@ -1,0 +1,230 @@
+// Package kafkamsg maps Records to Kafka records and back. It is shared by
+// the kafka source and sink and owns nothing else: it never talks to a
+// broker and never derives record ids from positions (the connector does).
+//
+// Decoding: a Kafka record whose first Content-Type header is
+// connectors.RecordContentType carries a protobuf Record as its value.
+// Any other Kafka record is a raw value: key -> key, value -> value,
+// timestamp -> event time, the first Content-Type header -> content type,
+// every other header -> a Record header, in order (Kafka headers are an
+// ordered list with repeats, as Record headers are).
+//
+// Encoding: EncodingRecord writes the whole Record as the value (lossless)
+// with the record key as the Kafka key; EncodingValue writes the value,
+// the key, the headers in order, the content type as a Content-Type header
+// and the event time as the Kafka timestamp (millisecond precision).
+package kafkamsg
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/culvert-dev/culvert/connectors"
+	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
+)
+
+// HeaderContentType is the Kafka header carrying the content type.
+const HeaderContentType = "Content-Type"
+
+// ConnectorName is Record.Source.Connector for Kafka records.
+const ConnectorName = "kafka"
+
+// Encoding selects how a sink writes a Record into a Kafka record.
+type Encoding uint8
+
+const (
+	// EncodingRecord: value = protobuf Record (the default).
+	EncodingRecord Encoding = iota
+	// EncodingValue: value = the record's value, metadata in key, headers
+	// and timestamp.
+	EncodingValue
+)
+
+// ParseEncoding parses "record" (or "") and "value".
+func ParseEncoding(s string) (Encoding, error) {
+	switch s {
+	case "", "record":
+		return EncodingRecord, nil
+	case "value":
+		return EncodingValue, nil
+	}
+	return 0, fmt.Errorf("unknown encoding %q (want record or value)", s)
+}
+
+func (e Encoding) String() string {
+	if e == EncodingValue {
+		return "value"
+	}
+	return "record"
+}
+
+// ErrNotRepresentable is wrapped by Encode when a record cannot be carried
+// faithfully in the value encoding (an event time before 1970, which a
+// Kafka timestamp cannot hold).
+var ErrNotRepresentable = errors.New("record not representable as a Kafka record")
+
+// ID is the record id the connector gives a Kafka record that carries no
+// id of its own: stable across redeliveries of the same offset.
+func ID(topic string, partition int32, offset int64) string {
+	return "kafka:" + topic + ":" + strconv.FormatInt(int64(partition), 10) + ":" + strconv.FormatInt(offset, 10)
+}
+
+// Position is the Record.Source of a Kafka record.
+func Position(r *kgo.Record) *culvertv1.Position {
+	return &culvertv1.Position{
+		Connector: ConnectorName,
+		Stream:    r.Topic,
+		Subject:   r.Topic,
+		Partition: strconv.FormatInt(int64(r.Partition), 10),
+		Offset:    uint64(max(r.Offset, 0)),
+	}
+}
+
+// Decode turns a Kafka record into a Record, with Source and Id set (the
+// id of a record-encoded value is kept when it has one). It fails only
+// when the record claims to carry a Record (Content-Type) and the value
+// does not parse; callers then usually fall back to DecodeRaw. The Record
+// may alias r's key, value and header values.
+func Decode(r *kgo.Record) (*culvertv1.Record, error) {
+	if contentType(r) == connectors.RecordContentType {
+		rec := new(culvertv1.Record)
+		if err := proto.Unmarshal(r.Value, rec); err != nil {
+			return nil, fmt.Errorf("decode %s value of %s: %w", connectors.RecordContentType, ID(r.Topic, r.Partition, r.Offset), err)
+		}
+		finish(rec, r)
+		return rec, nil
+	}
+	return DecodeRaw(r), nil
+}
+
+// DecodeRaw takes r's value as the value and the rest as described in the
+// package comment. It never fails. Invalid UTF-8 in header names and the
+// content type is replaced by U+FFFD (Record strings must be UTF-8).
+func DecodeRaw(r *kgo.Record) *culvertv1.Record {
+	rec := &culvertv1.Record{Key: r.Key, Value: r.Value}
+	if !r.Timestamp.IsZero() && r.Timestamp.UnixMilli() >= 0 {
+		rec.EventTime = timestamppb.New(r.Timestamp)
+	}
+	ctSeen := false
+	for _, h := range r.Headers {
+		if !ctSeen && h.Key == HeaderContentType {
+			ctSeen = true
+			rec.ContentType = strings.ToValidUTF8(string(h.Value), "\uFFFD")
+			continue
+		}
+		rec.Headers = append(rec.Headers, &culvertv1.Header{Name: strings.ToValidUTF8(h.Key, "\uFFFD"), Value: h.Value})
+	}
+	finish(rec, r)
+	return rec
+}
+
+func finish(rec *culvertv1.Record, r *kgo.Record) {
+	rec.Source = Position(r)
+	if rec.Id == "" {
+		rec.Id = ID(r.Topic, r.Partition, r.Offset)
+	}
+}
+
+func contentType(r *kgo.Record) string {
+	for _, h := range r.Headers {
+		if h.Key == HeaderContentType {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// maxPooled bounds buffers kept for reuse, so one huge record does not pin
+// memory.
+const maxPooled = 1 << 20
+
+// Buffer is an encoding buffer lent by an Encoder. Give it back with
+// Encoder.Release once the produce was answered.
+type Buffer struct{ b []byte }
+
+// Encoder encodes Records into Kafka records, reusing value buffers. It is
+// safe for concurrent use. Each sink owns one (no package-level pool).
+type Encoder struct {
+	enc  Encoding
+	pool sync.Pool
+}
+
+// NewEncoder returns an Encoder for enc.
+func NewEncoder(enc Encoding) *Encoder { return &Encoder{enc: enc} }
+
+// Encoding reports the encoder's encoding.
+func (e *Encoder) Encoding() Encoding { return e.enc }
+
+// Encode builds the Kafka record producing rec to topic. With
+// EncodingRecord the value lives in the returned Buffer, which the caller
+// releases once the produce promise ran (kgo keeps the record for retries
+// until then). With EncodingValue the value aliases rec.Value and the
+// Buffer is nil.
+func (e *Encoder) Encode(topic string, rec *culvertv1.Record) (*kgo.Record, *Buffer, error) {
+	if e.enc == EncodingValue {
+		kr, err := encodeValue(topic, rec)
+		return kr, nil, err
+	}
+	buf, _ := e.pool.Get().(*Buffer)
+	if buf == nil {
+		buf = new(Buffer)
+	}
+	b, err := proto.MarshalOptions{}.MarshalAppend(buf.b[:0], rec)
+	if err != nil {
+		e.Release(buf)
+		return nil, nil, fmt.Errorf("marshal record %q: %w", rec.GetId(), err)
+	}
+	buf.b = b
+	kr := &kgo.Record{
+		Topic:   topic,
+		Key:     rec.GetKey(),
+		Value:   b,
+		Headers: []kgo.RecordHeader{{Key: HeaderContentType, Value: []byte(connectors.RecordContentType)}},
+	}
+	if et := rec.GetEventTime(); et != nil && et.AsTime().UnixMilli() >= 0 {
+		kr.Timestamp = et.AsTime()
+	}
+	return kr, buf, nil
+}
+
+// Release returns buf to the pool. nil is ignored.
+func (e *Encoder) Release(buf *Buffer) {
+	if buf == nil || cap(buf.b) > maxPooled {
+		return
+	}
+	buf.b = buf.b[:0]
+	e.pool.Put(buf)
+}
+
+func encodeValue(topic string, rec *culvertv1.Record) (*kgo.Record, error) {
+	kr := &kgo.Record{Topic: topic, Key: rec.GetKey(), Value: rec.GetValue()}
+	n := len(rec.GetHeaders())
+	if rec.GetContentType() != "" {
+		n++
+	}
+	if n > 0 {
+		kr.Headers = make([]kgo.RecordHeader, 0, n)
+	}
+	if ct := rec.GetContentType(); ct != "" {
+		kr.Headers = append(kr.Headers, kgo.RecordHeader{Key: HeaderContentType, Value: []byte(ct)})
+	}
+	for _, h := range rec.GetHeaders() {
+		kr.Headers = append(kr.Headers, kgo.RecordHeader{Key: h.GetName(), Value: h.GetValue()})
+	}
+	if et := rec.GetEventTime(); et != nil {
+		t := et.AsTime()
+		if t.UnixMilli() < 0 {
+			return nil, fmt.Errorf("record %q: event time %s: %w", rec.GetId(), t.UTC().Format(time.RFC3339Nano), ErrNotRepresentable)
+		}
+		kr.Timestamp = t
+	}
+	return kr, nil
+}

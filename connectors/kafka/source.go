@@ -1,0 +1,796 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/culvert-dev/culvert/connectors"
+	"github.com/culvert-dev/culvert/connectors/kafka/kafkamsg"
+)
+
+// ConnectorName is Record.Source.Connector for this source.
+const ConnectorName = kafkamsg.ConnectorName
+
+// SourceConfig configures a Source. Zero values take the defaults shown.
+type SourceConfig struct {
+	Client ClientConfig
+	// Topics to consume. Required.
+	Topics []string
+	// Group is the consumer group. Required.
+	Group string
+	// Start is where a partition without a committed offset begins:
+	// "earliest" (default), "latest", or an RFC 3339 time (the first
+	// record at or after it).
+	Start string
+	// MaxInFlight bounds records handed over and not settled, over all
+	// partitions. Default 1024.
+	MaxInFlight int
+	// MaxInFlightPerPartition bounds them per partition, so one busy
+	// partition cannot take every slot. Default MaxInFlight.
+	MaxInFlightPerPartition int
+	// MaxQueued is how many fetched records one partition may hold before
+	// it is paused (no more fetching until half of them were handed over).
+	// Default 1024.
+	MaxQueued int
+	// CommitInterval between commits of the watermarks. Default 1s.
+	CommitInterval time.Duration
+	// RevokeGrace bounds how long a rebalance waits for in-flight records
+	// of a revoked partition to settle before committing its watermark and
+	// abandoning the rest. Keep it below the rebalance timeout (60s).
+	// Default 10s.
+	RevokeGrace time.Duration
+	// SessionTimeout of the group member; default kgo's 45s.
+	SessionTimeout time.Duration
+	// FetchMaxWait is the longest a fetch waits for data; default 500ms.
+	FetchMaxWait time.Duration
+}
+
+func (c *SourceConfig) defaults() error {
+	if len(c.Topics) == 0 || c.Group == "" {
+		return fmt.Errorf("topics %q, group %q: both are required", c.Topics, c.Group)
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 1024
+	}
+	if c.MaxInFlightPerPartition <= 0 || c.MaxInFlightPerPartition > c.MaxInFlight {
+		c.MaxInFlightPerPartition = c.MaxInFlight
+	}
+	if c.MaxQueued <= 0 {
+		c.MaxQueued = 1024
+	}
+	if c.CommitInterval <= 0 {
+		c.CommitInterval = time.Second
+	}
+	if c.RevokeGrace <= 0 {
+		c.RevokeGrace = 10 * time.Second
+	}
+	if c.FetchMaxWait <= 0 {
+		c.FetchMaxWait = 500 * time.Millisecond
+	}
+	return nil
+}
+
+// ParseStart parses a start position: "earliest" (or ""), "latest", or an
+// RFC 3339 time.
+func ParseStart(s string) (kgo.Offset, error) {
+	switch s {
+	case "", "earliest":
+		return kgo.NewOffset().AtStart(), nil
+	case "latest":
+		return kgo.NewOffset().AtEnd(), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return kgo.Offset{}, fmt.Errorf("start %q: want earliest, latest or an RFC 3339 time such as 2026-01-02T15:04:05Z", s)
+	}
+	return kgo.NewOffset().AfterMilli(t.UnixMilli()), nil
+}
+
+// tp is a topic partition.
+type tp struct {
+	topic     string
+	partition int32
+}
+
+func (t tp) String() string { return t.topic + "/" + strconv.FormatInt(int64(t.partition), 10) }
+
+// Source consumes topics in a consumer group. Each assigned partition is a
+// lane: its records are handed to the Handler in offset order by one
+// goroutine, and its offset is committed only up to the highest record
+// such that every record before it was settled (see watermark). A nak'd
+// record is handed again by its lane after the delay, while later records
+// keep flowing; the commit waits for it.
+//
+// Partition names given to Handler.Revoked are "<topic>/<partition>".
+type Source struct {
+	cfg SourceConfig
+	log *slog.Logger
+	cl  *kgo.Client
+	sem chan struct{} // in-flight slots, all partitions
+
+	closed atomic.Bool
+	mu     sync.Mutex // guards lanes, run
+	lanes  map[tp]*lane
+	run    *runState
+
+	// commitMu serialises commits with revocations, so a periodic commit
+	// gathered before a revocation cannot land after the revocation's own
+	// commit and rewind it.
+	commitMu   sync.Mutex
+	stopCommit chan struct{}
+	commitDone chan struct{}
+}
+
+type runState struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	h      connectors.Handler
+	wg     sync.WaitGroup
+}
+
+var _ connectors.Source = (*Source)(nil)
+
+// NewSource makes the client and joins the group. Partitions are assigned,
+// and fetched into a bounded buffer, from then on; records are handed over
+// once Run runs.
+func NewSource(cfg SourceConfig, logger *slog.Logger) (*Source, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, fmt.Errorf("kafka source: %w", err)
+	}
+	start, err := ParseStart(cfg.Start)
+	if err != nil {
+		return nil, fmt.Errorf("kafka source: group %q: %w", cfg.Group, err)
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	s := &Source{
+		cfg:        cfg,
+		log:        logger.With("connector", ConnectorName, "group", cfg.Group),
+		sem:        make(chan struct{}, cfg.MaxInFlight),
+		lanes:      map[tp]*lane{},
+		stopCommit: make(chan struct{}),
+		commitDone: make(chan struct{}),
+	}
+	opts, err := cfg.Client.opts(s.log)
+	if err != nil {
+		return nil, fmt.Errorf("kafka source: group %q: %w", cfg.Group, err)
+	}
+	opts = append(opts,
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeTopics(cfg.Topics...),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.ConsumeResetOffset(start),
+		kgo.FetchMaxWait(cfg.FetchMaxWait),
+		kgo.OnPartitionsAssigned(s.onAssigned),
+		kgo.OnPartitionsRevoked(s.onRevoked),
+		kgo.OnPartitionsLost(s.onLost),
+	)
+	if cfg.SessionTimeout > 0 {
+		opts = append(opts, kgo.SessionTimeout(cfg.SessionTimeout))
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka source: group %q: %w", cfg.Group, err)
+	}
+	s.cl = cl
+	go s.committer()
+	return s, nil
+}
+
+// Run hands records to h until ctx is cancelled or Close is called (then
+// it returns nil). Run may be called again after it returned.
+func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
+	s.mu.Lock()
+	if s.closed.Load() {
+		s.mu.Unlock()
+		return fmt.Errorf("kafka source: group %q: %w", s.cfg.Group, connectors.ErrClosed)
+	}
+	if s.run != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("kafka source: group %q: already running", s.cfg.Group)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	rs := &runState{ctx: ctx, cancel: cancel, h: h}
+	s.run = rs
+	for _, l := range s.lanes {
+		s.startLane(rs, l)
+	}
+	s.mu.Unlock()
+	defer func() {
+		cancel()
+		rs.wg.Wait()
+		s.mu.Lock()
+		s.run = nil
+		s.mu.Unlock()
+	}()
+	s.log.Info("consuming", "topics", s.cfg.Topics)
+
+	for {
+		fetches := s.cl.PollRecords(ctx, s.cfg.MaxQueued)
+		if ctx.Err() != nil || fetches.IsClientClosed() {
+			s.cl.AllowRebalance()
+			return nil
+		}
+		fetches.EachError(func(topic string, partition int32, err error) {
+			if errors.Is(err, context.Canceled) {
+				return
+			}
+			s.log.Warn("fetch error; the client retries", "topic", topic, "partition", partition, "error", err)
+		})
+		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+			if len(p.Records) == 0 {
+				return
+			}
+			t := tp{p.Topic, p.Partition}
+			s.mu.Lock()
+			l := s.lanes[t]
+			s.mu.Unlock()
+			if l == nil {
+				// Not ours (any more): not handed, never committed.
+				s.log.Debug("records of an unassigned partition dropped", "partition", t.String(), "count", len(p.Records))
+				return
+			}
+			l.push(p.Records)
+		})
+		// Records are in their lanes: a rebalance may run now.
+		s.cl.AllowRebalance()
+	}
+}
+
+// startLane starts l's goroutine under rs. Called with s.mu held.
+func (s *Source) startLane(rs *runState, l *lane) {
+	rs.wg.Add(1)
+	go func() {
+		defer rs.wg.Done()
+		l.loop(rs.ctx, rs.h)
+	}()
+}
+
+func (s *Source) onAssigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
+	if s.closed.Load() {
+		return
+	}
+	var names []string
+	s.mu.Lock()
+	for topic, parts := range assigned {
+		for _, p := range parts {
+			t := tp{topic, p}
+			if old := s.lanes[t]; old != nil {
+				old.kill()
+			}
+			l := newLane(s, t)
+			s.lanes[t] = l
+			if s.run != nil {
+				s.startLane(s.run, l)
+			}
+			names = append(names, t.String())
+		}
+	}
+	s.mu.Unlock()
+	slices.Sort(names)
+	s.log.Info("partitions assigned", "partitions", names)
+}
+
+// onRevoked runs inside a rebalance: the revoked partitions stop handing
+// records at once, their in-flight records get up to RevokeGrace to
+// settle, then their watermarks are committed and the lanes dropped.
+func (s *Source) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[string][]int32) {
+	if s.closed.Load() || len(revoked) == 0 {
+		return
+	}
+	lanes := s.lanesOf(revoked)
+	if len(lanes) == 0 {
+		return
+	}
+	for _, l := range lanes {
+		l.revoke()
+	}
+	deadline := time.Now().Add(s.cfg.RevokeGrace)
+	for time.Now().Before(deadline) && !s.closed.Load() {
+		busy := 0
+		for _, l := range lanes {
+			busy += l.inFlight()
+		}
+		if busy == 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s.commitMu.Lock()
+	err := s.commitLanes(ctx, lanes)
+	s.removeLanes(lanes)
+	s.commitMu.Unlock()
+	names, abandoned := laneNames(lanes)
+	if err != nil {
+		s.log.Warn("commit on revocation failed; the new owner resumes from the previous commit", "partitions", names, "error", err)
+	}
+	s.log.Info("partitions revoked", "partitions", names, "abandoned_in_flight", abandoned)
+	s.tellRevoked(names)
+}
+
+// onLost: the group session is gone (fenced, broker restarted), so commits
+// would fail. The lanes are dropped without committing; their records come
+// back from the last commit.
+func (s *Source) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+	if s.closed.Load() || len(lost) == 0 {
+		return
+	}
+	lanes := s.lanesOf(lost)
+	s.commitMu.Lock()
+	s.removeLanes(lanes)
+	s.commitMu.Unlock()
+	names, abandoned := laneNames(lanes)
+	s.log.Warn("partitions lost (group session ended); records after the last commit will be delivered again", "partitions", names, "abandoned_in_flight", abandoned)
+	s.tellRevoked(names)
+}
+
+func (s *Source) tellRevoked(names []string) {
+	s.mu.Lock()
+	rs := s.run
+	s.mu.Unlock()
+	if rs != nil && len(names) > 0 {
+		rs.h.Revoked(names)
+	}
+}
+
+func (s *Source) lanesOf(m map[string][]int32) []*lane {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*lane
+	for topic, parts := range m {
+		for _, p := range parts {
+			if l := s.lanes[tp{topic, p}]; l != nil {
+				out = append(out, l)
+			}
+		}
+	}
+	return out
+}
+
+func (s *Source) removeLanes(lanes []*lane) {
+	s.mu.Lock()
+	for _, l := range lanes {
+		if s.lanes[l.tp] == l {
+			delete(s.lanes, l.tp)
+		}
+	}
+	s.mu.Unlock()
+	for _, l := range lanes {
+		l.kill()
+	}
+}
+
+func laneNames(lanes []*lane) ([]string, int) {
+	names := make([]string, 0, len(lanes))
+	n := 0
+	for _, l := range lanes {
+		names = append(names, l.tp.String())
+		n += l.inFlight()
+	}
+	slices.Sort(names)
+	return names, n
+}
+
+// commitTimeout bounds one commit round trip.
+const commitTimeout = 10 * time.Second
+
+// commitLanes commits the watermarks of lanes that moved since their last
+// commit. Called with commitMu held.
+func (s *Source) commitLanes(ctx context.Context, lanes []*lane) error {
+	offsets := map[string]map[int32]kgo.EpochOffset{}
+	type mark struct {
+		l   *lane
+		off int64
+	}
+	var marks []mark
+	for _, l := range lanes {
+		off, epoch, ok := l.toCommit()
+		if !ok {
+			continue
+		}
+		if offsets[l.tp.topic] == nil {
+			offsets[l.tp.topic] = map[int32]kgo.EpochOffset{}
+		}
+		offsets[l.tp.topic][l.tp.partition] = kgo.EpochOffset{Epoch: epoch, Offset: off}
+		marks = append(marks, mark{l, off})
+	}
+	if len(marks) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, commitTimeout)
+	defer cancel()
+	var cerr error
+	s.cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		if err != nil {
+			cerr = err
+			return
+		}
+		for _, t := range resp.Topics {
+			for _, p := range t.Partitions {
+				if err := kerr.ErrorForCode(p.ErrorCode); err != nil {
+					cerr = errors.Join(cerr, fmt.Errorf("%s/%d: %w", t.Topic, p.Partition, err))
+				}
+			}
+		}
+	})
+	if cerr != nil {
+		return cerr
+	}
+	for _, m := range marks {
+		m.l.committed(m.off)
+	}
+	return nil
+}
+
+// committer commits every CommitInterval until Close.
+func (s *Source) committer() {
+	defer close(s.commitDone)
+	t := time.NewTicker(s.cfg.CommitInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-s.stopCommit:
+			return
+		case <-t.C:
+		}
+		s.commitMu.Lock()
+		s.mu.Lock()
+		lanes := make([]*lane, 0, len(s.lanes))
+		for _, l := range s.lanes {
+			lanes = append(lanes, l)
+		}
+		s.mu.Unlock()
+		err := s.commitLanes(context.Background(), lanes)
+		s.commitMu.Unlock()
+		switch {
+		case err != nil && !failing:
+			failing = true
+			s.log.Warn("offset commit failed; retrying every commit interval (records after the last commit would be delivered again)", "error", err)
+		case err == nil && failing:
+			failing = false
+			s.log.Info("offset commits succeed again")
+		}
+	}
+}
+
+// Close stops Run, commits what was settled, and leaves the group. Records
+// handed over and not settled are not committed: the next member of the
+// group gets them. Settlements after Close return ErrClosed. Close is
+// idempotent.
+func (s *Source) Close() error {
+	s.mu.Lock()
+	if !s.closed.CompareAndSwap(false, true) {
+		s.mu.Unlock()
+		return nil
+	}
+	if s.run != nil {
+		s.run.cancel()
+	}
+	lanes := make([]*lane, 0, len(s.lanes))
+	for _, l := range s.lanes {
+		lanes = append(lanes, l)
+	}
+	s.mu.Unlock()
+	close(s.stopCommit)
+	<-s.commitDone
+	s.commitMu.Lock()
+	err := s.commitLanes(context.Background(), lanes)
+	s.removeLanes(lanes)
+	s.commitMu.Unlock()
+	if err != nil {
+		s.log.Warn("final offset commit failed; records after the previous commit will be delivered again", "error", err)
+	}
+	s.cl.Close()
+	return nil
+}
+
+// lane is one assigned partition.
+type lane struct {
+	s    *Source
+	tp   tp
+	kick chan struct{} // cap 1: something changed
+	stop chan struct{} // closed by kill
+
+	mu        sync.Mutex
+	queue     []*kgo.Record // fetched, not handed
+	retry     []*item       // nak'd, waiting for their delay
+	wm        *watermark
+	unsettled int
+	paused    bool
+	revoking  bool
+	dead      bool
+	lastSent  int64 // last committed offset, -1 none
+}
+
+// item is a record handed at least once.
+type item struct {
+	r          *kgo.Record
+	due        time.Time
+	deliveries int
+}
+
+func newLane(s *Source, t tp) *lane {
+	return &lane{s: s, tp: t, kick: make(chan struct{}, 1), stop: make(chan struct{}), wm: newWatermark(), lastSent: -1}
+}
+
+func (l *lane) signal() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// push queues fetched records, pausing the partition when the queue is
+// full.
+func (l *lane) push(recs []*kgo.Record) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dead || l.revoking {
+		return
+	}
+	l.queue = append(l.queue, recs...)
+	if !l.paused && len(l.queue) >= l.s.cfg.MaxQueued {
+		l.paused = true
+		l.s.cl.PauseFetchPartitions(map[string][]int32{l.tp.topic: {l.tp.partition}})
+		l.s.log.Debug("partition paused (back-pressure)", "partition", l.tp.String(), "queued", len(l.queue), "in_flight", l.unsettled)
+	}
+	l.signal()
+}
+
+// next picks the next record to hand: a due retry first, else the queue
+// head. With nothing ready it returns the time the earliest retry is due
+// (zero: none).
+func (l *lane) next() (it *item, wake time.Time, dead bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dead || l.revoking {
+		return nil, time.Time{}, l.dead
+	}
+	if l.unsettled >= l.s.cfg.MaxInFlightPerPartition {
+		return nil, time.Time{}, false
+	}
+	now := time.Now()
+	for i, r := range l.retry {
+		if !r.due.After(now) {
+			l.retry = slices.Delete(l.retry, i, i+1)
+			return r, time.Time{}, false
+		}
+		if wake.IsZero() || r.due.Before(wake) {
+			wake = r.due
+		}
+	}
+	if len(l.queue) > 0 {
+		r := l.queue[0]
+		l.queue[0] = nil
+		l.queue = l.queue[1:]
+		if l.paused && len(l.queue) <= l.s.cfg.MaxQueued/2 {
+			l.paused = false
+			l.s.cl.ResumeFetchPartitions(map[string][]int32{l.tp.topic: {l.tp.partition}})
+			l.s.log.Debug("partition resumed", "partition", l.tp.String(), "queued", len(l.queue))
+		}
+		return &item{r: r}, time.Time{}, false
+	}
+	return nil, wake, false
+}
+
+// loop hands the lane's records to h, one at a time, until ctx is done or
+// the lane is dropped.
+func (l *lane) loop(ctx context.Context, h connectors.Handler) {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		it, wake, dead := l.next()
+		if dead {
+			return
+		}
+		if it == nil {
+			var tc <-chan time.Time
+			if !wake.IsZero() {
+				if timer == nil {
+					timer = time.NewTimer(time.Until(wake))
+				} else {
+					timer.Reset(time.Until(wake))
+				}
+				tc = timer.C
+			}
+			select {
+			case <-l.kick:
+			case <-tc:
+			case <-l.stop:
+				return
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		select {
+		case l.s.sem <- struct{}{}:
+		case <-ctx.Done():
+			l.giveBack(it)
+			return
+		case <-l.stop:
+			return
+		}
+		st, msg, ok := l.hand(it)
+		if !ok {
+			<-l.s.sem
+			return
+		}
+		if err := h.Handle(ctx, msg); err != nil {
+			// Not taken: it goes back to the head of the retries.
+			if st.claim() {
+				<-l.s.sem
+				l.mu.Lock()
+				l.unsettled--
+				l.mu.Unlock()
+				l.giveBack(it)
+			}
+			return
+		}
+	}
+}
+
+// giveBack puts a record not handed over back, due at once.
+func (l *lane) giveBack(it *item) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if it.deliveries == 0 {
+		// Never added to the watermark: back at the queue head.
+		l.queue = slices.Insert(l.queue, 0, it.r)
+		return
+	}
+	it.due = time.Time{}
+	l.retry = slices.Insert(l.retry, 0, it)
+}
+
+// hand registers it as handed over and builds its Message.
+func (l *lane) hand(it *item) (*settler, connectors.Message, bool) {
+	rec, err := kafkamsg.Decode(it.r)
+	if err != nil {
+		l.s.log.Warn("undecodable record value, delivering it as a raw value", "partition", l.tp.String(), "offset", it.r.Offset, "error", err)
+		rec = kafkamsg.DecodeRaw(it.r)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dead {
+		return nil, connectors.Message{}, false
+	}
+	if it.deliveries == 0 {
+		l.wm.add(it.r.Offset, it.r.LeaderEpoch)
+	}
+	it.deliveries++
+	l.unsettled++
+	delivery := 0 // unknown: a first fetch may follow a restart
+	if it.deliveries > 1 {
+		delivery = it.deliveries
+	}
+	st := &settler{l: l, it: it}
+	return st, connectors.Message{Record: rec, Settler: st, Delivery: delivery}, true
+}
+
+func (l *lane) inFlight() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.unsettled
+}
+
+func (l *lane) revoke() {
+	l.mu.Lock()
+	l.revoking = true
+	l.queue = nil
+	l.mu.Unlock()
+	l.signal()
+}
+
+// kill drops the lane: its goroutine exits and its settlements are
+// ignored from now on.
+func (l *lane) kill() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dead {
+		return
+	}
+	l.dead = true
+	l.queue, l.retry = nil, nil
+	if l.paused {
+		l.paused = false
+		l.s.cl.ResumeFetchPartitions(map[string][]int32{l.tp.topic: {l.tp.partition}})
+	}
+	close(l.stop)
+}
+
+// toCommit returns the watermark when it moved past the last commit.
+func (l *lane) toCommit() (int64, int32, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dead {
+		return 0, 0, false
+	}
+	off, epoch, ok := l.wm.commit()
+	if !ok || off <= l.lastSent {
+		return 0, 0, false
+	}
+	return off, epoch, true
+}
+
+func (l *lane) committed(off int64) {
+	l.mu.Lock()
+	l.lastSent = max(l.lastSent, off)
+	l.mu.Unlock()
+}
+
+// settle applies a settlement of it: ack marks it in the watermark, nak
+// schedules it again after delay.
+func (l *lane) settle(it *item, ack bool, delay time.Duration) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.s.closed.Load() {
+		return connectors.ErrClosed
+	}
+	if l.dead {
+		return nil // revoked: ignored, as the contract says
+	}
+	l.unsettled--
+	if ack {
+		l.wm.settle(it.r.Offset)
+	} else if !l.revoking {
+		it.due = time.Now().Add(delay)
+		l.retry = append(l.retry, it)
+	}
+	l.signal()
+	return nil
+}
+
+type settler struct {
+	l    *lane
+	it   *item
+	done atomic.Bool
+}
+
+func (st *settler) claim() bool { return st.done.CompareAndSwap(false, true) }
+
+func (st *settler) settle(ack bool, delay time.Duration) error {
+	s := st.l.s
+	if s.closed.Load() {
+		return st.errorf(connectors.ErrClosed)
+	}
+	if !st.claim() {
+		return st.errorf(connectors.ErrSettled)
+	}
+	<-s.sem
+	if err := st.l.settle(st.it, ack, delay); err != nil {
+		return st.errorf(err)
+	}
+	return nil
+}
+
+func (st *settler) errorf(err error) error {
+	return fmt.Errorf("kafka source: group %q %s offset %d: %w", st.l.s.cfg.Group, st.l.tp, st.it.r.Offset, err)
+}
+
+// Ack marks the record settled; the partition's commit may move past it.
+func (st *settler) Ack(context.Context) error { return st.settle(true, 0) }
+
+// Nak hands the record again after delay; the commit waits for it.
+func (st *settler) Nak(_ context.Context, delay time.Duration) error {
+	return st.settle(false, max(delay, 0))
+}
