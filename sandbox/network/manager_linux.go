@@ -1,0 +1,441 @@
+//go:build linux
+
+package network
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/culvert-dev/culvert/sandbox"
+)
+
+// Manager prepares per-instance network namespaces. Its methods are safe
+// for concurrent use.
+type Manager struct {
+	cfg    Config
+	log    *slog.Logger
+	nsDir  string // RunDir/<prefix>: namespace bind mounts
+	bound  bool   // nsDir is (or may be) a mount point to remove on Close
+	lock   *os.File
+	hostNS netns.NsHandle
+	host   *netlink.Handle
+
+	forwarding bool   // ip_forward is on in the host namespace
+	restoreFwd string // value to restore on Close, if changed
+
+	mu     sync.Mutex
+	used   []bool // slot -> in use
+	next   int    // where the search for a free slot starts
+	closed bool
+}
+
+// NewManager takes the lock for cfg.Prefix, removes whatever a previous
+// run with that prefix left behind (links, rules, namespace mounts), and
+// installs the host-side rules. It needs CAP_NET_ADMIN and CAP_SYS_ADMIN
+// (for namespace mounts), i.e. root.
+func NewManager(cfg Config) (_ *Manager, err error) {
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{cfg: cfg, log: cfg.Logger.With("component", "network", "prefix", cfg.Prefix),
+		nsDir: filepath.Join(cfg.RunDir, cfg.Prefix), hostNS: netns.None()}
+	defer func() {
+		if err != nil {
+			m.teardown()
+		}
+	}()
+	if err := os.MkdirAll(m.nsDir, 0o700); err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	lockPath := filepath.Join(cfg.RunDir, cfg.Prefix+".lock")
+	if m.lock, err = os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o600); err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	if err := unix.Flock(int(m.lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		m.lock.Close()
+		m.lock = nil
+		return nil, fmt.Errorf("network: another manager with prefix %q is running (lock %s held): %w", cfg.Prefix, lockPath, err)
+	}
+	if cfg.HostNetns == "" {
+		m.hostNS, err = netns.Get()
+	} else {
+		m.hostNS, err = netns.GetFromPath(cfg.HostNetns)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("network: open host network namespace %q: %w", cfg.HostNetns, err)
+	}
+	if m.host, err = netlink.NewHandleAt(m.hostNS); err != nil {
+		return nil, fmt.Errorf("network: netlink in host namespace: %w", err)
+	}
+	if err := m.removeAll("leftover"); err != nil {
+		return nil, err
+	}
+	// nsDir is ours by name: a mount on it left by a crashed run is
+	// adopted, and Close unmounts it either way.
+	m.bound = true
+	if _, err = makeShared(m.nsDir); err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	fwd, err := sysctl(m.hostNS, "net/ipv4/ip_forward", "")
+	if err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	m.forwarding = strings.TrimSpace(fwd) == "1"
+	if !m.forwarding && cfg.EnableForwarding {
+		if _, err := sysctl(m.hostNS, "net/ipv4/ip_forward", "1"); err != nil {
+			return nil, fmt.Errorf("network: enable forwarding: %w", err)
+		}
+		m.forwarding, m.restoreFwd = true, fwd
+		m.log.Info("enabled net.ipv4.ip_forward in the host namespace; restored on close")
+	}
+	c, err := m.hostConn()
+	if err != nil {
+		return nil, err
+	}
+	addHostTable(c, cfg.Prefix, cfg.Subnet, !cfg.NoMasquerade)
+	if err := c.Flush(); err != nil {
+		return nil, fmt.Errorf("network: install host rules (table inet %s): %w", cfg.Prefix, err)
+	}
+	m.used = make([]bool, 1<<(32-cfg.Subnet.Bits()-2))
+	return m, nil
+}
+
+func (m *Manager) hostConn() (*nftables.Conn, error) {
+	c, err := nftables.New(nftables.WithNetNSFd(int(m.hostNS)))
+	if err != nil {
+		return nil, fmt.Errorf("network: nftables in host namespace: %w", err)
+	}
+	return c, nil
+}
+
+// removeAll deletes the table, links and namespace mounts carrying the
+// prefix. At start-up they belong to a previous run that did not close,
+// since this one holds the prefix's lock; why says which case it is.
+func (m *Manager) removeAll(why string) error {
+	c, err := m.hostConn()
+	if err != nil {
+		return err
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("network: list nftables tables: %w", err)
+	}
+	for _, t := range tables {
+		if t.Name == m.cfg.Prefix {
+			c.DelTable(t)
+			if err := c.Flush(); err != nil {
+				return fmt.Errorf("network: remove %s table inet %s: %w", why, t.Name, err)
+			}
+			m.log.Debug("removed nftables table", "why", why, "table", t.Name)
+		}
+	}
+	links, err := m.host.LinkList()
+	if err != nil {
+		return fmt.Errorf("network: list links: %w", err)
+	}
+	for _, l := range links {
+		if name := l.Attrs().Name; strings.HasPrefix(name, m.cfg.Prefix+"-") && l.Type() == "veth" {
+			if err := m.host.LinkDel(l); err != nil {
+				return fmt.Errorf("network: remove %s link %s: %w", why, name, err)
+			}
+			m.log.Info("removed link", "why", why, "link", name)
+		}
+	}
+	entries, err := os.ReadDir(m.nsDir)
+	if err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	for _, e := range entries {
+		if err := removeNetns(filepath.Join(m.nsDir, e.Name())); err != nil {
+			return fmt.Errorf("network: %s: %w", why, err)
+		}
+		m.log.Info("removed network namespace", "why", why, "path", filepath.Join(m.nsDir, e.Name()))
+	}
+	return nil
+}
+
+// Prepare creates the network namespace for one instance of a tenant's
+// function and applies policy n to it. "none" (or "") gives a namespace
+// with its loopback up and nothing else. "egress" adds a veth link to the
+// host namespace, numbered from the manager's subnet, a default route
+// through it, and the rules that allow outbound TCP to n.Allow and UDP/TCP
+// to n.DNS only. The caller joins Attachment.Path and closes the
+// attachment once the instance has exited.
+func (m *Manager) Prepare(ctx context.Context, tenant, instance string, n sandbox.Network) (_ *Attachment, err error) {
+	what := fmt.Sprintf("network for %s (tenant %s)", instance, tenant)
+	if err := Validate(n); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	egress := n.Mode == ModeEgress
+	if egress && !m.forwarding {
+		return nil, fmt.Errorf("%s: egress needs net.ipv4.ip_forward=1 in the host network namespace, and it is 0: "+
+			"enable it (sysctl -w net.ipv4.ip_forward=1) or let Culvert do it (network EnableForwarding)", what)
+	}
+	p, err := compile(n)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	slot, err := m.alloc()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	name := m.cfg.Prefix + "-" + strconv.FormatUint(uint64(slot), 36)
+	a := &Attachment{Path: filepath.Join(m.nsDir, name), Mode: ModeNone}
+	var undo []func() error
+	release := func() error {
+		if m.isClosed() {
+			return nil // the manager's Close removed everything
+		}
+		var errs []error
+		for i := len(undo) - 1; i >= 0; i-- {
+			errs = append(errs, undo[i]())
+		}
+		m.free(slot)
+		return errors.Join(errs...)
+	}
+	defer func() {
+		if err != nil {
+			if rerr := release(); rerr != nil {
+				m.log.Warn("rolling back a failed prepare", "instance", instance, "err", rerr)
+			}
+		}
+	}()
+
+	ns, err := newNetns(a.Path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	defer ns.Close()
+	undo = append(undo, func() error { return removeNetns(a.Path) })
+	in, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("%s: netlink in the new namespace: %w", what, err)
+	}
+	defer in.Close()
+	lo, err := in.LinkByName("lo")
+	if err == nil {
+		err = in.LinkSetUp(lo)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: bring loopback up: %w", what, err)
+	}
+	if egress {
+		if err := m.attachEgress(ctx, ns, in, name, slot, p, a, &undo); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	a.release = release
+	m.log.Debug("network prepared", "instance", instance, "tenant", tenant, "mode", a.Mode, "path", a.Path, "addr", a.Addr)
+	return a, nil
+}
+
+// attachEgress builds the link, addresses, route and rules of an egress
+// instance. Rules go in before the link is up, so no packet ever passes
+// unfiltered.
+func (m *Manager) attachEgress(ctx context.Context, ns netns.NsHandle, in *netlink.Handle, name string, slot int, p policy, a *Attachment, undo *[]func() error) error {
+	base := m.cfg.Subnet.Addr().As4()
+	var four [4]byte
+	binary.BigEndian.PutUint32(four[:], binary.BigEndian.Uint32(base[:])+uint32(slot)*4+1)
+	gw := netip.AddrFrom4(four) // .1 of the slot's /30
+	addr := gw.Next()          // .2
+	a.Mode, a.Addr, a.Gateway, a.HostLink, a.Resolver = ModeEgress, addr, gw, name, p.resolver
+
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		return fmt.Errorf("nftables in the new namespace: %w", err)
+	}
+	addInstanceTable(c, m.cfg.Subnet, p)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("install rules inside the namespace: %w", err)
+	}
+	hc, err := m.hostConn()
+	if err != nil {
+		return err
+	}
+	if err := addInstance(hc, m.cfg.Prefix, name, addr, m.cfg.Subnet, p); err != nil {
+		return fmt.Errorf("host rules for %s: %w", name, err)
+	}
+	if err := hc.Flush(); err != nil {
+		return fmt.Errorf("install host rules for %s: %w", name, err)
+	}
+	*undo = append(*undo, func() error {
+		hc, err := m.hostConn()
+		if err != nil {
+			return err
+		}
+		if err := delInstance(hc, m.cfg.Prefix, name); err != nil {
+			return err
+		}
+		if err := hc.Flush(); err != nil {
+			return fmt.Errorf("remove host rules for %s: %w", name, err)
+		}
+		return nil
+	})
+
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(ns))}
+	if err := m.host.LinkAdd(veth); err != nil {
+		return fmt.Errorf("create veth %s: %w", name, err)
+	}
+	*undo = append(*undo, func() error {
+		if err := m.host.LinkDel(veth); err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("remove veth %s: %w", name, err)
+		}
+		return nil
+	})
+	hostLink, err := m.host.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find veth %s: %w", name, err)
+	}
+	peer, err := in.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("find eth0 inside: %w", err)
+	}
+	if err := configure(m.host, hostLink, gw); err != nil {
+		return fmt.Errorf("host side %s: %w", name, err)
+	}
+	if err := configure(in, peer, addr); err != nil {
+		return fmt.Errorf("eth0 inside: %w", err)
+	}
+	if err := in.RouteAdd(&netlink.Route{LinkIndex: peer.Attrs().Index, Gw: net.IP(gw.AsSlice())}); err != nil {
+		return fmt.Errorf("default route inside: %w", err)
+	}
+	return waitOperUp(ctx, linkIn{m.host, name}, linkIn{in, "eth0"})
+}
+
+type linkIn struct {
+	h    *netlink.Handle
+	name string
+}
+
+// waitOperUp waits until the links are operationally up. A veth comes up a
+// few hundred microseconds after it is set up (the kernel's link watch
+// activates its queue); until then it drops packets, and a connection
+// attempted at once loses its SYN and waits a second for the retry.
+func waitOperUp(ctx context.Context, links ...linkIn) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	wait := 20 * time.Microsecond
+	for _, l := range links {
+		for {
+			link, err := l.h.LinkByName(l.name)
+			if err != nil {
+				return fmt.Errorf("link %s: %w", l.name, err)
+			}
+			if link.Attrs().OperState == netlink.OperUp {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("link %s not up (state %s): %w", l.name, link.Attrs().OperState, ctx.Err())
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// configure gives a link its /30 address, no IPv6 link-local address, and
+// brings it up.
+func configure(h *netlink.Handle, l netlink.Link, a netip.Addr) error {
+	// Without IPv6 addresses the link cannot carry IPv6 at all; the rules
+	// drop it anyway. Kernels without IPv6 refuse the setting, harmlessly.
+	_ = h.LinkSetIP6AddrGenMode(l, nl.IN6_ADDR_GEN_MODE_NONE)
+	ipn := &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(30, 32)}
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipn}); err != nil {
+		return fmt.Errorf("address %s: %w", ipn, err)
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("link up: %w", err)
+	}
+	return nil
+}
+
+func (m *Manager) alloc() (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return 0, errors.New("network manager is closed")
+	}
+	for i := range m.used {
+		s := (m.next + i) % len(m.used)
+		if !m.used[s] {
+			m.used[s] = true
+			m.next = s + 1
+			return s, nil
+		}
+	}
+	return 0, fmt.Errorf("all %d instance slots of subnet %s are in use", len(m.used), m.cfg.Subnet)
+}
+
+func (m *Manager) isClosed() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closed
+}
+
+func (m *Manager) free(slot int) {
+	m.mu.Lock()
+	m.used[slot] = false
+	m.mu.Unlock()
+}
+
+// Close removes the host-side rules, every link and namespace mount the
+// manager still holds, restores ip_forward if it changed it, and releases
+// the prefix's lock. Attachments still open become invalid.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	m.mu.Unlock()
+	return m.teardown()
+}
+
+func (m *Manager) teardown() error {
+	var errs []error
+	if m.host != nil {
+		errs = append(errs, m.removeAll("closing"))
+		if m.restoreFwd != "" {
+			if _, err := sysctl(m.hostNS, "net/ipv4/ip_forward", m.restoreFwd); err != nil {
+				errs = append(errs, fmt.Errorf("network: restore ip_forward: %w", err))
+			}
+		}
+		m.host.Close()
+	}
+	if m.bound {
+		if err := unix.Unmount(m.nsDir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("network: unmount %s: %w", m.nsDir, err))
+		}
+	}
+	if m.hostNS.IsOpen() {
+		m.hostNS.Close()
+	}
+	if m.lock != nil {
+		m.lock.Close() // releases the flock
+	}
+	return errors.Join(errs...)
+}
