@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -134,7 +133,9 @@ type problem struct{ field, msg string }
 // check returns how rec differs from m (nothing when it matches).
 func (m *Matcher) check(subject string, rec *culvertv1.Record, types *protoTypes) []problem {
 	var out []problem
-	add := func(field, format string, args ...any) { out = append(out, problem{field, fmt.Sprintf(format, args...)}) }
+	add := func(field, format string, args ...any) {
+		out = append(out, problem{field, fmt.Sprintf(format, args...)})
+	}
 	if m.Value != nil && string(rec.Value) != *m.Value {
 		add("value", "got %s, want %s", quote(rec.Value), strconv.Quote(*m.Value))
 	}
@@ -341,5 +342,3 @@ func describeRecord(subject string, rec *culvertv1.Record) string {
 	}
 	return b.String()
 }
-
-var _ = filepath.Join
