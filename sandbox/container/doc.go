@@ -1,0 +1,17 @@
+// Package container is the sandbox.Runtime that runs every function
+// instance in its own libcontainer container: user, pid, mount, ipc, uts,
+// network and cgroup namespaces; a read-only root holding only the
+// function's files; no capabilities; no_new_privs; rlimits; a default-deny
+// seccomp allowlist; cgroup limits under a per-tenant parent; and /proc
+// masked the way runc masks it.
+//
+// It owns the container configuration, the function's root (a directory,
+// an unpacked image, or one built from the command's ELF dependencies),
+// the tenant uid ranges, and pre-created containers that make a start an
+// exec. It never touches records or the function protocol, and it never
+// runs anything unconfined: when the host cannot sandbox, New fails and
+// says why.
+//
+// The culvert binary is its own container init: a program using this
+// package must call Init first thing when os.Args[1] is "init" (see Init).
+package container

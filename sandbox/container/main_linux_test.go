@@ -1,0 +1,108 @@
+//go:build linux
+
+package container
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/culvert-dev/culvert/sandbox"
+)
+
+// The test binary is also the container init.
+func init() { Init() }
+
+// hostileBin is the hostile function, built static once.
+var hostileBin string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if err := Check(); err != nil {
+			fmt.Fprintln(os.Stderr, "sandbox tests skipped:", err)
+			return m.Run() // tests that need the sandbox skip themselves
+		}
+		dir, err := os.MkdirTemp("", "culvert-hostile")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		_ = os.Chmod(dir, 0o755)
+		hostileBin = filepath.Join(dir, "hostile")
+		cmd := exec.Command("go", "build", "-o", hostileBin, "./testdata/hostile")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building the hostile function:", err)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// newRuntime returns a runtime with its own state directory and cgroup
+// parent, cleaned up after the test.
+func newRuntime(t testing.TB, precreate bool) *Runtime {
+	t.Helper()
+	if err := Check(); err != nil {
+		t.Skip("cannot sandbox here: ", err)
+	}
+	state := t.TempDir()
+	// The tenants' host uids must traverse it (t.TempDir's parent is 0700).
+	_ = os.Chmod(filepath.Dir(state), 0o711)
+	r, err := New(Options{
+		StateDir: state, CgroupParent: "culvert-test-" + strings.ToLower(filepath.Base(state)),
+		Precreate: precreate, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close(); r.removeCgroups() })
+	return r
+}
+
+// run starts spec, feeds it stdin, and returns its stdout, stderr and exit.
+func run(t testing.TB, r *Runtime, spec sandbox.Spec, stdin string, timeout time.Duration) (string, string, sandbox.Exit) {
+	t.Helper()
+	var stderr bytes.Buffer
+	spec.Stderr = &lockedWriter{w: &stderr}
+	if spec.Name == "" {
+		spec.Name = "test"
+	}
+	if spec.Env == nil {
+		spec.Env = []string{"PATH=/usr/bin:/bin"}
+	}
+	p, err := r.Start(context.Background(), spec)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	go func() {
+		_, _ = io.WriteString(p.Stdin(), stdin)
+		_ = p.Stdin().Close()
+	}()
+	timer := time.AfterFunc(timeout, func() { _ = p.Kill() })
+	defer timer.Stop()
+	out, _ := io.ReadAll(p.Stdout())
+	ex := p.Wait()
+	return string(out), stderr.String(), ex
+}
+
+type lockedWriter struct {
+	w io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) { return l.w.Write(p) }
+
+func hostile(args ...string) sandbox.Spec {
+	return sandbox.Spec{Path: hostileBin, Args: args, Tenant: "t1"}
+}

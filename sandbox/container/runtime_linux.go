@@ -1,0 +1,440 @@
+//go:build linux
+
+package container
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/opencontainers/cgroups"
+	_ "github.com/opencontainers/cgroups/devices" // device cgroup rules
+	"github.com/opencontainers/cgroups/manager"
+	"github.com/opencontainers/runc/libcontainer"
+	_ "github.com/opencontainers/runc/libcontainer/nsenter" // the C half of the container init
+	"golang.org/x/sys/unix"
+
+	"github.com/culvert-dev/culvert/sandbox"
+)
+
+// Options configure a Runtime. The zero value is usable.
+type Options struct {
+	// StateDir holds container state and root skeletons; default
+	// /run/culvert. It must be on a filesystem the tenants' host uids can
+	// traverse (the runtime makes its own directories 0711).
+	StateDir string
+	// CgroupParent is the cgroup under which per-tenant parents are made;
+	// default "culvert".
+	CgroupParent string
+	// TenantLimits gives a tenant's aggregate limits; nil or zero fields:
+	// DefaultTenantLimits.
+	TenantLimits func(tenant string) sandbox.Limits
+	// NetNS returns the path of a prepared network namespace for an
+	// instance whose network mode is "egress". Nil: egress is refused.
+	NetNS func(tenant string, n sandbox.Network) (string, error)
+	// Precreate keeps one container per distinct instance spec created
+	// and waiting, so that the next Start of that spec only has to exec
+	// the function (see docs/sandbox.md, "Start time").
+	Precreate bool
+	Logger    *slog.Logger
+}
+
+// Runtime runs function instances in libcontainer containers.
+type Runtime struct {
+	opts Options
+	log  *slog.Logger
+	seq  atomic.Uint64
+
+	mu      sync.Mutex
+	roots   map[string]*preparedRoot
+	tenants map[string]*tenant
+	slots   map[uint32]string
+
+	pmu     sync.Mutex
+	pool    map[string]*instance // pre-created, by spec key
+	filling map[string]bool
+	closed  bool
+	bg      sync.WaitGroup
+}
+
+var _ sandbox.Runtime = (*Runtime)(nil)
+
+type tenant struct {
+	name   string
+	hostID uint32
+	cgroup string
+	limits sandbox.Limits
+}
+
+// New checks that this host can sandbox (see Check) and returns a
+// Runtime.
+func New(opts Options) (*Runtime, error) {
+	if err := Check(); err != nil {
+		return nil, err
+	}
+	if opts.StateDir == "" {
+		opts.StateDir = "/run/culvert"
+	}
+	if opts.CgroupParent == "" {
+		opts.CgroupParent = "culvert"
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	for _, d := range []string{opts.StateDir, filepath.Join(opts.StateDir, "roots"), filepath.Join(opts.StateDir, "containers")} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return nil, fmt.Errorf("sandbox state directory: %w", err)
+		}
+		if err := os.Chmod(d, 0o711); err != nil {
+			return nil, fmt.Errorf("sandbox state directory: %w", err)
+		}
+	}
+	return &Runtime{
+		opts: opts, log: opts.Logger,
+		roots: map[string]*preparedRoot{}, tenants: map[string]*tenant{}, slots: map[uint32]string{},
+		pool: map[string]*instance{}, filling: map[string]bool{},
+	}, nil
+}
+
+// Name implements sandbox.Runtime.
+func (r *Runtime) Name() string { return "libcontainer" }
+
+// TenantRange returns the first host uid/gid of tenant's range. It fails
+// when another tenant of this runtime already holds the same range.
+func (r *Runtime) TenantRange(name string) (uint32, error) {
+	t, err := r.tenant(name)
+	if err != nil {
+		return 0, err
+	}
+	return t.hostID, nil
+}
+
+func (r *Runtime) tenant(name string) (*tenant, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t := r.tenants[name]; t != nil {
+		return t, nil
+	}
+	slot := tenantSlot(name)
+	if other, ok := r.slots[slot]; ok {
+		return nil, fmt.Errorf("tenants %q and %q hash to the same host uid range (%d); rename one of them", other, name, HostID(name))
+	}
+	lim := DefaultTenantLimits
+	if r.opts.TenantLimits != nil {
+		l := r.opts.TenantLimits(name)
+		if l.MemoryBytes > 0 {
+			lim.MemoryBytes = l.MemoryBytes
+		}
+		if l.Pids > 0 {
+			lim.Pids = l.Pids
+		}
+		if l.CPU > 0 {
+			lim.CPU = l.CPU
+		}
+	}
+	t := &tenant{name: name, hostID: HostID(name), cgroup: cgroupName(name), limits: lim}
+	res := &cgroups.Resources{Memory: lim.MemoryBytes, PidsLimit: &lim.Pids, SkipDevices: true}
+	if lim.CPU > 0 {
+		res.CpuPeriod = 100_000
+		res.CpuQuota = int64(lim.CPU * 100_000)
+	}
+	cg := &cgroups.Cgroup{Path: filepath.Join("/", r.opts.CgroupParent, t.cgroup), Resources: res}
+	m, err := manager.New(cg)
+	if err != nil {
+		return nil, fmt.Errorf("tenant %q: cgroup: %w", name, err)
+	}
+	if err := m.Apply(-1); err != nil {
+		return nil, fmt.Errorf("tenant %q: creating cgroup %s: %w", name, cg.Path, err)
+	}
+	if err := m.Set(res); err != nil {
+		return nil, fmt.Errorf("tenant %q: setting cgroup limits: %w", name, err)
+	}
+	r.slots[slot] = name
+	r.tenants[name] = t
+	return t, nil
+}
+
+// Start implements sandbox.Runtime. A pre-created container for the same
+// spec is used when there is one; otherwise the container is created,
+// started and exec'd now.
+func (r *Runtime) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	tenantName := spec.Tenant
+	if tenantName == "" {
+		tenantName = "default"
+	}
+	key := specKey(tenantName, spec)
+	if r.opts.Precreate {
+		r.pmu.Lock()
+		inst := r.pool[key]
+		delete(r.pool, key)
+		r.pmu.Unlock()
+		if inst != nil {
+			err := inst.exec(spec.Stderr)
+			r.refill(key, tenantName, spec)
+			if err == nil {
+				return inst, nil
+			}
+			r.log.Warn("pre-created container failed to exec; starting a new one", "instance", spec.Name, "error", err)
+		}
+	}
+	inst, err := r.create(tenantName, spec)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
+	}
+	if err := inst.exec(spec.Stderr); err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
+	}
+	if r.opts.Precreate {
+		r.refill(key, tenantName, spec)
+	}
+	return inst, nil
+}
+
+// Precreate creates a waiting container for spec now, so that the first
+// Start of spec is fast too. It is a no-op unless Options.Precreate.
+func (r *Runtime) Precreate(spec sandbox.Spec) {
+	if !r.opts.Precreate {
+		return
+	}
+	t := spec.Tenant
+	if t == "" {
+		t = "default"
+	}
+	r.refill(specKey(t, spec), t, spec)
+}
+
+// refill creates a container for key in the background unless one is
+// there or on its way.
+func (r *Runtime) refill(key, tenantName string, spec sandbox.Spec) {
+	r.pmu.Lock()
+	defer r.pmu.Unlock()
+	if r.closed || r.pool[key] != nil || r.filling[key] {
+		return
+	}
+	r.filling[key] = true
+	r.bg.Add(1)
+	go func() {
+		defer r.bg.Done()
+		inst, err := r.create(tenantName, spec)
+		r.pmu.Lock()
+		delete(r.filling, key)
+		if err == nil && !r.closed {
+			r.pool[key] = inst
+			inst = nil
+		}
+		r.pmu.Unlock()
+		if err != nil {
+			r.log.Warn("could not pre-create a container", "instance", spec.Name, "error", err)
+		}
+		if inst != nil {
+			inst.discard()
+		}
+	}()
+}
+
+// Close destroys the pre-created containers. Running instances are not
+// touched: their owners kill and wait for them.
+func (r *Runtime) Close() error {
+	r.pmu.Lock()
+	r.closed = true
+	pool := r.pool
+	r.pool = map[string]*instance{}
+	r.pmu.Unlock()
+	r.bg.Wait()
+	for _, inst := range pool {
+		inst.discard()
+	}
+	return nil
+}
+
+func specKey(tenant string, spec sandbox.Spec) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%q\x00%q\x00%q\x00%q\x00%#v", tenant, spec.Path, spec.Args, spec.Env, spec.Isolation)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// create makes a container whose init waits on its exec fifo.
+func (r *Runtime) create(tenantName string, spec sandbox.Spec) (_ *instance, err error) {
+	t, err := r.tenant(tenantName)
+	if err != nil {
+		return nil, err
+	}
+	pr, err := r.prepareRoot(spec)
+	if err != nil {
+		return nil, err
+	}
+	id := "c" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(r.seq.Add(1), 10)
+	cfg, err := r.containerConfig(id, t, pr, spec.Isolation)
+	if err != nil {
+		return nil, err
+	}
+	c, err := libcontainer.Create(filepath.Join(r.opts.StateDir, "containers"), id, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating container: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = c.Destroy()
+		}
+	}()
+	inst := &instance{c: c, cgroup: cfg.Cgroups, stderrTo: make(chan io.Writer, 1), drained: make(chan struct{})}
+	var inR, outW, errW *os.File
+	if inR, inst.stdin, err = os.Pipe(); err != nil {
+		return nil, err
+	}
+	if inst.stdout, outW, err = os.Pipe(); err != nil {
+		return nil, err
+	}
+	if inst.stderr, errW, err = os.Pipe(); err != nil {
+		return nil, err
+	}
+	defer inR.Close()
+	defer outW.Close()
+	defer errW.Close()
+	args := append([]string{spec.Path}, spec.Args...)
+	env := spec.Env
+	if env == nil {
+		env = []string{}
+	}
+	inst.p = &libcontainer.Process{
+		Args: args, Env: env, Cwd: "/", Init: true,
+		Stdin: inR, Stdout: outW, Stderr: errW,
+	}
+	if err := c.Start(inst.p); err != nil {
+		inst.closePipes()
+		return nil, fmt.Errorf("starting container: %w", err)
+	}
+	go inst.copyStderr()
+	return inst, nil
+}
+
+// instance is one container and its function process.
+type instance struct {
+	c      *libcontainer.Container
+	p      *libcontainer.Process
+	cgroup *cgroups.Cgroup
+
+	stdin          *os.File
+	stdout, stderr *os.File
+	stderrTo       chan io.Writer
+	drained        chan struct{}
+	waitOnce       sync.Once
+	exit           sandbox.Exit
+}
+
+func (i *instance) exec(stderr io.Writer) error {
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	i.stderrTo <- stderr
+	if err := i.c.Exec(); err != nil {
+		_ = i.Kill()
+		i.Wait()
+		return fmt.Errorf("exec: %w", err)
+	}
+	return nil
+}
+
+func (i *instance) copyStderr() {
+	defer close(i.drained)
+	w := <-i.stderrTo
+	_, _ = io.Copy(w, i.stderr)
+	_ = i.stderr.Close()
+}
+
+func (i *instance) closePipes() {
+	_ = i.stdin.Close()
+	_ = i.stdout.Close()
+	_ = i.stderr.Close()
+}
+
+// discard destroys a container that never ran its function.
+func (i *instance) discard() {
+	i.stderrTo <- io.Discard
+	_ = i.Kill()
+	i.Wait()
+	_ = i.stdin.Close()
+	_ = i.stdout.Close()
+}
+
+func (i *instance) Stdin() io.WriteCloser { return i.stdin }
+func (i *instance) Stdout() io.ReadCloser { return i.stdout }
+
+func (i *instance) Pid() int {
+	pid, err := i.p.Pid()
+	if err != nil {
+		return -1
+	}
+	return pid
+}
+
+// Kill kills the container's init, the function; the pid namespace takes
+// everything it started with it.
+func (i *instance) Kill() error {
+	err := i.c.Signal(unix.SIGKILL)
+	if err != nil && (errors.Is(err, libcontainer.ErrNotRunning) || errors.Is(err, os.ErrProcessDone)) {
+		return nil
+	}
+	return err
+}
+
+// Wait waits for the function, reports an out-of-memory kill as such, and
+// destroys the container.
+func (i *instance) Wait() sandbox.Exit {
+	i.waitOnce.Do(func() {
+		st, err := i.p.Wait()
+		i.exit = exitOf(st, err)
+		if m, merr := manager.New(i.cgroup); merr == nil {
+			if n, oerr := m.OOMKillCount(); oerr == nil && n > 0 {
+				i.exit.OOMKilled = true
+			}
+		}
+		_ = i.c.Destroy()
+		<-i.drained
+	})
+	return i.exit
+}
+
+func exitOf(st *os.ProcessState, err error) sandbox.Exit {
+	if st == nil {
+		return sandbox.Exit{Code: -1, Err: err}
+	}
+	ws, ok := st.Sys().(syscall.WaitStatus)
+	if !ok {
+		return sandbox.Exit{Code: -1, Err: err}
+	}
+	if ws.Signaled() {
+		return sandbox.Exit{Code: -1, Signal: ws.Signal().String()}
+	}
+	return sandbox.Exit{Code: ws.ExitStatus()}
+}
+
+// removeCgroups removes the tenant cgroups and the parent this runtime
+// made, when nothing runs in them any more.
+func (r *Runtime) removeCgroups() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, t := range r.tenants {
+		cg := &cgroups.Cgroup{Path: filepath.Join("/", r.opts.CgroupParent, t.cgroup), Resources: &cgroups.Resources{}}
+		if m, err := manager.New(cg); err == nil {
+			_ = m.Destroy()
+		}
+	}
+	cg := &cgroups.Cgroup{Path: filepath.Join("/", r.opts.CgroupParent), Resources: &cgroups.Resources{}}
+	if m, err := manager.New(cg); err == nil {
+		_ = m.Destroy()
+	}
+}
