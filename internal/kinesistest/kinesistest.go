@@ -150,7 +150,7 @@ func (s *Server) start() error {
 		return err
 	}
 	var stderr strings.Builder
-	cmd.Stderr = &lockedWriter{w: &stderr}
+	cmd.Stderr = io.MultiWriter(&lockedWriter{w: &stderr}, os.Stderr)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting kinesalite: %w", err)
 	}
@@ -182,7 +182,7 @@ func (s *Server) start() error {
 		s.mu.Unlock()
 		return nil
 	case <-exited:
-		return fmt.Errorf("kinesalite exited before listening: %s", cmd.Stderr.(*lockedWriter).String())
+		return fmt.Errorf("kinesalite exited before listening: %s", stderr.String())
 	case <-time.After(20 * time.Second):
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-exited

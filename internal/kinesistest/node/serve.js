@@ -7,6 +7,14 @@ const port = Number(process.argv[2] || 0);
 const opts = { createStreamMs: 50, deleteStreamMs: 50, updateStreamMs: 50, shardLimit: 100 };
 if (process.argv[3]) opts.path = process.argv[3];
 const server = kinesalite(opts);
+// kinesalite rethrows a request's 'error' event, so a client that gives up
+// on a request (a cancelled context) would kill the server. Real Kinesis
+// shrugs that off; so do we.
+process.on('uncaughtException', (err) => {
+  if (err && (err.code === 'ECONNRESET' || err.message === 'aborted')) return;
+  console.error(err);
+  process.exit(1);
+});
 server.listen(port, '127.0.0.1', (err) => {
   if (err) { console.error(err); process.exit(1); }
   console.log('PORT ' + server.address().port);
