@@ -162,10 +162,12 @@ func (a slogAdapter) Level() kgo.LogLevel {
 
 func (a slogAdapter) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 	l := slog.LevelDebug
-	switch level {
-	case kgo.LogLevelError:
+	switch {
+	case level == kgo.LogLevelError:
 		l = slog.LevelError
-	case kgo.LogLevelWarn:
+	case level == kgo.LogLevelWarn && !strings.HasPrefix(msg, "unable to open connection to broker"):
+		// Dial failures repeat on every retry; connLog reports each
+		// broker going down and coming back once.
 		l = slog.LevelWarn
 	}
 	a.log.Log(context.Background(), l, "kafka client: "+msg, keyvals...)

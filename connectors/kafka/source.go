@@ -311,7 +311,7 @@ func (s *Source) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[strin
 		time.Sleep(5 * time.Millisecond)
 	}
 	s.commitMu.Lock()
-	err := s.commitLanes(ctx, lanes)
+	_, err := s.commitLanes(ctx, lanes)
 	s.removeLanes(lanes)
 	s.commitMu.Unlock()
 	names, abandoned := laneNames(lanes)
@@ -390,7 +390,7 @@ const commitTimeout = 10 * time.Second
 
 // commitLanes commits the watermarks of lanes that moved since their last
 // commit. Called with commitMu held.
-func (s *Source) commitLanes(ctx context.Context, lanes []*lane) error {
+func (s *Source) commitLanes(ctx context.Context, lanes []*lane) (int, error) {
 	offsets := map[string]map[int32]kgo.EpochOffset{}
 	type mark struct {
 		l   *lane
@@ -409,7 +409,7 @@ func (s *Source) commitLanes(ctx context.Context, lanes []*lane) error {
 		marks = append(marks, mark{l, off})
 	}
 	if len(marks) == 0 {
-		return nil
+		return 0, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, commitTimeout)
 	defer cancel()
@@ -428,12 +428,12 @@ func (s *Source) commitLanes(ctx context.Context, lanes []*lane) error {
 		}
 	})
 	if cerr != nil {
-		return cerr
+		return 0, cerr
 	}
 	for _, m := range marks {
 		m.l.committed(m.off)
 	}
-	return nil
+	return len(marks), nil
 }
 
 // committer commits every CommitInterval until Close.
@@ -455,13 +455,13 @@ func (s *Source) committer() {
 			lanes = append(lanes, l)
 		}
 		s.mu.Unlock()
-		err := s.commitLanes(context.Background(), lanes)
+		n, err := s.commitLanes(context.Background(), lanes)
 		s.commitMu.Unlock()
 		switch {
 		case err != nil && !failing:
 			failing = true
 			s.log.Warn("offset commit failed; retrying every commit interval (records after the last commit would be delivered again)", "error", err)
-		case err == nil && failing:
+		case err == nil && n > 0 && failing:
 			failing = false
 			s.log.Info("offset commits succeed again")
 		}
@@ -489,7 +489,7 @@ func (s *Source) Close() error {
 	close(s.stopCommit)
 	<-s.commitDone
 	s.commitMu.Lock()
-	err := s.commitLanes(context.Background(), lanes)
+	_, err := s.commitLanes(context.Background(), lanes)
 	s.removeLanes(lanes)
 	s.commitMu.Unlock()
 	if err != nil {
