@@ -15,10 +15,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/culvert-dev/culvert/connectors"
 	"github.com/culvert-dev/culvert/connectors/memory"
@@ -412,6 +411,9 @@ func checkOutput(f *File, name string, e *Expect, got []memory.Published, types 
 		if update {
 			old, _ := os.ReadFile(path)
 			if string(old) != text {
+				if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+					return []string{fmt.Sprintf("%s: output %q: %v", e.Pos, name, err)}
+				}
 				if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 					return []string{fmt.Sprintf("%s: output %q: %v", e.Pos, name, err)}
 				}
@@ -461,37 +463,63 @@ func checkOutput(f *File, name string, e *Expect, got []memory.Published, types 
 	return problems
 }
 
-// GoldenText renders records as golden-file NDJSON: one compact object
-// per record, {"subject": ..., "record": <protojson Record>}, without what
-// changes from run to run (culvert-error-time).
+// GoldenText renders records as golden-file lines, one compact JSON object
+// per record, readable in a review: {"subject", "id", "key", "headers",
+// "content_type", "event_time", "value"}, the key and value as text when
+// they are UTF-8 and as key_base64 / value_base64 otherwise. What changes
+// from run to run (the culvert-error-time header) is left out.
 func GoldenText(ps []memory.Published) (string, error) {
+	type header struct {
+		Name        string `json:"name"`
+		Value       string `json:"value,omitempty"`
+		ValueBase64 []byte `json:"value_base64,omitempty"`
+	}
+	type line struct {
+		Subject     string   `json:"subject,omitempty"`
+		ID          string   `json:"id,omitempty"`
+		Key         string   `json:"key,omitempty"`
+		KeyBase64   []byte   `json:"key_base64,omitempty"`
+		Headers     []header `json:"headers,omitempty"`
+		ContentType string   `json:"content_type,omitempty"`
+		EventTime   string   `json:"event_time,omitempty"`
+		Value       *string  `json:"value,omitempty"`
+		ValueBase64 []byte   `json:"value_base64,omitempty"`
+	}
 	var b strings.Builder
 	for _, p := range ps {
-		r := proto.Clone(p.Record).(*culvertv1.Record)
-		hs := r.Headers[:0]
+		r := p.Record
+		l := line{Subject: p.Subject, ID: r.Id, ContentType: r.ContentType}
+		if utf8.Valid(r.Key) {
+			l.Key = string(r.Key)
+		} else {
+			l.KeyBase64 = r.Key
+		}
 		for _, h := range r.Headers {
-			if h.Name != "culvert-error-time" {
-				hs = append(hs, h)
+			if h.Name == "culvert-error-time" {
+				continue
+			}
+			if utf8.Valid(h.Value) {
+				l.Headers = append(l.Headers, header{Name: h.Name, Value: string(h.Value)})
+			} else {
+				l.Headers = append(l.Headers, header{Name: h.Name, ValueBase64: h.Value})
 			}
 		}
-		r.Headers = hs
-		rj, err := protojson.Marshal(r)
-		if err != nil {
-			return "", err
+		if r.EventTime != nil {
+			l.EventTime = r.EventTime.AsTime().UTC().Format(time.RFC3339Nano)
 		}
-		line, err := json.Marshal(struct {
-			Subject string          `json:"subject,omitempty"`
-			Record  json.RawMessage `json:"record"`
-		}{p.Subject, rj})
-		if err != nil {
-			return "", err
+		if utf8.Valid(r.Value) {
+			v := string(r.Value)
+			l.Value = &v
+		} else {
+			l.ValueBase64 = r.Value
 		}
 		var c bytes.Buffer
-		if err := json.Compact(&c, line); err != nil {
+		enc := json.NewEncoder(&c)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(l); err != nil {
 			return "", err
 		}
 		b.Write(c.Bytes())
-		b.WriteByte('\n')
 	}
 	return b.String(), nil
 }
