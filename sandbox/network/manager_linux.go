@@ -258,7 +258,7 @@ func (m *Manager) attachEgress(ctx context.Context, ns netns.NsHandle, in *netli
 	var four [4]byte
 	binary.BigEndian.PutUint32(four[:], binary.BigEndian.Uint32(base[:])+uint32(slot)*4+1)
 	gw := netip.AddrFrom4(four) // .1 of the slot's /30
-	addr := gw.Next()          // .2
+	addr := gw.Next()           // .2
 	a.Mode, a.Addr, a.Gateway, a.HostLink, a.Resolver = ModeEgress, addr, gw, name, p.resolver
 
 	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))

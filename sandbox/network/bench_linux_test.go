@@ -1,0 +1,73 @@
+//go:build linux
+
+package network
+
+import (
+	"context"
+	"runtime"
+	"testing"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/culvert-dev/culvert/sandbox"
+)
+
+// BenchmarkPrepare measures what Prepare adds to an instance's start,
+// against the bare cost of creating a network namespace in the same run:
+//
+//	go test -run '^$' -bench BenchmarkPrepare -benchtime 300x ./sandbox/network/
+//
+// unshare: unshare(CLONE_NEWNET) and switch back, the baseline.
+// none, egress: Prepare alone (Close is outside the timer).
+// egress+close: Prepare and Close.
+func BenchmarkPrepare(b *testing.B) {
+	requireRoot(b)
+	b.Run("unshare", func(b *testing.B) {
+		runtime.LockOSThread() // this goroutine ends with the benchmark
+		orig, err := netns.Get()
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer orig.Close()
+		for b.Loop() {
+			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+				b.Fatal(err)
+			}
+			if err := netns.Set(orig); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.UnlockOSThread()
+	})
+	w := newWorld(b, "cvtbench", "10.213.80.0/22")
+	egress := sandbox.Network{Mode: ModeEgress, DNS: "198.18.0.2:5353",
+		Allow: []sandbox.Endpoint{ep("198.18.0.2:8080-8081"), ep("10.0.0.0/8:443")}}
+	for _, bc := range []struct {
+		name  string
+		n     sandbox.Network
+		close bool
+	}{
+		{"none", sandbox.Network{}, false},
+		{"egress", egress, false},
+		{"egress+close", egress, true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				a, err := w.m.Prepare(context.Background(), "t", "bench", bc.n)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if !bc.close {
+					b.StopTimer()
+				}
+				if err := a.Close(); err != nil {
+					b.Fatal(err)
+				}
+				if !bc.close {
+					b.StartTimer()
+				}
+			}
+		})
+	}
+}
