@@ -35,7 +35,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
-	root.AddCommand(newRunCmd(g), newValidateCmd(g), newPublishCmd(g), newSubscribeCmd(g))
+	root.AddCommand(newRunCmd(g), newValidateCmd(g), newPublishCmd(g), newSubscribeCmd(g), newFnCmd(g))
 	root.AddCommand(newTestCmd(g), newMockFunctionCmd())
 	return root
 }

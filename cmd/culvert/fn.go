@@ -1,0 +1,108 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/culvert-dev/culvert/proto/conformance"
+	"github.com/spf13/cobra"
+)
+
+func newFnCmd(g *globals) *cobra.Command {
+	fn := &cobra.Command{
+		Use:   "fn",
+		Short: "Work on functions: check them against the protocol, start new ones",
+	}
+	fn.AddCommand(newFnConformCmd(g))
+	return fn
+}
+
+func newFnConformCmd(_ *globals) *cobra.Command {
+	var (
+		rules        []string
+		asJSON       bool
+		noConvention bool
+		timeout      time.Duration
+		env          []string
+		list         bool
+		parallel     int
+	)
+	cmd := &cobra.Command{
+		Use:   "conform [--rules a,b] [--json] -- CMD [ARGS...]",
+		Short: "Drive a framed-mode function through every rule of proto/SPEC.md and report pass or fail per rule",
+		Long: `conform starts the function (one fresh process per rule) and checks it against
+each rule of proto/SPEC.md: handshake and version negotiation, empty batches,
+binary values, frames near the size limit, many headers, partial failures,
+multiple and zero outputs, keep-alives, stdout protection, a slow reader,
+shutdown and end of input. It prints one line per rule, with the reason of
+each failure, and exits 1 when any rule fails.
+
+Rules marked as needing the conformance convention (SPEC.md appendix A) ask
+the function, through a record header, to fail a record, emit N outputs, drop
+one or print to stdout; the function sees CULVERT_CONFORMANCE=1. Use
+--no-convention for a function that does not honour it: those rules are
+skipped.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if list {
+				return nil
+			}
+			if cmd.ArgsLenAtDash() != 0 || len(args) == 0 {
+				return usageError{errors.New("give the function's command after --, e.g. culvert fn conform -- ./bin/passthrough")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			out := cmd.OutOrStdout()
+			if list {
+				for _, r := range conformance.Rules() {
+					conv := ""
+					if r.Convention {
+						conv = " (convention)"
+					}
+					fmt.Fprintf(out, "%-24s SPEC.md %-10s %s%s\n", r.ID, r.Section, r.Title, conv)
+				}
+				return nil
+			}
+			var ids []string
+			for _, r := range rules {
+				for _, id := range strings.Split(r, ",") {
+					if id = strings.TrimSpace(id); id != "" {
+						ids = append(ids, id)
+					}
+				}
+			}
+			rep, err := conformance.Run(cmd.Context(), conformance.Options{
+				Command: args, Env: env, Rules: ids, NoConvention: noConvention, Timeout: timeout, Parallel: parallel,
+			})
+			if err != nil {
+				if rep == nil {
+					return usageError{err}
+				}
+				return err
+			}
+			if asJSON {
+				err = rep.WriteJSON(out)
+			} else {
+				err = rep.WriteText(out)
+			}
+			if err != nil {
+				return err
+			}
+			if !rep.OK() {
+				return validationError{fmt.Errorf("%d of %d rules failed", rep.Failed, len(rep.Results))}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringSliceVar(&rules, "rules", nil, "run only these rules (comma-separated IDs; see --list)")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.BoolVar(&noConvention, "no-convention", false, "skip the rules that need the conformance convention (SPEC.md appendix A)")
+	f.DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for each expected frame or exit")
+	f.StringArrayVar(&env, "env", nil, "NAME=value added to the function's environment (repeatable)")
+	f.IntVar(&parallel, "parallel", 1, "run this many rules at once, each against its own process")
+	f.BoolVar(&list, "list", false, "list the rules and exit")
+	return cmd
+}

@@ -1,0 +1,279 @@
+package conformance_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/culvert-dev/culvert/proto/conformance"
+)
+
+// repoRoot is the module root, two levels up from this package.
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("no caller information")
+	}
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// goExamples builds the Go example functions once per test binary.
+func goExamples(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "culvert-conformance")
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir+string(filepath.Separator),
+			"./examples/functions/passthrough", "./examples/functions/faulty", "./examples/functions/broken")
+		cmd.Dir = repoRoot(t)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = &buildError{string(out), err}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+type buildError struct {
+	out string
+	err error
+}
+
+func (e *buildError) Error() string { return e.err.Error() + ": " + e.out }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+func conventionRules() []string {
+	var ids []string
+	for _, r := range conformance.Rules() {
+		if r.Convention {
+			ids = append(ids, r.ID)
+		}
+	}
+	return ids
+}
+
+// TestGoExamples runs the whole kit against the Go functions: broken with
+// no defect honours the convention and must pass every rule; passthrough
+// and faulty (with no fault) do not, and must pass every other rule.
+func TestGoExamples(t *testing.T) {
+	bin := goExamples(t)
+	for _, tc := range []struct {
+		name         string
+		noConvention bool
+	}{
+		{"broken", false},
+		{"passthrough", true},
+		{"faulty", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rep, err := conformance.Run(context.Background(), conformance.Options{
+				Command:      []string{filepath.Join(bin, tc.name)},
+				NoConvention: tc.noConvention,
+				Parallel:     4,
+				Env:          []string{"CULVERT_BREAK=", "CULVERT_FAULT="},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var text strings.Builder
+			rep.WriteText(&text)
+			if !rep.OK() || len(rep.Results) != len(conformance.Rules()) {
+				t.Fatalf("want every rule to pass:\n%s", text.String())
+			}
+			var skipped []string
+			for _, r := range rep.Results {
+				if r.Status == conformance.Skip {
+					skipped = append(skipped, r.Rule)
+				}
+			}
+			want := []string(nil)
+			if tc.noConvention {
+				want = conventionRules()
+			}
+			if !slices.Equal(skipped, want) {
+				t.Fatalf("skipped %v, want %v:\n%s", skipped, want, text.String())
+			}
+		})
+	}
+}
+
+// TestEachRuleCanFail switches on, one at a time, the defect of the broken
+// function named after each rule, and checks that the rule then fails. Its
+// passing with no defect is TestGoExamples/broken.
+func TestEachRuleCanFail(t *testing.T) {
+	bin := goExamples(t)
+	for _, r := range conformance.Rules() {
+		t.Run(r.ID, func(t *testing.T) {
+			t.Parallel() // most of the time is spent waiting for timeouts
+			rep, err := conformance.Run(context.Background(), conformance.Options{
+				Command: []string{filepath.Join(bin, "broken"), "--break", r.ID},
+				Rules:   []string{r.ID},
+				Timeout: 2 * time.Second,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, ok := rep.Find(r.ID)
+			if !ok || res.Status != conformance.Fail || res.Reason == "" {
+				t.Fatalf("with defect %s, rule %s: %+v, want a failure with a reason", r.ID, r.ID, res)
+			}
+			t.Logf("%s: %s", r.ID, res.Reason)
+		})
+	}
+}
+
+func TestStrayStdoutReportsTheBytes(t *testing.T) {
+	bin := goExamples(t)
+	rep, err := conformance.Run(context.Background(), conformance.Options{
+		Command: []string{filepath.Join(bin, "broken"), "--break", "stdout-protected"},
+		Rules:   []string{"stdout-protected"},
+		Timeout: 2 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, _ := rep.Find("stdout-protected")
+	for _, want := range []string{"protocol violation", "conformance-marker-", "did the function print to stdout?"} {
+		if !strings.Contains(res.Reason, want) {
+			t.Errorf("reason %q lacks %q", res.Reason, want)
+		}
+	}
+}
+
+func TestOptionErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		o    conformance.Options
+		want string
+	}{
+		{"no command", conformance.Options{}, "no function command"},
+		{"unknown rule", conformance.Options{Command: []string{"true"}, Rules: []string{"nope"}}, `unknown rule "nope"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := conformance.Run(context.Background(), tc.o)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestMissingExecutableFailsEveryRule(t *testing.T) {
+	rep, err := conformance.Run(context.Background(), conformance.Options{
+		Command: []string{filepath.Join(t.TempDir(), "does-not-exist")},
+		Rules:   []string{"handshake", "eof"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Failed != 2 || !strings.Contains(rep.Results[0].Reason, "does-not-exist") {
+		t.Fatalf("got %+v", rep.Results)
+	}
+}
+
+// sdkExample is one example function of an SDK in another language.
+type sdkExample struct {
+	name    string // sdk/<lang>/examples/<name>
+	dir     string
+	command []string // nil until built
+	build   []string // a build command run in dir first, if any
+}
+
+// sdkExamples finds the examples under sdk/<lang>/examples/<name>/ by the
+// entry point each language uses: main.py (run with /usr/bin/python3,
+// Debian's, which has python3-protobuf), index.js (run with node), main.c
+// (compiled with cc together with sdk/c/culvert.c).
+func sdkExamples(t *testing.T) []sdkExample {
+	t.Helper()
+	root := repoRoot(t)
+	dirs, _ := filepath.Glob(filepath.Join(root, "sdk", "*", "examples", "*"))
+	var out []sdkExample
+	for _, dir := range dirs {
+		lang := filepath.Base(filepath.Dir(filepath.Dir(dir)))
+		ex := sdkExample{name: lang + "/" + filepath.Base(dir), dir: dir}
+		exists := func(f string) bool {
+			_, err := os.Stat(filepath.Join(dir, f))
+			return err == nil
+		}
+		switch {
+		case lang == "python" && exists("main.py"):
+			ex.command = []string{"/usr/bin/python3", filepath.Join(dir, "main.py")}
+		case lang == "node" && exists("index.js"):
+			ex.command = []string{"node", filepath.Join(dir, "index.js")}
+		case lang == "c" && exists("main.c"):
+			exe := filepath.Join(t.TempDir(), "fn")
+			ex.build = []string{"cc", "-O2", "-Wall", "-o", exe, "main.c", filepath.Join(root, "sdk", "c", "culvert.c"), "-I", filepath.Join(root, "sdk", "c")}
+			ex.command = []string{exe}
+		default:
+			continue
+		}
+		out = append(out, ex)
+	}
+	return out
+}
+
+// TestSDKExamples runs the whole kit against every example function of
+// every SDK present. An example named "conformance" honours the
+// convention and must pass every rule; the others are echoes and must pass
+// every rule that does not need it. A missing interpreter or compiler
+// fails the test: CI installs them (.ci/deps.d).
+func TestSDKExamples(t *testing.T) {
+	exs := sdkExamples(t)
+	if len(exs) == 0 {
+		t.Log("no SDK examples under sdk/*/examples")
+	}
+	for _, ex := range exs {
+		t.Run(ex.name, func(t *testing.T) {
+			t.Parallel()
+			if ex.build != nil {
+				cmd := exec.Command(ex.build[0], ex.build[1:]...)
+				cmd.Dir = ex.dir
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("building %s: %v\n%s", ex.name, err, out)
+				}
+			}
+			if _, err := exec.LookPath(ex.command[0]); err != nil {
+				t.Fatalf("%s needs %s: %v (installed by .ci/deps.d in CI)", ex.name, ex.command[0], err)
+			}
+			noConv := filepath.Base(ex.dir) != "conformance"
+			rep, err := conformance.Run(context.Background(), conformance.Options{Command: ex.command, Dir: ex.dir, NoConvention: noConv, Parallel: 2, Timeout: 30 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var text strings.Builder
+			rep.WriteText(&text)
+			if !rep.OK() {
+				t.Fatalf("%s is not conformant:\n%s", ex.name, text.String())
+			}
+			if !noConv && rep.Skipped != 0 {
+				t.Fatalf("%s skipped rules:\n%s", ex.name, text.String())
+			}
+			t.Logf("%s:\n%s", ex.name, text.String())
+		})
+	}
+}
