@@ -365,7 +365,10 @@ func TestTLSAndSASL(t *testing.T) {
 			}
 			defer src.Close()
 			got := make(chan string, 5)
-			run(t, src, &handler{on: func(m connectors.Message) { got <- string(m.Record.GetValue()); _ = m.Settler.Ack(context.Background()) }})
+			run(t, src, &handler{on: func(m connectors.Message) {
+				got <- string(m.Record.GetValue())
+				_ = m.Settler.Ack(context.Background())
+			}})
 			for i := range 5 {
 				select {
 				case v := <-got:
@@ -429,4 +432,3 @@ func testCA(t *testing.T) (string, *tls.Config) {
 	}
 	return path, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{{Certificate: [][]byte{srvDER}, PrivateKey: srvKey}}}
 }
-
