@@ -1,20 +1,14 @@
 package engine
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
-	"sort"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/culvert-dev/culvert/internal/fnhost"
-	"github.com/culvert-dev/culvert/pipelines"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -28,6 +22,10 @@ type item struct {
 	attempt int  // failed attempts at the current stage
 	solo    bool // send in a batch of its own (isolating a poison record)
 	born    time.Time
+
+	// Set by the worker that owns it at this stage.
+	seq  uint64 // arrival order at the worker, from 1 (0: not yet seen)
+	lane uint64 // the ordered lane it belongs to
 }
 
 // route is a chain of stages and the outputs its results go to.
@@ -109,7 +107,18 @@ func (rt *route) fail(it *item, st *stage, f failure) {
 	if st != nil {
 		fnName = st.fn.Name
 	}
+	if err := e.failedForGood(); err != nil {
+		// The nack threshold tripped: the pipeline is stopping, and the
+		// record is given back instead of dead-lettered.
+		rt.log.Error("record failed for good after the nack threshold tripped; the source record will be redelivered",
+			"record", it.rec.Id, "function", fnName, "class", string(f.class), "attempts", it.attempt, "error", f.msg)
+		it.tr.release(err)
+		return
+	}
 	if rt.dlq == nil {
+		if st != nil {
+			it.tr.wantDelay(backoff(time.Duration(st.fn.Retry.Backoff), time.Duration(st.fn.Retry.MaxBackoff), max(it.tr.msg.Delivery, 1)))
+		}
 		rt.log.Error("record failed for good and the route has no dead_letter output; the source record will be redelivered",
 			"record", it.rec.Id, "function", fnName, "class", string(f.class), "attempts", it.attempt, "error", f.msg)
 		it.tr.release(errors.New(f.msg))
@@ -128,6 +137,7 @@ func (rt *route) fail(it *item, st *stage, f failure) {
 		hdr("culvert-error-source-record", it.tr.msg.Record.GetId()),
 		hdr("culvert-error-source", fmt.Sprintf("%s:%s:%s:%s:%d", src.GetConnector(), src.GetStream(), src.GetSubject(), src.GetPartition(), src.GetOffset())),
 		hdr("culvert-error-time", time.Now().UTC().Format(time.RFC3339Nano)),
+		hdr("culvert-error-record", it.rec.GetId()),
 	)
 	if rec.Source == nil {
 		rec.Source = src
@@ -146,215 +156,6 @@ func hdr(name, value string) *culvertv1.Header {
 	return &culvertv1.Header{Name: name, Value: []byte(value)}
 }
 
-// stage is one function of a route's chain, with its instances.
-type stage struct {
-	rt    *route
-	index int
-	fn    *pipelines.Function
-	base  fnhost.Config
-	seed  maphash.Seed
-	rr    atomic.Uint64
-
-	workers []*worker // dispatch key / any
-
-	pmu        sync.Mutex
-	partitions map[string]*worker // dispatch partition
-}
-
-func newStage(rt *route, index int, fn *pipelines.Function) (*stage, error) {
-	e := rt.e
-	conf := Confinement{Runtime: e.opts.Runtime}
-	if e.opts.Confine != nil {
-		var err error
-		if conf, err = e.opts.Confine(fn); err != nil {
-			return nil, fmt.Errorf("%s: function %q: %w", fn.Pos, fn.Name, err)
-		}
-	}
-	path := conf.Path
-	if path == "" {
-		var err error
-		if path, err = resolveCommand(fn); err != nil {
-			return nil, err
-		}
-	}
-	env := append([]string(nil), e.opts.Env...)
-	keys := make([]string, 0, len(fn.Env))
-	for k := range fn.Env {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		env = append(env, k+"="+fn.Env[k])
-	}
-	st := &stage{
-		rt: rt, index: index, fn: fn, seed: maphash.MakeSeed(),
-		base: fnhost.Config{
-			Pipeline:  e.p.Name,
-			Function:  fn.Name,
-			Route:     rt.name,
-			Instances: max(fn.Instances, 1),
-			Mode:      fnhost.Mode(fn.Mode),
-			Path:      path,
-			Args:      fn.Args,
-			Env:       env,
-			Dir:       fn.Dir,
-			MaxBatch:  max(fn.Batch.Size, 1),
-			Timeout:   time.Duration(fn.Timeout),
-			KeepAlive: e.opts.KeepAlive,
-			Runtime:   conf.Runtime,
-			Tenant:    conf.Tenant,
-			Isolation: conf.Isolation,
-			Logger:    rt.log,
-		},
-		partitions: map[string]*worker{},
-	}
-	if fn.Dispatch != "partition" {
-		for i := range st.base.Instances {
-			st.workers = append(st.workers, st.newWorker(i, ""))
-		}
-	}
-	return st, nil
-}
-
-func (st *stage) newWorker(i int, partition string) *worker {
-	cfg := st.base
-	cfg.Instance = i
-	cfg.Partition = partition
-	size := cfg.MaxBatch
-	return &worker{st: st, cfg: cfg, queue: make(chan *item, 2*size)}
-}
-
-func (st *stage) start() {
-	for _, w := range st.workers {
-		st.rt.e.wg.Add(1)
-		go w.run()
-	}
-}
-
-func (st *stage) close(ctx context.Context) {
-	st.pmu.Lock()
-	ws := append([]*worker(nil), st.workers...)
-	for _, w := range st.partitions {
-		ws = append(ws, w)
-	}
-	st.pmu.Unlock()
-	for _, w := range ws {
-		w.closeInstance(ctx)
-		w.abandonQueue()
-	}
-}
-
-// dispatch queues it on the instance that owns its key, partition or turn.
-// It blocks while that instance's queue is full (back-pressure).
-func (st *stage) dispatch(it *item) {
-	if st.rt.e.workCtx.Err() != nil {
-		it.tr.release(errAbandoned)
-		return
-	}
-	w := st.pick(it.rec)
-	select {
-	case w.queue <- it:
-	case <-st.rt.e.workCtx.Done():
-		it.tr.release(errAbandoned)
-	}
-}
-
-func (st *stage) pick(rec *culvertv1.Record) *worker {
-	switch st.fn.Dispatch {
-	case "partition":
-		p := rec.GetSource().GetPartition()
-		st.pmu.Lock()
-		defer st.pmu.Unlock()
-		w := st.partitions[p]
-		if w == nil {
-			w = st.newWorker(len(st.partitions), p)
-			st.partitions[p] = w
-			st.rt.e.wg.Add(1)
-			go w.run()
-		}
-		return w
-	case "any":
-		return st.workers[st.rr.Add(1)%uint64(len(st.workers))]
-	default:
-		if len(st.workers) == 1 {
-			return st.workers[0]
-		}
-		var h uint64
-		if len(rec.Key) > 0 {
-			h = maphash.Bytes(st.seed, rec.Key)
-		} else {
-			h = maphash.String(st.seed, rec.GetSource().GetSubject())
-		}
-		return st.workers[h%uint64(len(st.workers))]
-	}
-}
-
-// done handles the answer for items: outputs go on, failures are retried
-// or given up. It runs on the instance's reader, in batch order.
-func (st *stage) done(items []*item, res []fnhost.Result, err error) {
-	e := st.rt.e
-	if err != nil && e.workCtx.Err() != nil {
-		// Lost to the shutdown, not to the function: give them back.
-		for _, it := range items {
-			it.tr.release(errAbandoned)
-		}
-		return
-	}
-	if err != nil {
-		var ie *fnhost.InstanceError
-		f := failure{class: fnhost.ClassCrash, msg: err.Error(), retryable: true}
-		if errors.As(err, &ie) {
-			if ie.Bystander {
-				// Never processed: send again, as the same attempt. Not
-				// from this goroutine, which the queue may be waiting on.
-				go func() {
-					for _, it := range items {
-						st.dispatch(it)
-					}
-				}()
-				return
-			}
-			f = failure{class: ie.Class, msg: ie.Error(), retryable: ie.Retryable()}
-		}
-		for _, it := range items {
-			e.stats.failed.Add(1)
-			it.attempt++
-			st.retryOrFail(it, f, len(items) > 1)
-		}
-		return
-	}
-	for i, it := range items {
-		r := res[i]
-		if r.Failure != nil {
-			e.stats.failed.Add(1)
-			it.attempt++
-			st.retryOrFail(it, failure{class: fnhost.ClassFunction, msg: r.Failure.Message, retryable: r.Failure.Retryable}, false)
-			continue
-		}
-		st.rt.deliver(it, r.Outputs, st)
-	}
-}
-
-// retryOrFail retries a retryable failure after a backoff, up to the
-// function's max_attempts; solo isolates the record in a batch of its own.
-func (st *stage) retryOrFail(it *item, f failure, solo bool) {
-	if st.rt.e.workCtx.Err() != nil {
-		// A failure during the drain may be the shutdown's doing (a killed
-		// process): the broker redelivers the record instead.
-		it.tr.release(errAbandoned)
-		return
-	}
-	r := st.fn.Retry
-	if !f.retryable || it.attempt >= max(r.MaxAttempts, 1) {
-		st.rt.fail(it, st, f)
-		return
-	}
-	it.solo = it.solo || solo
-	delay := backoff(time.Duration(r.Backoff), time.Duration(r.MaxBackoff), it.attempt)
-	st.rt.log.Info("retrying record", "record", it.rec.Id, "function", st.fn.Name, "attempt", it.attempt+1, "in", delay, "error", f.msg)
-	time.AfterFunc(delay, func() { st.dispatch(it) })
-}
-
 // backoff is exponential with full jitter in [d/2, d].
 func backoff(base, ceiling time.Duration, attempt int) time.Duration {
 	if base <= 0 {
@@ -368,173 +169,4 @@ func backoff(base, ceiling time.Duration, attempt int) time.Duration {
 		d = base << n
 	}
 	return d/2 + rand.N(d/2+1)
-}
-
-// worker owns one instance: it batches its queue and restarts it.
-type worker struct {
-	st    *stage
-	cfg   fnhost.Config
-	queue chan *item
-
-	mu       sync.Mutex
-	inst     fnhost.Instance
-	failures int // consecutive failed starts or crashes
-}
-
-func (w *worker) run() {
-	defer w.st.rt.e.wg.Done()
-	ctx := w.st.rt.e.workCtx
-	size := w.cfg.MaxBatch
-	maxWait := time.Duration(w.st.fn.Batch.MaxWait)
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	batch := make([]*item, 0, size)
-	for {
-		var first *item
-		select {
-		case first = <-w.queue:
-		case <-ctx.Done():
-			return
-		}
-		if first.solo {
-			w.send(ctx, []*item{first})
-			continue
-		}
-		batch = append(batch[:0], first)
-		var solo *item
-		timer.Reset(maxWait)
-	gather:
-		for len(batch) < size {
-			select {
-			case it := <-w.queue:
-				if it.solo {
-					solo = it
-					break gather
-				}
-				batch = append(batch, it)
-			case <-timer.C:
-				break gather
-			case <-ctx.Done():
-				break gather
-			}
-		}
-		timer.Stop()
-		w.send(ctx, append([]*item(nil), batch...))
-		if solo != nil {
-			w.send(ctx, []*item{solo})
-		}
-	}
-}
-
-// send submits items to a live instance, starting or restarting it as
-// needed. Items that cannot be sent because of a shutdown are abandoned.
-func (w *worker) send(ctx context.Context, items []*item) {
-	recs := make([]*culvertv1.Record, len(items))
-	attempt := 1
-	for i, it := range items {
-		recs[i] = it.rec
-		attempt = max(attempt, it.attempt+1)
-	}
-	call := &fnhost.Call{Records: recs, Attempt: attempt, Done: func(res []fnhost.Result, err error) {
-		if err == nil {
-			w.mu.Lock()
-			w.failures = 0
-			w.mu.Unlock()
-		}
-		w.st.done(items, res, err)
-	}}
-	for {
-		inst, err := w.instance(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				for _, it := range items {
-					it.tr.release(errAbandoned)
-				}
-				return
-			}
-			// The restart policy forbids another start.
-			f := failure{class: fnhost.ClassCrash, msg: err.Error()}
-			for _, it := range items {
-				w.st.rt.fail(it, w.st, f)
-			}
-			return
-		}
-		err = inst.Submit(ctx, call)
-		if err == nil {
-			return
-		}
-		if ctx.Err() != nil {
-			for _, it := range items {
-				it.tr.release(errAbandoned)
-			}
-			return
-		}
-	}
-}
-
-// instance returns the live instance, (re)starting it with backoff.
-func (w *worker) instance(ctx context.Context) (fnhost.Instance, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for {
-		if w.inst != nil {
-			select {
-			case <-w.inst.Dead():
-				w.failures++
-				w.inst = nil
-			default:
-				return w.inst, nil
-			}
-		}
-		r := w.st.fn.Restart
-		if w.failures > 0 {
-			if r.Policy == "never" {
-				return nil, fmt.Errorf("function %s: instance %d stopped and restart policy is never", w.cfg.Function, w.cfg.Instance)
-			}
-			d := backoff(time.Duration(r.Backoff), time.Duration(r.MaxBackoff), w.failures)
-			w.st.rt.log.Info("restarting function instance", "function", w.cfg.Function, "instance", w.cfg.Instance, "in", d, "failures", w.failures)
-			t := time.NewTimer(d)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return nil, ctx.Err()
-			}
-		}
-		inst, err := fnhost.Start(ctx, w.cfg)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			w.failures++
-			w.st.rt.log.Error("function instance did not start", "function", w.cfg.Function, "instance", w.cfg.Instance, "error", err)
-			continue
-		}
-		w.inst = inst
-	}
-}
-
-func (w *worker) closeInstance(ctx context.Context) {
-	w.mu.Lock()
-	inst := w.inst
-	w.inst = nil
-	w.mu.Unlock()
-	if inst != nil {
-		if err := inst.Close(ctx); err != nil {
-			w.st.rt.log.Warn("closing function instance", "function", w.cfg.Function, "error", err)
-		}
-	}
-}
-
-// abandonQueue gives back whatever is still queued after the workers
-// stopped.
-func (w *worker) abandonQueue() {
-	for {
-		select {
-		case it := <-w.queue:
-			it.tr.release(errAbandoned)
-		default:
-			return
-		}
-	}
 }

@@ -74,6 +74,15 @@ type Stats struct {
 	DeadLettered int64 // records sent to a dead-letter output
 	Failed       int64 // record failures reported by functions or instances
 	Dropped      int64 // unmatched records dropped by policy
+	Retried      int64 // retries scheduled (each holds back its lane)
+	Bisected     int64 // wholly failed batches split in two
+	// InstancesStarted and InstancesIdleStopped count function processes
+	// started, and stopped after their idle timeout, over all pools;
+	// InstancesLive is how many run now. Pools has them per function.
+	InstancesStarted, InstancesIdleStopped, InstancesLive int64
+	// InFlight and InFlightBytes are the source records (and their key and
+	// value bytes) being processed now.
+	InFlight, InFlightBytes int64
 }
 
 // Engine runs one pipeline.
@@ -86,13 +95,16 @@ type Engine struct {
 	outputs map[string]*output
 	unmatch *output
 	sem     chan struct{}
+	bytes   *budget
+	nacks   *nackWindow
+	stop    chan error // the nack threshold tripped
 
 	workCtx    context.Context
 	cancelWork context.CancelFunc
 	wg         sync.WaitGroup // workers
 
 	stats struct {
-		in, acked, naked, published, deadLettered, failed, dropped atomic.Int64
+		in, acked, naked, published, deadLettered, failed, dropped, retried, bisected atomic.Int64
 	}
 }
 
@@ -127,6 +139,15 @@ func New(opts Options) (*Engine, error) {
 		maxInFlight = 1024
 	}
 	e.sem = make(chan struct{}, maxInFlight)
+	maxBytes := int64(p.Delivery.MaxInFlightBytes)
+	if maxBytes <= 0 {
+		maxBytes = 64 << 20
+	}
+	e.bytes = &budget{limit: maxBytes}
+	e.stop = make(chan error, 1)
+	if t := p.Delivery.NackThreshold; t != nil {
+		e.nacks = newNackWindow(t.Failures, time.Duration(t.Window))
+	}
 
 	for name := range p.Outputs {
 		sink, ok := opts.Sinks[name]
@@ -209,11 +230,21 @@ func (e *Engine) newRoute(r *pipelines.Route) (*route, error) {
 
 // Stats returns the counters so far.
 func (e *Engine) Stats() Stats {
-	return Stats{
+	s := Stats{
 		In: e.stats.in.Load(), Acked: e.stats.acked.Load(), Naked: e.stats.naked.Load(),
 		Published: e.stats.published.Load(), DeadLettered: e.stats.deadLettered.Load(),
 		Failed: e.stats.failed.Load(), Dropped: e.stats.dropped.Load(),
+		Retried: e.stats.retried.Load(), Bisected: e.stats.bisected.Load(),
+		InFlight: int64(len(e.sem)), InFlightBytes: e.bytes.inUse(),
 	}
+	for _, rt := range e.routes {
+		for _, st := range rt.stages {
+			s.InstancesStarted += st.started.Load()
+			s.InstancesIdleStopped += st.idleStops.Load()
+			s.InstancesLive += st.live.Load()
+		}
+	}
+	return s
 }
 
 // Run runs the pipeline until ctx is cancelled or a source fails, then
@@ -250,6 +281,9 @@ wait:
 	for pending > 0 {
 		select {
 		case <-ctx.Done():
+			break wait
+		case runErr = <-e.stop:
+			e.log.Error("stopping the pipeline", "error", runErr)
 			break wait
 		case err := <-errs:
 			pending--
@@ -321,8 +355,13 @@ func (h *handler) Handle(ctx context.Context, m connectors.Message) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	size := int64(len(m.Record.GetKey()) + len(m.Record.GetValue()))
+	if err := e.bytes.acquire(ctx, size); err != nil {
+		<-e.sem
+		return err
+	}
 	e.stats.in.Add(1)
-	tr := &tracker{e: e, msg: m}
+	tr := &tracker{e: e, msg: m, size: size}
 	tr.refs.Store(1)
 	var buf [8]int
 	matches, err := e.router.Match(m.Record, buf[:0])
@@ -355,15 +394,34 @@ func (h *handler) Handle(ctx context.Context, m connectors.Message) error {
 type tracker struct {
 	e      *Engine
 	msg    connectors.Message
+	size   int64 // key and value bytes, held in the byte budget
 	refs   atomic.Int64
 	failed atomic.Bool
+	// abandoned: failed only because of the shutdown. delay: the longest
+	// nak delay asked for by a failure (nanoseconds).
+	abandoned atomic.Bool
+	delay     atomic.Int64
+}
+
+// wantDelay asks for the source record's nak to wait at least d.
+func (t *tracker) wantDelay(d time.Duration) {
+	for {
+		cur := t.delay.Load()
+		if int64(d) <= cur || t.delay.CompareAndSwap(cur, int64(d)) {
+			return
+		}
+	}
 }
 
 func (t *tracker) add(n int64) { t.refs.Add(n) }
 
 func (t *tracker) release(err error) {
 	if err != nil {
-		t.failed.Store(true)
+		if errors.Is(err, errAbandoned) {
+			t.abandoned.Store(true)
+		} else {
+			t.failed.Store(true)
+		}
 	}
 	if t.refs.Add(-1) != 0 {
 		return
@@ -372,9 +430,9 @@ func (t *tracker) release(err error) {
 	// Settling is fire-and-forget at the brokers (a JetStream ack is one
 	// publish), so no per-record timer bounds it.
 	ctx := context.Background()
-	if t.failed.Load() {
+	if t.failed.Load() || t.abandoned.Load() {
 		e.stats.naked.Add(1)
-		if err := t.msg.Settler.Nak(ctx, e.nakDelay()); err != nil {
+		if err := t.msg.Settler.Nak(ctx, t.nakDelay()); err != nil {
 			e.log.Warn("nak failed; the broker will redeliver after its ack wait", "record", t.msg.Record.Id, "error", err)
 		}
 	} else {
@@ -383,10 +441,22 @@ func (t *tracker) release(err error) {
 			e.log.Warn("ack failed; the record will be redelivered", "record", t.msg.Record.Id, "error", err)
 		}
 	}
+	e.bytes.release(t.size)
 	<-e.sem
 }
 
-func (e *Engine) nakDelay() time.Duration { return time.Second }
+// nakDelay is how long the broker should wait before redelivering: the
+// backoff a failure asked for (by the broker's delivery count), at least
+// one second after any failure so that a broken sink is not hammered, and
+// none for records only abandoned by a shutdown, which another consumer
+// may take at once.
+func (t *tracker) nakDelay() time.Duration {
+	d := time.Duration(t.delay.Load())
+	if t.failed.Load() {
+		d = max(d, backoff(time.Second, 30*time.Second, max(t.msg.Delivery, 1)))
+	}
+	return d
+}
 
 // errAbandoned marks work dropped by a shutdown; its source message is
 // given back for redelivery.

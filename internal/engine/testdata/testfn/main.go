@@ -5,6 +5,14 @@
 //	          NAME with culvert.To; any other record is emitted unchanged.
 //	instance  every record is emitted with the value "<instance> <value>",
 //	          where <instance> is InitContext.instance.
+//	sleep     every batch waits $TESTFN_SLEEP (a Go duration) and is
+//	          emitted unchanged.
+//	flaky     a record whose value contains "flaky" fails, retryably,
+//	          until the batch's attempt number reaches $TESTFN_OK_AT
+//	          (default 2); others are emitted unchanged.
+//	poison    when any record of a batch contains "poison", every record
+//	          of the batch fails (retryably); otherwise all are emitted.
+//	fail      every record fails permanently.
 package main
 
 import (
@@ -13,6 +21,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"time"
 
 	culvert "github.com/culvert-dev/culvert/sdk/go"
 )
@@ -39,8 +48,49 @@ func main() {
 			instance = ic.Instance
 			return nil
 		}))
+	case "sleep":
+		d, _ := time.ParseDuration(os.Getenv("TESTFN_SLEEP"))
+		culvert.RunBatch(func(ctx context.Context, recs []*culvert.Record) []culvert.Result {
+			time.Sleep(d)
+			res := make([]culvert.Result, len(recs))
+			for i, r := range recs {
+				res[i].Outputs = culvert.Emit(r)
+			}
+			return res
+		}, culvert.WithAgent("testfn/sleep"))
+	case "flaky":
+		okAt, err := strconv.Atoi(os.Getenv("TESTFN_OK_AT"))
+		if err != nil {
+			okAt = 2
+		}
+		culvert.Run(func(ctx context.Context, rec *culvert.Record) ([]culvert.Output, error) {
+			if b, _ := culvert.CurrentBatch(ctx); bytes.Contains(rec.Value, []byte("flaky")) && int(b.Attempt) < okAt {
+				return nil, culvert.Retryable(fmt.Errorf("flaky record %s, attempt %d", rec.Id, b.Attempt))
+			}
+			return culvert.Emit(rec), nil
+		}, culvert.WithAgent("testfn/flaky"))
+	case "poison":
+		culvert.RunBatch(func(ctx context.Context, recs []*culvert.Record) []culvert.Result {
+			res := make([]culvert.Result, len(recs))
+			poisoned := false
+			for _, r := range recs {
+				poisoned = poisoned || bytes.Contains(r.Value, []byte("poison"))
+			}
+			for i, r := range recs {
+				if poisoned {
+					res[i].Err = culvert.Retryable(fmt.Errorf("batch of %d holds a poison record", len(recs)))
+				} else {
+					res[i].Outputs = culvert.Emit(r)
+				}
+			}
+			return res
+		}, culvert.WithAgent("testfn/poison"))
+	case "fail":
+		culvert.Run(func(ctx context.Context, rec *culvert.Record) ([]culvert.Output, error) {
+			return nil, fmt.Errorf("record %s refused", rec.Id)
+		}, culvert.WithAgent("testfn/fail"))
 	default:
-		fmt.Fprintf(os.Stderr, "testfn: unknown mode %q (to, instance)\n", mode)
+		fmt.Fprintf(os.Stderr, "testfn: unknown mode %q (to, instance, sleep, flaky, poison, fail)\n", mode)
 		os.Exit(2)
 	}
 }

@@ -1,0 +1,805 @@
+package engine
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/culvert-dev/culvert/internal/fnhost"
+	"github.com/culvert-dev/culvert/pipelines"
+	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
+)
+
+// stage is one function of a route's chain, with its pool of instances.
+//
+// The pool has scale.max slots (workers). Records are dispatched to slots
+// by key hash, by partition or by turn; a slot's process starts when the
+// slot has work and stops after scale.idle_timeout without any, unless the
+// slot is one of the first scale.min, which start with the pipeline and
+// stay. Because a key always hashes to the same slot, whatever the number
+// of live processes, per-key order holds while the pool grows and shrinks.
+type stage struct {
+	rt    *route
+	index int
+	fn    *pipelines.Function
+	base  fnhost.Config
+	seed  maphash.Seed
+	rr    atomic.Uint64
+
+	warm int // slots below this keep their process
+	idle time.Duration
+
+	workers []*worker // dispatch key / any
+
+	pmu        sync.Mutex
+	partitions map[string]*worker // dispatch partition
+
+	live, started, idleStops atomic.Int64
+}
+
+func newStage(rt *route, index int, fn *pipelines.Function) (*stage, error) {
+	e := rt.e
+	conf := Confinement{Runtime: e.opts.Runtime}
+	if e.opts.Confine != nil {
+		var err error
+		if conf, err = e.opts.Confine(fn); err != nil {
+			return nil, fmt.Errorf("%s: function %q: %w", fn.Pos, fn.Name, err)
+		}
+	}
+	path := conf.Path
+	if path == "" {
+		var err error
+		if path, err = resolveCommand(fn); err != nil {
+			return nil, err
+		}
+	}
+	env := append([]string(nil), e.opts.Env...)
+	keys := make([]string, 0, len(fn.Env))
+	for k := range fn.Env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		env = append(env, k+"="+fn.Env[k])
+	}
+	slots := max(fn.Scale.Max, fn.Instances, 1)
+	warm := slots
+	if fn.Scale.Min != nil {
+		warm = min(*fn.Scale.Min, slots)
+	}
+	idle := time.Duration(fn.Scale.IdleTimeout)
+	if idle <= 0 {
+		idle = 5 * time.Minute
+	}
+	st := &stage{
+		rt: rt, index: index, fn: fn, seed: maphash.MakeSeed(), warm: warm, idle: idle,
+		base: fnhost.Config{
+			Pipeline:  e.p.Name,
+			Function:  fn.Name,
+			Route:     rt.name,
+			Instances: slots,
+			Mode:      fnhost.Mode(fn.Mode),
+			Path:      path,
+			Args:      fn.Args,
+			Env:       env,
+			Dir:       fn.Dir,
+			MaxBatch:  max(fn.Batch.Size, 1),
+			Timeout:   time.Duration(fn.Timeout),
+			KeepAlive: e.opts.KeepAlive,
+			Runtime:   conf.Runtime,
+			Tenant:    conf.Tenant,
+			Isolation: conf.Isolation,
+			Logger:    rt.log,
+		},
+		partitions: map[string]*worker{},
+	}
+	if fn.Dispatch != "partition" {
+		for i := range slots {
+			st.workers = append(st.workers, st.newWorker(i, ""))
+		}
+	}
+	return st, nil
+}
+
+func (st *stage) newWorker(i int, partition string) *worker {
+	cfg := st.base
+	cfg.Instance = i
+	cfg.Partition = partition
+	size := cfg.MaxBatch
+	return &worker{
+		st: st, cfg: cfg, warm: i < st.warm,
+		queue: make(chan *item, 2*size),
+		wake:  make(chan struct{}, 1),
+		held:  map[uint64][]*item{},
+		heads: map[uint64]*item{},
+	}
+}
+
+func (st *stage) start() {
+	for _, w := range st.workers {
+		st.rt.e.wg.Add(1)
+		go w.run()
+	}
+}
+
+func (st *stage) all() []*worker {
+	st.pmu.Lock()
+	defer st.pmu.Unlock()
+	ws := append([]*worker(nil), st.workers...)
+	for _, w := range st.partitions {
+		ws = append(ws, w)
+	}
+	return ws
+}
+
+func (st *stage) close(ctx context.Context) {
+	for _, w := range st.all() {
+		w.closeInstance(ctx)
+		w.abandon()
+	}
+}
+
+// dispatch queues it on the slot that owns its key, partition or turn. It
+// blocks while that slot's queue is full (back-pressure).
+func (st *stage) dispatch(it *item) {
+	if st.rt.e.workCtx.Err() != nil {
+		it.tr.release(errAbandoned)
+		return
+	}
+	w := st.pick(it.rec)
+	select {
+	case w.queue <- it:
+	case <-st.rt.e.workCtx.Done():
+		it.tr.release(errAbandoned)
+	}
+}
+
+func (st *stage) pick(rec *culvertv1.Record) *worker {
+	switch st.fn.Dispatch {
+	case "partition":
+		p := rec.GetSource().GetPartition()
+		st.pmu.Lock()
+		defer st.pmu.Unlock()
+		w := st.partitions[p]
+		if w == nil {
+			w = st.newWorker(len(st.partitions), p)
+			st.partitions[p] = w
+			st.rt.e.wg.Add(1)
+			go w.run()
+		}
+		return w
+	case "any":
+		if st.warm >= len(st.workers) {
+			// A fixed pool: take turns.
+			return st.workers[st.rr.Add(1)%uint64(len(st.workers))]
+		}
+		// A pool that scales: fill the lowest slots first, so that higher
+		// slots start their processes only under backlog.
+		for _, w := range st.workers {
+			if len(w.queue) < cap(w.queue)/2 {
+				return w
+			}
+		}
+		return st.workers[st.rr.Add(1)%uint64(len(st.workers))]
+	default:
+		if len(st.workers) == 1 {
+			return st.workers[0]
+		}
+		return st.workers[st.keyHash(rec)%uint64(len(st.workers))]
+	}
+}
+
+// keyHash hashes a record's key, or its subject when it has none.
+func (st *stage) keyHash(rec *culvertv1.Record) uint64 {
+	if len(rec.Key) > 0 {
+		return maphash.Bytes(st.seed, rec.Key)
+	}
+	return maphash.String(st.seed, rec.GetSource().GetSubject())
+}
+
+// laneOf is the ordered lane of a record numbered seq: with retry.lanes,
+// its key hash (the subject's, for a record without a key) modulo lanes;
+// otherwise its key hash (one lane per key), and a lane of its own for a
+// record without a key or dispatched by turn, which has no order to keep.
+func (st *stage) laneOf(rec *culvertv1.Record, seq uint64) uint64 {
+	if n := st.fn.Retry.Lanes; n > 0 {
+		return st.keyHash(rec) % uint64(n)
+	}
+	if len(rec.Key) == 0 || st.fn.Dispatch == "any" {
+		return ^seq // keyed lanes are hashes: a collision only makes a record wait
+	}
+	return maphash.Bytes(st.seed, rec.Key)
+}
+
+// worker is one slot of a stage's pool: it owns at most one instance at a
+// time, batches what is ready, and holds back the records of lanes whose
+// head waits for a retry.
+//
+// Order: every record gets a sequence number when the worker first sees it.
+// A lane is blocked while its head (the earliest record of the lane that
+// failed) waits for a retry; later records of the lane, whether they arrive
+// then or were already sent and come back with results, are parked in seq
+// order and released when the head is done (delivered or given up). Since
+// an instance answers batches in order, results are judged in send order,
+// and a lane's outputs leave in seq order.
+type worker struct {
+	st    *stage
+	cfg   fnhost.Config
+	warm  bool
+	queue chan *item
+	wake  chan struct{}
+
+	lmu    sync.Mutex
+	seq    uint64
+	ready  itemHeap           // sendable, by seq
+	units  [][]*item          // batches to send as they are (retries, bisected halves)
+	held   map[uint64][]*item // parked records by lane, in seq order
+	heads  map[uint64]*item   // lane -> head waiting for its retry
+	closed bool
+
+	mu       sync.Mutex
+	inst     fnhost.Instance
+	failures int // consecutive failed starts or crashes
+	lastUse  time.Time
+}
+
+// itemHeap orders items by seq.
+type itemHeap []*item
+
+func (h itemHeap) Len() int           { return len(h) }
+func (h itemHeap) Less(i, j int) bool { return h[i].seq < h[j].seq }
+func (h itemHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *itemHeap) Push(x any)        { *h = append(*h, x.(*item)) }
+func (h *itemHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return it
+}
+
+func (w *worker) notify() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// blockedLocked reports whether it must wait behind its lane's head.
+func (w *worker) blockedLocked(it *item) bool {
+	h := w.heads[it.lane]
+	return h != nil && h != it
+}
+
+// parkLocked adds it to its lane's parked records, in seq order.
+func (w *worker) parkLocked(it *item) {
+	l := w.held[it.lane]
+	i := sort.Search(len(l), func(i int) bool { return l[i].seq > it.seq })
+	l = append(l, nil)
+	copy(l[i+1:], l[i:])
+	l[i] = it
+	w.held[it.lane] = l
+}
+
+// arrive takes a record from the queue: it numbers it and makes it ready or
+// parks it.
+func (w *worker) arrive(it *item) {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	if it.seq == 0 {
+		w.seq++
+		it.seq = w.seq
+		it.lane = w.st.laneOf(it.rec, it.seq)
+	}
+	if w.blockedLocked(it) {
+		w.parkLocked(it)
+		return
+	}
+	heap.Push(&w.ready, it)
+}
+
+// takeReady pops up to n sendable items in seq order, parking those whose
+// lane got blocked meanwhile. A solo item (one that was in a batch lost
+// with its instance) goes alone: it ends the batch, or is the batch.
+func (w *worker) takeReady(batch []*item, n int) []*item {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	for len(batch) < n && w.ready.Len() > 0 {
+		if len(batch) > 0 && batch[0].solo {
+			break
+		}
+		it := w.ready[0]
+		if w.blockedLocked(it) {
+			heap.Pop(&w.ready)
+			w.parkLocked(it)
+			continue
+		}
+		if it.solo && len(batch) > 0 {
+			break
+		}
+		heap.Pop(&w.ready)
+		batch = append(batch, it)
+	}
+	return batch
+}
+
+func (w *worker) takeUnit() []*item {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	if len(w.units) == 0 {
+		return nil
+	}
+	u := w.units[0]
+	w.units[0] = nil
+	w.units = w.units[1:]
+	return u
+}
+
+// pushUnit queues items to be sent as one batch, ahead of ready records.
+func (w *worker) pushUnit(items []*item) {
+	w.lmu.Lock()
+	if w.closed || w.st.rt.e.workCtx.Err() != nil {
+		w.lmu.Unlock()
+		for _, it := range items {
+			it.tr.release(errAbandoned)
+		}
+		return
+	}
+	w.units = append(w.units, items)
+	w.lmu.Unlock()
+	w.notify()
+}
+
+// requeue puts back items that were never processed (queued behind a
+// failed batch), in their order.
+func (w *worker) requeue(items []*item) {
+	w.lmu.Lock()
+	if w.closed {
+		w.lmu.Unlock()
+		for _, it := range items {
+			it.tr.release(errAbandoned)
+		}
+		return
+	}
+	for _, it := range items {
+		heap.Push(&w.ready, it)
+	}
+	w.lmu.Unlock()
+	w.notify()
+}
+
+// unblockLocked ends its lane's wait: the parked records become ready.
+func (w *worker) unblockLocked(it *item) {
+	if w.heads[it.lane] != it {
+		return
+	}
+	delete(w.heads, it.lane)
+	for _, p := range w.held[it.lane] {
+		heap.Push(&w.ready, p)
+	}
+	delete(w.held, it.lane)
+}
+
+func (w *worker) pending() bool {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	return w.ready.Len() > 0 || len(w.units) > 0
+}
+
+func (w *worker) run() {
+	defer w.st.rt.e.wg.Done()
+	ctx := w.st.rt.e.workCtx
+	if w.warm {
+		if _, err := w.instance(ctx); err != nil && ctx.Err() == nil {
+			w.st.rt.log.Error("warm instance did not start; it is started again on the next record", "function", w.cfg.Function, "instance", w.cfg.Instance, "error", err)
+		}
+	}
+	size := w.cfg.MaxBatch
+	maxWait := time.Duration(w.st.fn.Batch.MaxWait)
+	fill := time.NewTimer(time.Hour)
+	fill.Stop()
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
+	batch := make([]*item, 0, size)
+	for {
+		if u := w.takeUnit(); u != nil {
+			w.send(ctx, u)
+			continue
+		}
+		batch = w.takeReady(batch[:0], size)
+		if len(batch) == 0 {
+			// Nothing to send: wait for work, and stop an idle process.
+			if !w.warm && w.hasInstance() {
+				idle.Reset(w.st.idle)
+			}
+			select {
+			case it := <-w.queue:
+				w.arrive(it)
+			case <-w.wake:
+			case <-idle.C:
+				w.idleStop()
+			case <-ctx.Done():
+				idle.Stop()
+				return
+			}
+			idle.Stop()
+			continue
+		}
+		fill.Reset(maxWait)
+	gather:
+		for len(batch) < size {
+			select {
+			case it := <-w.queue:
+				w.arrive(it)
+				batch = w.takeReady(batch, size)
+			case <-w.wake:
+				break gather // a retry is due: send what we have, then it
+			case <-fill.C:
+				break gather
+			case <-ctx.Done():
+				break gather
+			}
+		}
+		fill.Stop()
+		w.send(ctx, append([]*item(nil), batch...))
+	}
+}
+
+func (w *worker) hasInstance() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.inst != nil
+}
+
+// idleStop stops the process of a slot that had no work for the idle
+// timeout. It starts again on the slot's next record.
+func (w *worker) idleStop() {
+	w.mu.Lock()
+	inst := w.inst
+	if inst == nil || w.pending() || len(w.queue) > 0 || !inst.Idle() || time.Since(w.lastUse) < w.st.idle {
+		w.mu.Unlock()
+		return
+	}
+	w.inst = nil
+	w.mu.Unlock()
+	w.st.idleStops.Add(1)
+	w.st.rt.log.Info("function instance stopped after idle timeout", "function", w.cfg.Function, "instance", w.cfg.Instance,
+		"idle_timeout", w.st.idle, "live", w.st.live.Load()-1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := inst.Close(ctx); err != nil {
+		w.st.rt.log.Warn("closing idle function instance", "function", w.cfg.Function, "instance", w.cfg.Instance, "error", err)
+	}
+}
+
+// send submits items to a live instance, starting or restarting it as
+// needed. Items that cannot be sent because of a shutdown are abandoned.
+func (w *worker) send(ctx context.Context, items []*item) {
+	recs := make([]*culvertv1.Record, len(items))
+	attempt := 1
+	for i, it := range items {
+		recs[i] = it.rec
+		attempt = max(attempt, it.attempt+1)
+	}
+	call := &fnhost.Call{Records: recs, Attempt: attempt, Done: func(res []fnhost.Result, err error) {
+		if err == nil {
+			w.mu.Lock()
+			w.failures = 0
+			w.mu.Unlock()
+		}
+		w.done(items, res, err)
+	}}
+	for {
+		inst, err := w.instance(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				for _, it := range items {
+					it.tr.release(errAbandoned)
+				}
+				return
+			}
+			// The restart policy forbids another start.
+			f := failure{class: fnhost.ClassCrash, msg: err.Error()}
+			for _, it := range items {
+				w.giveUp(it, f)
+			}
+			return
+		}
+		err = inst.Submit(ctx, call)
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			for _, it := range items {
+				it.tr.release(errAbandoned)
+			}
+			return
+		}
+	}
+}
+
+// instance returns the live instance, (re)starting it with backoff.
+func (w *worker) instance(ctx context.Context) (fnhost.Instance, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lastUse = time.Now()
+	for {
+		if w.inst != nil {
+			select {
+			case <-w.inst.Dead():
+				w.failures++
+				w.inst = nil
+			default:
+				return w.inst, nil
+			}
+		}
+		r := w.st.fn.Restart
+		if w.failures > 0 {
+			if r.Policy == "never" {
+				return nil, fmt.Errorf("function %s: instance %d stopped and restart policy is never", w.cfg.Function, w.cfg.Instance)
+			}
+			d := backoff(time.Duration(r.Backoff), time.Duration(r.MaxBackoff), w.failures)
+			w.st.rt.log.Info("restarting function instance", "function", w.cfg.Function, "instance", w.cfg.Instance, "in", d, "failures", w.failures)
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil, ctx.Err()
+			}
+		}
+		inst, err := fnhost.Start(ctx, w.cfg)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			w.failures++
+			w.st.rt.log.Error("function instance did not start", "function", w.cfg.Function, "instance", w.cfg.Instance, "error", err)
+			continue
+		}
+		w.inst = inst
+		st := w.st
+		live := st.live.Add(1)
+		st.started.Add(1)
+		st.rt.log.Info("function instance started", "function", w.cfg.Function, "instance", w.cfg.Instance, "live", live, "warm", w.warm)
+		go func() {
+			<-inst.Dead()
+			st.live.Add(-1)
+		}()
+	}
+}
+
+func (w *worker) closeInstance(ctx context.Context) {
+	w.mu.Lock()
+	inst := w.inst
+	w.inst = nil
+	w.mu.Unlock()
+	if inst != nil {
+		if err := inst.Close(ctx); err != nil {
+			w.st.rt.log.Warn("closing function instance", "function", w.cfg.Function, "error", err)
+		}
+	}
+}
+
+// abandon gives back whatever is still queued, ready, parked or waiting
+// for a retry after the workers stopped.
+func (w *worker) abandon() {
+	w.lmu.Lock()
+	w.closed = true
+	var left []*item
+	left = append(left, w.ready...)
+	w.ready = nil
+	for _, u := range w.units {
+		left = append(left, u...)
+	}
+	w.units = nil
+	for _, l := range w.held {
+		left = append(left, l...)
+	}
+	clear(w.held)
+	// Heads waiting on a timer are released by pushUnit when it fires.
+	w.lmu.Unlock()
+	for _, it := range left {
+		it.tr.release(errAbandoned)
+	}
+	for {
+		select {
+		case it := <-w.queue:
+			it.tr.release(errAbandoned)
+		default:
+			return
+		}
+	}
+}
+
+// done judges the answer for items, in the order they were sent: outputs go
+// on, failures are retried or given up, records behind a blocked lane head
+// are parked. It runs on the instance's reader, in batch order.
+func (w *worker) done(items []*item, res []fnhost.Result, err error) {
+	st := w.st
+	e := st.rt.e
+	if err != nil && e.workCtx.Err() != nil {
+		// Lost to the shutdown, not to the function: give them back.
+		for _, it := range items {
+			it.tr.release(errAbandoned)
+		}
+		return
+	}
+	fails := make([]*failure, len(items))
+	all := true
+	if err != nil {
+		var ie *fnhost.InstanceError
+		f := failure{class: fnhost.ClassCrash, msg: err.Error(), retryable: true}
+		if errors.As(err, &ie) {
+			if ie.Bystander {
+				// Never processed: send again, as the same attempt.
+				w.requeue(items)
+				return
+			}
+			f = failure{class: ie.Class, msg: ie.Error(), retryable: ie.Retryable()}
+		}
+		for i, it := range items {
+			fails[i] = &f
+			// Which record killed the instance is unknown: each goes alone
+			// from now on, so that the guilty one fails alone.
+			it.solo = it.solo || len(items) > 1
+		}
+	} else {
+		for i := range items {
+			if r := res[i].Failure; r != nil {
+				fails[i] = &failure{class: fnhost.ClassFunction, msg: r.Message, retryable: r.Retryable}
+			} else {
+				all = false
+			}
+		}
+	}
+	if all && len(items) > 1 && st.fn.Retry.BatchFailure == "bisect" {
+		w.bisect(items, fails[0])
+		return
+	}
+	for i, it := range items {
+		w.lmu.Lock()
+		if w.blockedLocked(it) {
+			// An earlier record of its lane waits for a retry: this one's
+			// result is dropped, and it is sent again after that record.
+			w.parkLocked(it)
+			w.lmu.Unlock()
+			continue
+		}
+		if fails[i] == nil {
+			it.solo = false
+			w.unblockLocked(it)
+			w.lmu.Unlock()
+			st.rt.deliver(it, res[i].Outputs, st)
+			continue
+		}
+		w.lmu.Unlock()
+		e.stats.failed.Add(1)
+		it.attempt++
+		w.retryOrFail(it, *fails[i])
+	}
+	w.notify()
+}
+
+// bisect halves a batch whose every record failed, and resends each half
+// as a batch of its own without counting an attempt, until the record that
+// fails is alone. The lanes of its records wait meanwhile.
+func (w *worker) bisect(items []*item, f *failure) {
+	st := w.st
+	var members []*item
+	w.lmu.Lock()
+	for _, it := range items {
+		if w.blockedLocked(it) && !contains(items, w.heads[it.lane]) {
+			w.parkLocked(it)
+			continue
+		}
+		if w.heads[it.lane] == nil {
+			w.heads[it.lane] = it
+		}
+		members = append(members, it)
+	}
+	w.lmu.Unlock()
+	st.rt.e.stats.bisected.Add(1)
+	st.rt.log.Info("batch failed as a whole; bisecting it", "function", st.fn.Name, "records", len(members), "first", firstID(members), "error", f.msg)
+	if len(members) == 0 {
+		return
+	}
+	if len(members) == 1 {
+		// Alone at last: an ordinary failure.
+		it := members[0]
+		st.rt.e.stats.failed.Add(1)
+		it.attempt++
+		w.retryOrFail(it, *f)
+		return
+	}
+	half := len(members) / 2
+	w.pushUnit(members[:half:half])
+	w.pushUnit(members[half:])
+}
+
+func contains(items []*item, it *item) bool {
+	for _, x := range items {
+		if x == it {
+			return true
+		}
+	}
+	return false
+}
+
+func firstID(items []*item) string {
+	if len(items) == 0 {
+		return ""
+	}
+	return items[0].rec.GetId()
+}
+
+// retryOrFail retries a retryable failure after a backoff, alone in its
+// batch, up to max_attempts and max_record_age; its lane waits meanwhile.
+// Anything else is given up.
+func (w *worker) retryOrFail(it *item, f failure) {
+	st := w.st
+	if st.rt.e.workCtx.Err() != nil {
+		// A failure during the drain may be the shutdown's doing (a killed
+		// process): the broker redelivers the record instead.
+		w.lmu.Lock()
+		w.unblockLocked(it)
+		w.lmu.Unlock()
+		it.tr.release(errAbandoned)
+		return
+	}
+	r := st.fn.Retry
+	if !f.retryable || it.attempt >= max(r.MaxAttempts, 1) {
+		w.giveUp(it, f)
+		return
+	}
+	if age := time.Since(it.born); r.MaxRecordAge > 0 && age >= time.Duration(r.MaxRecordAge) {
+		f.msg = fmt.Sprintf("%s (not retried: the record is %s old, max_record_age is %s)", f.msg, age.Round(time.Millisecond), r.MaxRecordAge)
+		w.giveUp(it, f)
+		return
+	}
+	w.lmu.Lock()
+	w.heads[it.lane] = it
+	w.lmu.Unlock()
+	st.rt.e.stats.retried.Add(1)
+	delay := backoff(time.Duration(r.Backoff), time.Duration(r.MaxBackoff), it.attempt)
+	st.rt.log.Info("retrying record", "record", it.rec.Id, "function", st.fn.Name, "attempt", it.attempt+1, "in", delay, "error", f.msg)
+	time.AfterFunc(delay, func() { w.pushUnit([]*item{it}) })
+}
+
+// giveUp fails it for good and lets its lane go on.
+func (w *worker) giveUp(it *item, f failure) {
+	w.lmu.Lock()
+	w.unblockLocked(it)
+	w.lmu.Unlock()
+	w.notify()
+	w.st.rt.fail(it, w.st, f)
+}
+
+// PoolStats is the state of one function's pool in one route.
+type PoolStats struct {
+	Route, Function string
+	Min, Max        int
+	Live            int64 // processes running now
+	Started         int64 // processes started so far
+	IdleStops       int64 // processes stopped after the idle timeout
+}
+
+// Pools reports every pool, in route and chain order.
+func (e *Engine) Pools() []PoolStats {
+	var out []PoolStats
+	for _, rt := range e.routes {
+		for _, st := range rt.stages {
+			out = append(out, PoolStats{
+				Route: rt.name, Function: st.fn.Name, Min: st.warm, Max: len(st.workers),
+				Live: st.live.Load(), Started: st.started.Load(), IdleStops: st.idleStops.Load(),
+			})
+		}
+	}
+	return out
+}
