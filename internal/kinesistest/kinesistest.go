@@ -76,6 +76,16 @@ func StartWith(t testing.TB, opts Options) *Server {
 	return s
 }
 
+// Launch runs kinesalite with opts outside a test (benchmarks, tools); the
+// caller stops it with Stop.
+func Launch(opts Options) (*Server, error) {
+	s := &Server{opts: opts}
+	if err := s.start(); err != nil {
+		return nil, fmt.Errorf("kinesistest: %w", err)
+	}
+	return s, nil
+}
+
 // Endpoint is the server's URL. It keeps its port across Restart.
 func (s *Server) Endpoint() string {
 	s.mu.Lock()
