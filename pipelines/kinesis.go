@@ -158,6 +158,10 @@ func (d *decoder) kinesisConn(path, endpoint, key, secret string) {
 		}
 	}
 	if (key == "") != (secret == "") {
-		d.errorf(d.posOf(path+".access_key_id"), path+".access_key_id", "access_key_id and secret_access_key go together; set both or neither")
+		at := path + ".access_key_id"
+		if key == "" {
+			at = path + ".secret_access_key"
+		}
+		d.errorf(d.posOf(at), at, "access_key_id and secret_access_key go together; set both or neither")
 	}
 }
