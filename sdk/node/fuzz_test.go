@@ -19,7 +19,7 @@ func FuzzNodeServe(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		harness.Check(t, data, node(t), "test/fuzz_harness.js")
+		harness.Check(t, data, node(t), "fuzz/harness.js")
 	})
 }
 

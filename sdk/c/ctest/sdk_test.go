@@ -77,10 +77,13 @@ func TestCUnit(t *testing.T) {
 	}
 }
 
-// TestCEndToEnd runs the conformance example, built with the sanitizers,
-// through the real host.
+// TestCEndToEnd runs the conformance example, built with the sanitizers
+// (the build FuzzCFunction uses), through the real host.
 func TestCEndToEnd(t *testing.T) {
-	bin := build(t, t.TempDir(), "gcc", "conformance", append(append([]string{}, strict...), sanitize...), "culvert.c", "examples/conformance/main.c")
+	bin, err := cachedFuzzBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
 	sdktest.EndToEnd(t, bin)
 }
 
@@ -130,13 +133,13 @@ func TestCLibFuzzer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	out := sdktest.RunTool(t, dir, 2*time.Minute, bin, "-max_total_time=10", "-runs=2000000", "-rss_limit_mb=1024", corpus)
+	out := sdktest.RunTool(t, dir, 2*time.Minute, bin, "-max_total_time=8", "-runs=2000000", "-rss_limit_mb=1024", corpus)
 	t.Log(out[max(0, len(out)-500):])
 }
 
-// cachedFuzzBinary builds the sanitized conformance example once per
-// version of its sources, into the temporary directory, so that the fuzzing
-// engine's worker processes share one build instead of compiling each.
+// cachedFuzzBinary builds the conformance example with the sanitizers
+// once per version of its sources, into the temporary directory, so that
+// the tests and the fuzzing engine's worker processes share one build.
 func cachedFuzzBinary() (string, error) {
 	h := sha256.New()
 	for _, f := range []string{"culvert.c", "culvert.h", "examples/conformance/main.c"} {

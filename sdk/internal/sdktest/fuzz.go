@@ -15,7 +15,7 @@ import (
 // inputs framed as a 4-byte big-endian length and the bytes, runs the
 // SDK's protocol loop over each in-process, and answers one line per
 // input, "ok" or "bug: ..." (sdk/python/tests/fuzz_harness.py,
-// sdk/node/test/fuzz_harness.js). One process serves every input of a fuzz
+// sdk/node/fuzz/harness.js). One process serves every input of a fuzz
 // worker, so that fuzzing runs at the SDK's speed, not at process start-up
 // speed.
 type Harness struct {
