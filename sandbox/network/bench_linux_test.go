@@ -21,6 +21,9 @@ import (
 // unshare: unshare(CLONE_NEWNET) and switch back, the baseline.
 // none, egress: Prepare alone (Close is outside the timer).
 // egress+close: Prepare and Close.
+// BenchmarkPrepareWarm/egress-warm (same command): Prepare with a warm
+// namespace ready (Config.Warm), i.e. only the policy is installed; the
+// pool refills outside the timer.
 func BenchmarkPrepare(b *testing.B) {
 	requireRoot(b)
 	b.Run("unshare", func(b *testing.B) {
@@ -70,4 +73,28 @@ func BenchmarkPrepare(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkPrepareWarm: see BenchmarkPrepare.
+func BenchmarkPrepareWarm(b *testing.B) {
+	requireRoot(b)
+	w := newWorld(b, "cvtbenw", "10.213.88.0/22", warm(4))
+	egress := sandbox.Network{Mode: ModeEgress, DNS: "198.18.0.2:5353",
+		Allow: []sandbox.Endpoint{ep("198.18.0.2:8080-8081"), ep("10.0.0.0/8:443")}}
+	b.Run("egress-warm", func(b *testing.B) {
+		for b.Loop() {
+			b.StopTimer()
+			waitWarm(b, w.m)
+			b.StartTimer()
+			a, err := w.m.Prepare(context.Background(), "t", "bench", egress)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			if err := a.Close(); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+	})
 }

@@ -35,6 +35,10 @@ type Config struct {
 	// NoMasquerade leaves the instances' source addresses untranslated;
 	// the upstream network must then route Subnet back to the host.
 	NoMasquerade bool
+	// Warm is how many egress namespaces to keep prepared ahead (link up,
+	// addressed, everything dropped), so that Prepare only installs the
+	// policy. 0 prepares each on demand.
+	Warm int
 	// Logger receives start-up clean-up and teardown problems. Default
 	// slog.Default().
 	Logger *slog.Logger
@@ -66,6 +70,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Subnet.Masked() != c.Subnet {
 		return c, fmt.Errorf("network: subnet %s has host bits set; did you mean %s?", c.Subnet, c.Subnet.Masked())
+	}
+	if c.Warm < 0 {
+		return c, fmt.Errorf("network: warm %d: want 0 or more", c.Warm)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

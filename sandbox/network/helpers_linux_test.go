@@ -134,7 +134,7 @@ func (c *counter) get(k string) int {
 
 // newWorld builds the topology and a Manager whose host is the test's
 // "host" namespace. prefix must be unique per test.
-func newWorld(tb testing.TB, prefix string, subnet string) *world {
+func newWorld(tb testing.TB, prefix string, subnet string, opts ...func(*Config)) *world {
 	tb.Helper()
 	requireRoot(tb)
 	w := &world{host: newTestNS(tb), outside: newTestNS(tb), udpHits: &counter{n: map[string]int{}}}
@@ -184,6 +184,9 @@ func newWorld(tb testing.TB, prefix string, subnet string) *world {
 
 	w.cfg = Config{Prefix: prefix, RunDir: tb.TempDir(), Subnet: netip.MustParsePrefix(subnet),
 		HostNetns: nsPath(w.host), EnableForwarding: true, Logger: testLogger(tb)}
+	for _, o := range opts {
+		o(&w.cfg)
+	}
 	m, err := NewManager(w.cfg)
 	if err != nil {
 		tb.Fatalf("NewManager: %v", err)
@@ -396,4 +399,18 @@ func udpIn(tb testing.TB, ns netns.NsHandle, addr string) error {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func warm(n int) func(*Config) { return func(c *Config) { c.Warm = n } }
+
+// waitWarm waits until the manager's warm pool is full.
+func waitWarm(tb testing.TB, m *Manager) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(m.warm) < cap(m.warm) {
+		if time.Now().After(deadline) {
+			tb.Fatalf("warm pool has %d of %d after 10s", len(m.warm), cap(m.warm))
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

@@ -36,9 +36,16 @@ type Manager struct {
 	lock   *os.File
 	hostNS netns.NsHandle
 	host   *netlink.Handle
+	nftMu  sync.Mutex     // guards nft: a batch is built and flushed whole
+	nft    *nftables.Conn // lasting, in the host namespace
 
 	forwarding bool   // ip_forward is on in the host namespace
 	restoreFwd string // value to restore on Close, if changed
+
+	warm     chan *shell   // ready egress shells (Config.Warm)
+	wantWarm chan struct{} // asks keepWarm for more
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
 
 	mu     sync.Mutex
 	used   []bool // slot -> in use
@@ -106,15 +113,22 @@ func NewManager(cfg Config) (_ *Manager, err error) {
 		m.forwarding, m.restoreFwd = true, fwd
 		m.log.Info("enabled net.ipv4.ip_forward in the host namespace; restored on close")
 	}
-	c, err := m.hostConn()
-	if err != nil {
-		return nil, err
+	if m.nft, err = nftables.New(nftables.WithNetNSFd(int(m.hostNS)), nftables.AsLasting()); err != nil {
+		return nil, fmt.Errorf("network: nftables in host namespace: %w", err)
 	}
-	addHostTable(c, cfg.Prefix, cfg.Subnet, !cfg.NoMasquerade)
-	if err := c.Flush(); err != nil {
+	addHostTable(m.nft, cfg.Prefix, cfg.Subnet, !cfg.NoMasquerade)
+	if err := m.nft.Flush(); err != nil {
 		return nil, fmt.Errorf("network: install host rules (table inet %s): %w", cfg.Prefix, err)
 	}
 	m.used = make([]bool, 1<<(32-cfg.Subnet.Bits()-2))
+	m.warm, m.wantWarm = make(chan *shell, cfg.Warm), make(chan struct{}, 1)
+	if cfg.Warm > 0 && m.forwarding {
+		ctx, stop := context.WithCancel(context.Background())
+		m.stop = stop
+		m.wg.Add(1)
+		go m.keepWarm(ctx)
+		m.wantWarm <- struct{}{}
+	}
 	return m, nil
 }
 
@@ -177,8 +191,9 @@ func (m *Manager) removeAll(why string) error {
 // with its loopback up and nothing else. "egress" adds a veth link to the
 // host namespace, numbered from the manager's subnet, a default route
 // through it, and the rules that allow outbound TCP to n.Allow and UDP/TCP
-// to n.DNS only. The caller joins Attachment.Path and closes the
-// attachment once the instance has exited.
+// to n.DNS only; with Config.Warm it takes a namespace prepared ahead and
+// only installs the policy. The caller joins Attachment.Path and closes
+// the attachment once the instance has exited.
 func (m *Manager) Prepare(ctx context.Context, tenant, instance string, n sandbox.Network) (_ *Attachment, err error) {
 	what := fmt.Sprintf("network for %s (tenant %s)", instance, tenant)
 	if err := Validate(n); err != nil {
@@ -196,133 +211,245 @@ func (m *Manager) Prepare(ctx context.Context, tenant, instance string, n sandbo
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	slot, err := m.alloc()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	name := m.cfg.Prefix + "-" + strconv.FormatUint(uint64(slot), 36)
-	a := &Attachment{Path: filepath.Join(m.nsDir, name), Mode: ModeNone}
-	var undo []func() error
-	release := func() error {
-		if m.isClosed() {
-			return nil // the manager's Close removed everything
-		}
-		var errs []error
-		for i := len(undo) - 1; i >= 0; i-- {
-			errs = append(errs, undo[i]())
-		}
-		m.free(slot)
-		return errors.Join(errs...)
-	}
-	defer func() {
-		if err != nil {
-			if rerr := release(); rerr != nil {
-				m.log.Warn("rolling back a failed prepare", "instance", instance, "err", rerr)
-			}
-		}
-	}()
-
-	ns, err := newNetns(a.Path)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	defer ns.Close()
-	undo = append(undo, func() error { return removeNetns(a.Path) })
-	in, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("%s: netlink in the new namespace: %w", what, err)
-	}
-	defer in.Close()
-	lo, err := in.LinkByName("lo")
-	if err == nil {
-		err = in.LinkSetUp(lo)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: bring loopback up: %w", what, err)
-	}
+	var sh *shell
 	if egress {
-		if err := m.attachEgress(ctx, ns, in, name, slot, p, a, &undo); err != nil {
+		sh = m.takeWarm()
+	}
+	if sh == nil {
+		if sh, err = m.newShell(ctx, egress, &p); err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
 		}
 	}
-	a.release = release
+	a := &Attachment{Path: sh.path, Mode: ModeNone, release: func() error { return m.releaseShell(sh) }}
+	if egress {
+		if err := m.applyPolicy(sh, p); err != nil {
+			if rerr := a.Close(); rerr != nil {
+				m.log.Warn("rolling back a failed prepare", "instance", instance, "err", rerr)
+			}
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		a.Mode, a.Addr, a.Gateway, a.HostLink, a.Resolver = ModeEgress, sh.addr, sh.gw, sh.name, p.resolver
+	}
 	m.log.Debug("network prepared", "instance", instance, "tenant", tenant, "mode", a.Mode, "path", a.Path, "addr", a.Addr)
 	return a, nil
 }
 
-// attachEgress builds the link, addresses, route and rules of an egress
-// instance. Rules go in before the link is up, so no packet ever passes
-// unfiltered.
-func (m *Manager) attachEgress(ctx context.Context, ns netns.NsHandle, in *netlink.Handle, name string, slot int, p policy, a *Attachment, undo *[]func() error) error {
+// shell is a namespace without a policy. For egress its link is up and
+// addressed, and its rules drop everything until applyPolicy adds what
+// is allowed.
+type shell struct {
+	slot     int
+	name     string // <prefix>-<slot>: namespace file and host link
+	path     string
+	addr, gw netip.Addr
+	undo     []func() error // in the order done; released in reverse
+
+	policyInside bool // the policy is already in the rules inside
+}
+
+// newShell prepares a namespace; for egress with p set, its rules inside
+// include p from the start.
+func (m *Manager) newShell(ctx context.Context, egress bool, p *policy) (_ *shell, err error) {
+	slot, err := m.alloc()
+	if err != nil {
+		return nil, err
+	}
+	name := m.cfg.Prefix + "-" + strconv.FormatUint(uint64(slot), 36)
+	sh := &shell{slot: slot, name: name, path: filepath.Join(m.nsDir, name)}
+	defer func() {
+		if err != nil {
+			if rerr := m.releaseShell(sh); rerr != nil {
+				m.log.Warn("rolling back a failed namespace", "path", sh.path, "err", rerr)
+			}
+		}
+	}()
+	// Everything inside the new namespace happens on the thread that
+	// created it, with sockets opened there: no per-call namespace switch.
+	sh.undo = append(sh.undo, func() error { return removeNetns(sh.path) })
+	err = newNetns(sh.path, func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err == nil {
+			err = netlink.LinkSetUp(lo)
+		}
+		if err != nil {
+			return fmt.Errorf("bring loopback up: %w", err)
+		}
+		if egress {
+			return m.buildEgress(ctx, sh, p)
+		}
+		return nil
+	})
+	return sh, err
+}
+
+func (m *Manager) releaseShell(sh *shell) error {
+	if m.isClosed() {
+		return nil // the manager's Close removed everything
+	}
+	var errs []error
+	for i := len(sh.undo) - 1; i >= 0; i-- {
+		errs = append(errs, sh.undo[i]())
+	}
+	sh.undo = nil
+	m.free(sh.slot)
+	return errors.Join(errs...)
+}
+
+// buildEgress builds the link, addresses, route and base rules of an
+// egress namespace. It runs on a thread inside the namespace. The rules go
+// in before the link exists, and drop everything until a policy is added;
+// on the host side, a link without a policy falls to the prefix's drop.
+func (m *Manager) buildEgress(ctx context.Context, sh *shell, p *policy) error {
 	base := m.cfg.Subnet.Addr().As4()
 	var four [4]byte
-	binary.BigEndian.PutUint32(four[:], binary.BigEndian.Uint32(base[:])+uint32(slot)*4+1)
-	gw := netip.AddrFrom4(four) // .1 of the slot's /30
-	addr := gw.Next()           // .2
-	a.Mode, a.Addr, a.Gateway, a.HostLink, a.Resolver = ModeEgress, addr, gw, name, p.resolver
+	binary.BigEndian.PutUint32(four[:], binary.BigEndian.Uint32(base[:])+uint32(sh.slot)*4+1)
+	sh.gw = netip.AddrFrom4(four) // .1 of the slot's /30
+	sh.addr = sh.gw.Next()        // .2
 
-	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	c, err := nftables.New() // a socket in this thread's namespace: the instance's
 	if err != nil {
-		return fmt.Errorf("nftables in the new namespace: %w", err)
+		return fmt.Errorf("nftables inside: %w", err)
 	}
-	addInstanceTable(c, m.cfg.Subnet, p)
+	addInstanceBase(c, m.cfg.Subnet)
+	if p != nil {
+		addInstancePolicy(c, *p)
+		sh.policyInside = true
+	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("install rules inside the namespace: %w", err)
 	}
-	hc, err := m.hostConn()
-	if err != nil {
-		return err
-	}
-	if err := addInstance(hc, m.cfg.Prefix, name, addr, m.cfg.Subnet, p); err != nil {
-		return fmt.Errorf("host rules for %s: %w", name, err)
-	}
-	if err := hc.Flush(); err != nil {
-		return fmt.Errorf("install host rules for %s: %w", name, err)
-	}
-	*undo = append(*undo, func() error {
-		hc, err := m.hostConn()
-		if err != nil {
-			return err
-		}
-		if err := delInstance(hc, m.cfg.Prefix, name); err != nil {
-			return err
-		}
-		if err := hc.Flush(); err != nil {
-			return fmt.Errorf("remove host rules for %s: %w", name, err)
-		}
-		return nil
-	})
 
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(ns))}
-	if err := m.host.LinkAdd(veth); err != nil {
-		return fmt.Errorf("create veth %s: %w", name, err)
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: sh.name, PeerNamespace: netlink.NsFd(int(m.hostNS))}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("create veth eth0/%s: %w", sh.name, err)
 	}
-	*undo = append(*undo, func() error {
-		if err := m.host.LinkDel(veth); err != nil && !errors.Is(err, unix.ENODEV) {
-			return fmt.Errorf("remove veth %s: %w", name, err)
+	sh.undo = append(sh.undo, func() error {
+		err := m.host.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: sh.name}})
+		var nf netlink.LinkNotFoundError
+		if err != nil && !errors.Is(err, unix.ENODEV) && !errors.As(err, &nf) {
+			return fmt.Errorf("remove veth %s: %w", sh.name, err)
 		}
 		return nil
 	})
-	hostLink, err := m.host.LinkByName(name)
+	hostLink, err := m.host.LinkByName(sh.name)
 	if err != nil {
-		return fmt.Errorf("find veth %s: %w", name, err)
+		return fmt.Errorf("find veth %s: %w", sh.name, err)
 	}
-	peer, err := in.LinkByName("eth0")
+	peer, err := netlink.LinkByName("eth0")
 	if err != nil {
 		return fmt.Errorf("find eth0 inside: %w", err)
 	}
-	if err := configure(m.host, hostLink, gw); err != nil {
-		return fmt.Errorf("host side %s: %w", name, err)
+	if err := configure(m.host, hostLink, sh.gw); err != nil {
+		return fmt.Errorf("host side %s: %w", sh.name, err)
 	}
-	if err := configure(in, peer, addr); err != nil {
+	if err := configure(nil, peer, sh.addr); err != nil {
 		return fmt.Errorf("eth0 inside: %w", err)
 	}
-	if err := in.RouteAdd(&netlink.Route{LinkIndex: peer.Attrs().Index, Gw: net.IP(gw.AsSlice())}); err != nil {
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: peer.Attrs().Index, Gw: net.IP(sh.gw.AsSlice())}); err != nil {
 		return fmt.Errorf("default route inside: %w", err)
 	}
-	return waitOperUp(ctx, linkIn{m.host, name}, linkIn{in, "eth0"})
+	return waitOperUp(ctx, linkIn{m.host, sh.name}, linkIn{nil, "eth0"})
 }
 
+// applyPolicy adds p to an egress shell: one batch inside, one on the host
+// side. Neither registers a hook, which is what makes a warm namespace
+// fast to hand out.
+func (m *Manager) applyPolicy(sh *shell, p policy) error {
+	if sh.policyInside {
+		return m.addHostPolicy(sh, p)
+	}
+	ns, err := netns.GetFromPath(sh.path)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", sh.path, err)
+	}
+	defer ns.Close()
+	err = inNetns(ns, func() error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		addInstancePolicy(c, p)
+		return c.Flush()
+	})
+	if err != nil {
+		return fmt.Errorf("install the policy inside: %w", err)
+	}
+	sh.policyInside = true
+	return m.addHostPolicy(sh, p)
+}
+
+func (m *Manager) addHostPolicy(sh *shell, p policy) error {
+	if err := m.addHostRules(sh.name, sh.addr, p); err != nil {
+		return err
+	}
+	sh.undo = append(sh.undo, func() error { return m.delHostRules(sh.name) })
+	return nil
+}
+
+// takeWarm returns a prepared egress shell, if one is ready, and asks for
+// another.
+func (m *Manager) takeWarm() *shell {
+	select {
+	case sh := <-m.warm:
+		select {
+		case m.wantWarm <- struct{}{}:
+		default:
+		}
+		return sh
+	default:
+		return nil
+	}
+}
+
+// keepWarm keeps Config.Warm egress shells ready until ctx ends.
+func (m *Manager) keepWarm(ctx context.Context) {
+	defer m.wg.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.wantWarm:
+		}
+		for len(m.warm) < cap(m.warm) && ctx.Err() == nil {
+			sh, err := m.newShell(ctx, true, nil)
+			if err != nil {
+				if ctx.Err() == nil {
+					m.log.Warn("preparing a warm egress namespace failed; Prepare builds them on demand meanwhile", "err", err)
+				}
+				break
+			}
+			m.warm <- sh // only this goroutine fills it, so there is room
+		}
+	}
+}
+
+// addHostRules installs an instance's host-side chain and map element.
+func (m *Manager) addHostRules(link string, addr netip.Addr, p policy) error {
+	m.nftMu.Lock()
+	defer m.nftMu.Unlock()
+	if err := addInstance(m.nft, m.cfg.Prefix, link, addr, m.cfg.Subnet, p); err != nil {
+		return fmt.Errorf("host rules for %s: %w", link, err)
+	}
+	if err := m.nft.Flush(); err != nil {
+		return fmt.Errorf("install host rules for %s: %w", link, err)
+	}
+	return nil
+}
+
+func (m *Manager) delHostRules(link string) error {
+	m.nftMu.Lock()
+	defer m.nftMu.Unlock()
+	if err := delInstance(m.nft, m.cfg.Prefix, link); err != nil {
+		return err
+	}
+	if err := m.nft.Flush(); err != nil {
+		return fmt.Errorf("remove host rules for %s: %w", link, err)
+	}
+	return nil
+}
+
+// linkIn names a link in the namespace of h; a nil h is the calling
+// thread's namespace.
 type linkIn struct {
 	h    *netlink.Handle
 	name string
@@ -338,7 +465,7 @@ func waitOperUp(ctx context.Context, links ...linkIn) error {
 	wait := 20 * time.Microsecond
 	for _, l := range links {
 		for {
-			link, err := l.h.LinkByName(l.name)
+			link, err := linkByName(l.h, l.name)
 			if err != nil {
 				return fmt.Errorf("link %s: %w", l.name, err)
 			}
@@ -356,9 +483,19 @@ func waitOperUp(ctx context.Context, links ...linkIn) error {
 	return nil
 }
 
+func linkByName(h *netlink.Handle, name string) (netlink.Link, error) {
+	if h == nil {
+		return netlink.LinkByName(name)
+	}
+	return h.LinkByName(name)
+}
+
 // configure gives a link its /30 address, no IPv6 link-local address, and
-// brings it up.
+// brings it up. A nil h is the calling thread's namespace.
 func configure(h *netlink.Handle, l netlink.Link, a netip.Addr) error {
+	if h == nil {
+		h = &netlink.Handle{} // the package handle: sockets opened per call, on this thread
+	}
 	// Without IPv6 addresses the link cannot carry IPv6 at all; the rules
 	// drop it anyway. Kernels without IPv6 refuse the setting, harmlessly.
 	_ = h.LinkSetIP6AddrGenMode(l, nl.IN6_ADDR_GEN_MODE_NONE)
@@ -412,6 +549,10 @@ func (m *Manager) Close() error {
 	}
 	m.closed = true
 	m.mu.Unlock()
+	if m.stop != nil {
+		m.stop()
+		m.wg.Wait()
+	}
 	return m.teardown()
 }
 
@@ -425,6 +566,9 @@ func (m *Manager) teardown() error {
 			}
 		}
 		m.host.Close()
+	}
+	if m.nft != nil {
+		m.nft.CloseLasting()
 	}
 	if m.bound {
 		if err := unix.Unmount(m.nsDir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {

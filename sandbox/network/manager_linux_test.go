@@ -26,8 +26,20 @@ func ep(s string) sandbox.Endpoint {
 
 // TestEgressPolicy checks every kind of destination from inside an egress
 // instance, each next to a control showing the destination itself works.
+// With warm set, the instance's namespace comes from the warm pool.
 func TestEgressPolicy(t *testing.T) {
-	w := newWorld(t, "cvtegr", "10.213.64.0/24")
+	t.Run("on demand", func(t *testing.T) { testEgressPolicy(t, newWorld(t, "cvtegr", "10.213.64.0/24")) })
+	t.Run("warm", func(t *testing.T) {
+		w := newWorld(t, "cvtegw", "10.213.76.0/24", warm(2))
+		waitWarm(t, w.m)
+		testEgressPolicy(t, w)
+		if len(w.m.warm) == cap(w.m.warm) {
+			t.Log("the pool was refilled")
+		}
+	})
+}
+
+func testEgressPolicy(t *testing.T, w *world) {
 	_, sb := w.prepare(t, "p/f#0", sandbox.Network{Mode: ModeEgress,
 		Allow: []sandbox.Endpoint{ep("198.18.0.2/32:8080-8081")}, DNS: "198.18.0.2:5353"})
 
@@ -108,7 +120,7 @@ func TestEgressAllowsHostService(t *testing.T) {
 // inside it, but not from the host, the outside, or another instance that
 // may connect anywhere.
 func TestNoInbound(t *testing.T) {
-	w := newWorld(t, "cvtinb", "10.213.66.0/24")
+	w := newWorld(t, "cvtinb", "10.213.66.0/24", warm(1))
 	a, sa := w.prepare(t, "p/a#0", sandbox.Network{Mode: ModeEgress, Allow: []sandbox.Endpoint{ep("198.18.0.2:8080")}})
 	b, sb := w.prepare(t, "p/b#0", sandbox.Network{Mode: ModeEgress, Allow: []sandbox.Endpoint{ep("0.0.0.0/0:1-65535")}})
 	for _, s := range []struct {

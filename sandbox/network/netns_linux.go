@@ -40,49 +40,41 @@ func inNetns(ns netns.NsHandle, fn func() error) error {
 }
 
 // newNetns creates a network namespace, bind-mounts it at path (which must
-// not exist) and returns an open handle to it.
-func newNetns(path string) (netns.NsHandle, error) {
+// not exist) and runs inside on the creating thread, still in the new
+// namespace: sockets inside opens belong to it. The caller removes path
+// (removeNetns) if newNetns fails after creating it.
+func newNetns(path string, inside func() error) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
 	if err != nil {
-		return netns.None(), fmt.Errorf("create namespace file: %w", err)
+		return fmt.Errorf("create namespace file: %w", err)
 	}
 	f.Close()
-	type result struct {
-		h   netns.NsHandle
-		err error
-	}
-	res := make(chan result, 1)
+	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
 			runtime.UnlockOSThread()
-			res <- result{err: fmt.Errorf("read current network namespace: %w", err)}
+			errc <- fmt.Errorf("read current network namespace: %w", err)
 			return
 		}
 		defer orig.Close()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
-			res <- result{err: fmt.Errorf("unshare network namespace: %w", err)}
+			errc <- fmt.Errorf("unshare network namespace: %w", err)
 			return
 		}
-		var r result
 		self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
 		if err := unix.Mount(self, path, "", unix.MS_BIND, ""); err != nil {
-			r.err = fmt.Errorf("bind-mount network namespace at %s: %w", path, err)
-		} else if r.h, err = netns.GetFromPath(path); err != nil {
-			r.err = fmt.Errorf("open network namespace %s: %w", path, err)
+			errc <- fmt.Errorf("bind-mount network namespace at %s: %w", path, err)
+		} else {
+			errc <- inside()
 		}
-		res <- r
 		if netns.Set(orig) == nil {
 			runtime.UnlockOSThread()
 		}
 	}()
-	r := <-res
-	if r.err != nil {
-		removeNetns(path)
-	}
-	return r.h, r.err
+	return <-errc
 }
 
 // removeNetns unmounts and removes a namespace file. The namespace itself

@@ -43,10 +43,20 @@ import (
 //	    ip daddr CIDR tcp dport FROM-TO accept  # per allowlist entry
 //	    drop }
 //
-// Inside the instance's namespace, table inet culvert: output (policy drop)
-// accepts loopback, established/related, the resolver and the allowlist,
-// and answers other TCP with a reset so the function fails at once; input
-// (policy drop) accepts loopback and established/related only.
+// Inside the instance's namespace, table inet culvert, stateless (see
+// addInstanceBase):
+//
+//	chain output { type filter hook output priority 0; policy drop;
+//	    oifname "lo" accept
+//	    meta nfproto != ipv4 drop
+//	    ip daddr SUBNET tcp reject with tcp reset; ip daddr SUBNET drop
+//	    jump allow-out      # resolver and allowlist: accept
+//	    meta l4proto tcp reject with tcp reset }   # fail at once, not by timeout
+//	chain input { type filter hook input priority 0; policy drop;
+//	    iifname "lo" accept
+//	    meta nfproto != ipv4 drop
+//	    tcp flags & (syn|ack) == syn drop            # no connection in
+//	    jump allow-in }     # from the resolver and the allowlist: accept
 
 const (
 	instTable = "culvert"
@@ -119,12 +129,17 @@ const (
 	daddr = 16
 )
 
-// l4Ports matches the transport protocol and a destination port range.
-func l4Ports(proto byte, from, to uint16) []expr.Any {
+// l4Ports matches the transport protocol and a port range: the
+// destination port when dir is daddr, the source port when it is saddr.
+func l4Ports(dir uint32, proto byte, from, to uint16) []expr.Any {
+	off := uint32(2) // destination port
+	if dir == saddr {
+		off = 0
+	}
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2},
 		&expr.Range{Op: expr.CmpOpEq, Register: 1,
 			FromData: binary.BigEndian.AppendUint16(nil, from), ToData: binary.BigEndian.AppendUint16(nil, to)},
 	}
@@ -178,23 +193,24 @@ func compile(n sandbox.Network) (policy, error) {
 }
 
 // resolverRules accept UDP and TCP to the resolver (TCP for truncated
-// answers).
-func resolverRules(r netip.AddrPort) [][]expr.Any {
+// answers), or, with dir saddr, from it.
+func resolverRules(dir uint32, r netip.AddrPort) [][]expr.Any {
 	if !r.IsValid() {
 		return nil
 	}
 	dst := netip.PrefixFrom(r.Addr(), 32)
 	var out [][]expr.Any
 	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
-		out = append(out, join(ipIn(daddr, dst, expr.CmpOpEq), l4Ports(proto, r.Port(), r.Port()), v(accept)))
+		out = append(out, join(ipIn(dir, dst, expr.CmpOpEq), l4Ports(dir, proto, r.Port(), r.Port()), v(accept)))
 	}
 	return out
 }
 
-func allowRules(p policy) [][]expr.Any {
+// allowRules accept TCP to the allowlist, or, with dir saddr, from it.
+func allowRules(dir uint32, p policy) [][]expr.Any {
 	var out [][]expr.Any
 	for _, a := range p.allow {
-		out = append(out, join(ipIn(daddr, a.dst, expr.CmpOpEq), l4Ports(unix.IPPROTO_TCP, a.from, a.to), v(accept)))
+		out = append(out, join(ipIn(dir, a.dst, expr.CmpOpEq), l4Ports(dir, unix.IPPROTO_TCP, a.from, a.to), v(accept)))
 	}
 	return out
 }
@@ -260,9 +276,9 @@ func addInstance(c *nftables.Conn, prefix, link string, addr netip.Addr, subnet 
 	addRules(c, ch,
 		join(notIPv4(), v(drop)),
 		join(ipIn(saddr, netip.PrefixFrom(addr, 32), expr.CmpOpNeq), v(drop)))
-	addRules(c, ch, resolverRules(p.resolver)...)
+	addRules(c, ch, resolverRules(daddr, p.resolver)...)
 	addRules(c, ch, join(ipIn(daddr, subnet, expr.CmpOpEq), v(drop)))
-	addRules(c, ch, allowRules(p)...)
+	addRules(c, ch, allowRules(daddr, p)...)
 	addRules(c, ch, v(drop))
 	m := &nftables.Set{Table: t, Name: linksMap, IsMap: true, KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict}
 	return c.SetAddElements(m, []nftables.SetElement{{Key: ifname(link),
@@ -283,25 +299,55 @@ func delInstance(c *nftables.Conn, prefix, link string) error {
 	return nil
 }
 
-// addInstanceTable queues the rules inside an egress instance's own
-// namespace.
-func addInstanceTable(c *nftables.Conn, subnet netip.Prefix, p policy) {
+// addInstanceBase queues the rules inside an egress instance's own
+// namespace that do not depend on its policy; addInstancePolicy fills in
+// the two chains they jump to. They are stateless: conntrack in every
+// instance namespace would double the cost of preparing one (its hooks are
+// registered per namespace) and keep a connection table per instance, and
+// a client-only policy does not need it. Output allows what allow-out
+// accepts; input drops every TCP SYN without ACK (no connection can be
+// opened towards the instance) and accepts only what allow-in accepts:
+// packets from the allowlist's addresses and ports, or from the resolver.
+func addInstanceBase(c *nftables.Conn, subnet netip.Prefix) {
 	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: instTable})
+	allowOut := c.AddChain(&nftables.Chain{Name: "allow-out", Table: t})
+	allowIn := c.AddChain(&nftables.Chain{Name: "allow-in", Table: t})
 	out := c.AddChain(&nftables.Chain{Name: "output", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter, Policy: &policyD})
 	addRules(c, out,
 		join(ifExact(expr.MetaKeyOIFNAME, "lo"), v(accept)),
-		join(ctEstablished(), v(accept)),
-		join(notIPv4(), v(drop)))
-	addRules(c, out, resolverRules(p.resolver)...)
-	addRules(c, out,
+		join(notIPv4(), v(drop)),
 		join(ipIn(daddr, subnet, expr.CmpOpEq), l4Proto(unix.IPPROTO_TCP), v(tcpRST)),
-		join(ipIn(daddr, subnet, expr.CmpOpEq), v(drop)))
-	addRules(c, out, allowRules(p)...)
-	addRules(c, out, join(l4Proto(unix.IPPROTO_TCP), v(tcpRST)))
+		join(ipIn(daddr, subnet, expr.CmpOpEq), v(drop)),
+		v(&expr.Verdict{Kind: expr.VerdictJump, Chain: allowOut.Name}),
+		join(l4Proto(unix.IPPROTO_TCP), v(tcpRST)))
 	in := c.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &policyD})
 	addRules(c, in,
 		join(ifExact(expr.MetaKeyIIFNAME, "lo"), v(accept)),
-		join(ctEstablished(), v(accept)))
+		join(notIPv4(), v(drop)),
+		join(l4Proto(unix.IPPROTO_TCP), synOnly(), v(drop)),
+		v(&expr.Verdict{Kind: expr.VerdictJump, Chain: allowIn.Name}))
+}
+
+// addInstancePolicy queues an instance's allowlist and resolver into the
+// chains addInstanceBase made.
+func addInstancePolicy(c *nftables.Conn, p policy) {
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: instTable}
+	out := &nftables.Chain{Name: "allow-out", Table: t}
+	addRules(c, out, resolverRules(daddr, p.resolver)...)
+	addRules(c, out, allowRules(daddr, p)...)
+	in := &nftables.Chain{Name: "allow-in", Table: t}
+	addRules(c, in, resolverRules(saddr, p.resolver)...)
+	addRules(c, in, allowRules(saddr, p)...)
+}
+
+// synOnly matches TCP segments with SYN set and ACK clear: connection
+// attempts.
+func synOnly() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x12}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x02}},
+	}
 }
