@@ -141,7 +141,9 @@ func TestCLibFuzzer(t *testing.T) {
 // once per version of its sources, into the temporary directory, so that
 // the tests and the fuzzing engine's worker processes share one build.
 func cachedFuzzBinary() (string, error) {
+	args := append(append([]string{}, strict...), sanitize...)
 	h := sha256.New()
+	h.Write([]byte(strings.Join(args, " ")))
 	for _, f := range []string{"culvert.c", "culvert.h", "examples/conformance/main.c"} {
 		b, err := os.ReadFile(filepath.Join(sdkDir, f))
 		if err != nil {
@@ -154,7 +156,7 @@ func cachedFuzzBinary() (string, error) {
 		return bin, nil
 	}
 	tmp := fmt.Sprintf("%s.%d", bin, os.Getpid())
-	args := append(append(append([]string{}, strict...), sanitize...), "-o", tmp, "culvert.c", "examples/conformance/main.c")
+	args = append(args, "-o", tmp, "culvert.c", "examples/conformance/main.c")
 	cmd := exec.Command("gcc", args...)
 	cmd.Dir = sdkDir
 	if b, err := cmd.CombinedOutput(); err != nil {
