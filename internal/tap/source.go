@@ -212,7 +212,7 @@ type Options struct {
 	// Follow keeps reading live after the end position (default for nats).
 	Follow bool
 	// Count stops after this many records; 0: no limit.
-	Count int
+	Count  int
 	Logger *slog.Logger
 }
 
