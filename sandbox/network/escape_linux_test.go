@@ -205,7 +205,7 @@ func TestEachLayerAlone(t *testing.T) {
 			}
 		}
 		udpIn(t, sb, "198.18.0.2:5354")
-		if n := w.udpHits.get("198.18.0.2:5354"); n != 0 {
+		if n := w.UDPHits("198.18.0.2:5354"); n != 0 {
 			t.Errorf("udp echo got %d datagrams", n)
 		}
 		serveTCP(t, sb, "0.0.0.0:8000")

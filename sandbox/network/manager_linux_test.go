@@ -90,7 +90,7 @@ func testEgressPolicy(t *testing.T, w *world) {
 		t.Errorf("control: dns on the other address from the host namespace: %v", err)
 	}
 	// The refused datagram never arrived: 1 hit is the control's.
-	if n := w.udpHits.get("198.18.0.2:5354"); n != 1 {
+	if n := w.UDPHits("198.18.0.2:5354"); n != 1 {
 		t.Errorf("udp echo server saw %d datagrams, want 1 (the control's)", n)
 	}
 }
@@ -264,15 +264,16 @@ func TestLeftoversRemoved(t *testing.T) {
 }
 
 // TestEgressNeedsForwarding: with forwarding off and not enabled, egress is
-// refused with the reason, and none still works.
+// refused with the reason, and none still works. With EnableForwarding the
+// manager turns it on and restores it on Close.
 func TestEgressNeedsForwarding(t *testing.T) {
 	requireRoot(t)
 	host := newTestNS(t)
-	m, err := NewManager(Config{Prefix: "cvtfwd", RunDir: t.TempDir(), Subnet: netip.MustParsePrefix("10.213.70.0/24"), HostNetns: nsPath(host), Logger: testLogger(t)})
+	cfg := Config{Prefix: "cvtfwd", RunDir: t.TempDir(), Subnet: netip.MustParsePrefix("10.213.70.0/24"), HostNetns: nsPath(host), Logger: testLogger(t)}
+	m, err := NewManager(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
 	_, err = m.Prepare(context.Background(), "t", "p/f#0", sandbox.Network{Mode: ModeEgress, Allow: []sandbox.Endpoint{ep("198.18.0.2:8080")}})
 	if err == nil || !strings.Contains(err.Error(), "ip_forward") {
 		t.Fatalf("err = %v, want the ip_forward explanation", err)
@@ -282,6 +283,30 @@ func TestEgressNeedsForwarding(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Close()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	fwd := func() string {
+		v, err := sysctl(host, "net/ipv4/ip_forward", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(v)
+	}
+	cfg.EnableForwarding = true
+	if m, err = NewManager(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := fwd(); got != "1" {
+		t.Errorf("ip_forward with EnableForwarding = %s, want 1", got)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := fwd(); got != "0" {
+		t.Errorf("ip_forward after Close = %s, want 0 (restored)", got)
+	}
 }
 
 func TestPrepareRejectsBadPolicy(t *testing.T) {
