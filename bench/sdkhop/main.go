@@ -7,7 +7,10 @@
 // Run it from the repository root after `make deps` (it needs
 // /usr/bin/python3 with python3-protobuf, node with sdk/node/node_modules,
 // and cc). It prints records/s and ns/record (median of -runs) per
-// language, each with its throughput relative to the Go SDK's.
+// language, each with its throughput relative to the Go SDK's. Every
+// figure is the wall time from the first batch sent to the last result
+// read by the host, after the handshake, with values of -value bytes,
+// keys and ids; runs are interleaved across the SDKs.
 package main
 
 import (
@@ -75,18 +78,22 @@ func run(records, batch, valueSize, runs, inflight int, names []string) error {
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "sdk\tbatch\trecords\trec/s\tns/rec\tvs go\t\n")
-	var base float64
-	for _, l := range ls {
-		var ds []time.Duration
-		for range runs {
+	// Runs are interleaved (each round measures every SDK once) so that a
+	// change in the machine's load touches all of them alike.
+	ds := make([][]time.Duration, len(ls))
+	for range runs {
+		for i, l := range ls {
 			d, err := framedRun(l, n, batch, valueSize, inflight)
 			if err != nil {
 				return fmt.Errorf("%s: %w", l.name, err)
 			}
-			ds = append(ds, d)
+			ds[i] = append(ds[i], d)
 		}
-		slices.Sort(ds)
-		d := ds[len(ds)/2]
+	}
+	var base float64
+	for i, l := range ls {
+		slices.Sort(ds[i])
+		d := ds[i][len(ds[i])/2]
 		rate := float64(n) / d.Seconds()
 		if l.name == "go" {
 			base = rate
