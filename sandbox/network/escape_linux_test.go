@@ -18,6 +18,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/culvert-dev/culvert/sandbox"
 )
@@ -37,7 +38,11 @@ func TestMain(m *testing.M) {
 
 // The attempts: each undoes part of the policy from inside. Order matters:
 // link-down comes last, so the others run with the link as it was.
-var escapeOps = []string{"nft-delete-table", "nft-flush-ruleset", "add-address", "add-route", "add-link", "sysctl", "link-down"}
+// raw-socket and packet-socket need CAP_NET_RAW over the namespace, which
+// the container's root lacks too: spoofed packets are impossible even
+// without seccomp.
+var escapeOps = []string{"nft-delete-table", "nft-flush-ruleset", "add-address", "add-route", "add-link", "sysctl",
+	"raw-socket", "packet-socket", "link-down"}
 
 func probeMain(ops []string) int {
 	for _, op := range ops {
@@ -80,6 +85,16 @@ func probeOp(op string) error {
 		default:
 			return netlink.LinkSetDown(l)
 		}
+	case "raw-socket", "packet-socket":
+		domain, typ, proto := unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_TCP
+		if op == "packet-socket" {
+			domain, typ, proto = unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL))
+		}
+		fd, err := unix.Socket(domain, typ, proto)
+		if err != nil {
+			return err
+		}
+		return unix.Close(fd)
 	case "add-link":
 		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "escape0"}, PeerName: "escape1"})
 	case "sysctl":
@@ -87,6 +102,8 @@ func probeOp(op string) error {
 	}
 	return fmt.Errorf("unknown probe %q", op)
 }
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // runProbe runs the escape attempts in ns, as root of a fresh user
 // namespace mapped to host uid 100000 when userns is set, else as real
