@@ -40,8 +40,11 @@ type SourceConfig struct {
 	// partition cannot take every slot. Default MaxInFlight.
 	MaxInFlightPerPartition int
 	// MaxQueued is how many fetched records one partition may hold before
-	// it is paused (no more fetching until half of them were handed over).
-	// Default 1024.
+	// it is paused (no more fetching for it until half of them were handed
+	// over). Polling as a whole also waits while the partitions hold more
+	// than half of this on average, so a pause, which drops what the client
+	// had buffered for the partition, is kept for a partition that falls
+	// behind the others. Default 4096.
 	MaxQueued int
 	// CommitInterval between commits of the watermarks. Default 1s.
 	CommitInterval time.Duration
@@ -52,7 +55,9 @@ type SourceConfig struct {
 	RevokeGrace time.Duration
 	// SessionTimeout of the group member; default kgo's 45s.
 	SessionTimeout time.Duration
-	// FetchMaxWait is the longest a fetch waits for data; default 500ms.
+	// FetchMaxWait is the longest a fetch waits for data; default 100ms
+	// (a resumed partition is fetched again only after the fetch in flight
+	// returns, so this bounds the stall after a pause).
 	FetchMaxWait time.Duration
 }
 
@@ -67,7 +72,7 @@ func (c *SourceConfig) defaults() error {
 		c.MaxInFlightPerPartition = c.MaxInFlight
 	}
 	if c.MaxQueued <= 0 {
-		c.MaxQueued = 1024
+		c.MaxQueued = 4096
 	}
 	if c.CommitInterval <= 0 {
 		c.CommitInterval = time.Second
@@ -76,7 +81,7 @@ func (c *SourceConfig) defaults() error {
 		c.RevokeGrace = 10 * time.Second
 	}
 	if c.FetchMaxWait <= 0 {
-		c.FetchMaxWait = 500 * time.Millisecond
+		c.FetchMaxWait = 100 * time.Millisecond
 	}
 	return nil
 }
@@ -119,6 +124,9 @@ type Source struct {
 	cl  *kgo.Client
 	sem chan struct{} // in-flight slots, all partitions
 
+	queued   atomic.Int64  // fetched records in lane queues, all partitions
+	pollKick chan struct{} // cap 1: queued dropped below the poll limit
+
 	closed atomic.Bool
 	mu     sync.Mutex // guards lanes, run
 	lanes  map[tp]*lane
@@ -160,6 +168,7 @@ func NewSource(cfg SourceConfig, logger *slog.Logger) (*Source, error) {
 		log:        logger.With("connector", ConnectorName, "group", cfg.Group),
 		sem:        make(chan struct{}, cfg.MaxInFlight),
 		lanes:      map[tp]*lane{},
+		pollKick:   make(chan struct{}, 1),
 		stopCommit: make(chan struct{}),
 		commitDone: make(chan struct{}),
 	}
@@ -220,6 +229,13 @@ func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
 	s.log.Info("consuming", "topics", s.cfg.Topics)
 
 	for {
+		for s.queued.Load() >= s.pollLimit() {
+			select {
+			case <-s.pollKick:
+			case <-ctx.Done():
+				return nil
+			}
+		}
 		fetches := s.cl.PollRecords(ctx, s.cfg.MaxQueued)
 		if ctx.Err() != nil || fetches.IsClientClosed() {
 			s.cl.AllowRebalance()
@@ -248,6 +264,27 @@ func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
 		})
 		// Records are in their lanes: a rebalance may run now.
 		s.cl.AllowRebalance()
+	}
+}
+
+// pollLimit is the number of queued records above which Run stops
+// polling: half of MaxQueued per assigned partition.
+func (s *Source) pollLimit() int64 {
+	s.mu.Lock()
+	n := len(s.lanes)
+	s.mu.Unlock()
+	return int64(max(n, 1) * s.cfg.MaxQueued / 2)
+}
+
+// dequeued accounts for n records leaving the lane queues.
+func (s *Source) dequeued(n int) {
+	if n == 0 {
+		return
+	}
+	s.queued.Add(-int64(n))
+	select {
+	case s.pollKick <- struct{}{}:
+	default:
 	}
 }
 
@@ -544,6 +581,7 @@ func (l *lane) push(recs []*kgo.Record) {
 		return
 	}
 	l.queue = append(l.queue, recs...)
+	l.s.queued.Add(int64(len(recs)))
 	if !l.paused && len(l.queue) >= l.s.cfg.MaxQueued {
 		l.paused = true
 		l.s.cl.PauseFetchPartitions(map[string][]int32{l.tp.topic: {l.tp.partition}})
@@ -578,6 +616,7 @@ func (l *lane) next() (it *item, wake time.Time, dead bool) {
 		r := l.queue[0]
 		l.queue[0] = nil
 		l.queue = l.queue[1:]
+		l.s.dequeued(1)
 		if l.paused && len(l.queue) <= l.s.cfg.MaxQueued/2 {
 			l.paused = false
 			l.s.cl.ResumeFetchPartitions(map[string][]int32{l.tp.topic: {l.tp.partition}})
@@ -656,6 +695,7 @@ func (l *lane) giveBack(it *item) {
 	if it.deliveries == 0 {
 		// Never added to the watermark: back at the queue head.
 		l.queue = slices.Insert(l.queue, 0, it.r)
+		l.s.queued.Add(1)
 		return
 	}
 	it.due = time.Time{}
@@ -696,6 +736,7 @@ func (l *lane) inFlight() int {
 func (l *lane) revoke() {
 	l.mu.Lock()
 	l.revoking = true
+	l.s.dequeued(len(l.queue))
 	l.queue = nil
 	l.mu.Unlock()
 	l.signal()
@@ -710,6 +751,7 @@ func (l *lane) kill() {
 		return
 	}
 	l.dead = true
+	l.s.dequeued(len(l.queue))
 	l.queue, l.retry = nil, nil
 	if l.paused {
 		l.paused = false

@@ -1,0 +1,274 @@
+// Command kafkahop measures Kafka -> passthrough function -> Kafka through a
+// whole Culvert pipeline, beside the raw franz-go rate measured in the same
+// run: one consumer group reading the same input and producing every record
+// to another topic with the same producer settings (idempotent, acks=all),
+// waiting for every produce acknowledgement.
+//
+//	go run ./bench/kafkahop [-records 200000] [-value 100] [-keys 1000] [-runs 3] [-batch 1000] [-instances 2]
+//
+// Both sides run against one in-process kfake cluster (3 brokers, 3
+// partitions) on 127.0.0.1, preloaded once; every measurement uses a fresh
+// consumer group and output topic, and includes joining the group. The
+// Culvert side ends when the engine has acked every source record (all its
+// outputs confirmed by the broker). It prints records/s (median of -runs)
+// and the ratio of Culvert's rate to the raw rate.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/culvert-dev/culvert/internal/engine"
+	"github.com/culvert-dev/culvert/internal/runner"
+	"github.com/culvert-dev/culvert/pipelines"
+	"github.com/culvert-dev/culvert/sandbox/process"
+)
+
+func main() {
+	records := flag.Int("records", 200_000, "records in the input topic")
+	valueSize := flag.Int("value", 100, "value size in bytes")
+	keys := flag.Int("keys", 1000, "distinct keys")
+	runs := flag.Int("runs", 3, "measurements per side; the median is printed")
+	batch := flag.Int("batch", 1000, "function batch size")
+	instances := flag.Int("instances", 2, "function instances")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the Culvert side, the raw side and kfake) to this file")
+	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kafkahop:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if err := run(*records, *valueSize, *keys, *runs, *batch, *instances); err != nil {
+		pprof.StopCPUProfile()
+		fmt.Fprintln(os.Stderr, "kafkahop:", err)
+		os.Exit(1)
+	}
+}
+
+func run(records, valueSize, keys, runs, batch, instances int) error {
+	dir, err := os.MkdirTemp("", "kafkahop")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	build := exec.Command("go", "build", "-o", dir, "github.com/culvert-dev/culvert/examples/functions/passthrough")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("building the passthrough function: %w", err)
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(3, "in"), kfake.DefaultNumPartitions(3), kfake.AllowAutoTopicCreation())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	brokers := c.ListenAddrs()
+	if err := preload(brokers, records, valueSize, keys); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "preloaded %d records of %d bytes (%d keys) into 3 partitions on 3 kfake brokers\n", records, valueSize, keys)
+
+	var raw, cul []float64
+	for i := range runs {
+		r, err := rawHop(brokers, records, i)
+		if err != nil {
+			return fmt.Errorf("raw run %d: %w", i, err)
+		}
+		raw = append(raw, r)
+		k, err := culvertHop(dir, brokers, records, i, batch, instances)
+		if err != nil {
+			return fmt.Errorf("culvert run %d: %w", i, err)
+		}
+		cul = append(cul, k)
+		fmt.Fprintf(os.Stderr, "run %d: raw %.0f records/s, culvert %.0f records/s\n", i+1, r, k)
+	}
+	mr, mc := median(raw), median(cul)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "path\trecords\tvalue B\trecords/s (median of %d)\tratio to raw\t\n", runs)
+	fmt.Fprintf(tw, "raw franz-go consume+produce\t%d\t%d\t%.0f\t1.00\t\n", records, valueSize, mr)
+	fmt.Fprintf(tw, "culvert kafka -> passthrough (framed, batch %d, %d instances) -> kafka\t%d\t%d\t%.0f\t%.2f\t\n", batch, instances, records, valueSize, mc, mc/mr)
+	return tw.Flush()
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func preload(brokers []string, n, size, keys int) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(5*time.Millisecond))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	val := []byte(strings.Repeat("x", size))
+	var failed atomic.Value
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		cl.Produce(context.Background(), &kgo.Record{Topic: "in", Key: []byte("key-" + strconv.Itoa(i%keys)), Value: val}, func(_ *kgo.Record, err error) {
+			if err != nil {
+				failed.Store(err)
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		return fmt.Errorf("preload: %w", err)
+	}
+	return nil
+}
+
+func createTopic(brokers []string, topic string) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := kadm.NewClient(cl).CreateTopic(ctx, 3, 1, nil, topic)
+	if err == nil {
+		err = resp.Err
+	}
+	return err
+}
+
+// rawHop consumes "in" in a fresh group and produces each record to a
+// fresh topic, marking offsets after each acknowledgement and committing
+// them at the end: the work a consume-transform-produce loop must do at
+// least, with no function in between.
+func rawHop(brokers []string, n, run int) (float64, error) {
+	out := "raw-out-" + strconv.Itoa(run)
+	if err := createTopic(brokers, out); err != nil {
+		return 0, err
+	}
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RequiredAcks(kgo.AllISRAcks()), kgo.MaxBufferedRecords(10000))
+	if err != nil {
+		return 0, err
+	}
+	defer prod.Close()
+	start := time.Now()
+	cons, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("raw-"+strconv.Itoa(run)), kgo.ConsumeTopics("in"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.DisableAutoCommit(), kgo.Balancers(kgo.CooperativeStickyBalancer()))
+	if err != nil {
+		return 0, err
+	}
+	defer cons.Close()
+	var acked atomic.Int64
+	var failed atomic.Value
+	done := make(chan struct{})
+	ctx := context.Background()
+	for seen := 0; seen < n; {
+		fs := cons.PollFetches(ctx)
+		fs.EachRecord(func(r *kgo.Record) {
+			seen++
+			prod.Produce(ctx, &kgo.Record{Topic: out, Key: r.Key, Value: r.Value, Headers: r.Headers}, func(_ *kgo.Record, err error) {
+				if err != nil {
+					failed.Store(err)
+				}
+				if acked.Add(1) == int64(n) {
+					close(done)
+				}
+			})
+		})
+	}
+	<-done
+	if err := cons.CommitUncommittedOffsets(ctx); err != nil {
+		return 0, err
+	}
+	el := time.Since(start)
+	if err, _ := failed.Load().(error); err != nil {
+		return 0, err
+	}
+	return float64(n) / el.Seconds(), nil
+}
+
+func culvertHop(dir string, brokers []string, n, run, batch, instances int) (float64, error) {
+	out := "culvert-out-" + strconv.Itoa(run)
+	if err := createTopic(brokers, out); err != nil {
+		return 0, err
+	}
+	bl := "[" + strings.Join(brokers, ", ") + "]"
+	yaml := fmt.Sprintf(`version: 1
+name: kafkahop
+inputs:
+  in: { kafka: { brokers: %s, topics: [in], group: culvert-%d, max_in_flight: 20000 } }
+functions:
+  pass: { command: %s, mode: framed, instances: %d, batch: { size: %d, max_wait: 1ms } }
+routes:
+  - name: hop
+    chain: [pass]
+    outputs: [out]
+outputs:
+  out: { kafka: { brokers: %s, topic: %s, encoding: value } }
+delivery: { max_in_flight: 20000 }
+`, bl, run, filepath.Join(dir, "passthrough"), instances, batch, bl, out)
+	path := filepath.Join(dir, "pipeline.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		return 0, err
+	}
+	p, err := pipelines.Load(path, nil)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	engCh := make(chan *engine.Engine, 1)
+	errCh := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		errCh <- runner.Run(ctx, runner.Options{Pipeline: p, Runtime: process.Runtime{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Engine: func(e *engine.Engine) { engCh <- e }})
+	}()
+	var eng *engine.Engine
+	select {
+	case eng = <-engCh:
+	case err := <-errCh:
+		return 0, fmt.Errorf("pipeline stopped: %w", err)
+	}
+	last := time.Now()
+	for eng.Stats().Acked < int64(n) {
+		if os.Getenv("KAFKAHOP_TRACE") != "" && time.Since(last) > 100*time.Millisecond {
+			last = time.Now()
+			st := eng.Stats()
+			fmt.Fprintf(os.Stderr, "  %5dms in %d acked %d in-flight %d\n", time.Since(start).Milliseconds(), st.In, st.Acked, st.InFlight)
+		}
+		select {
+		case err := <-errCh:
+			return 0, fmt.Errorf("pipeline stopped early: %w (stats %+v)", err, eng.Stats())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	el := time.Since(start)
+	cancel()
+	if err := <-errCh; err != nil {
+		return 0, err
+	}
+	return float64(n) / el.Seconds(), nil
+}
