@@ -4,9 +4,11 @@ package network
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/nftables"
@@ -359,4 +361,62 @@ func hostConnFor(t *testing.T, ns netns.NsHandle) *nftables.Conn {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestConcurrentPrepare: instances prepared and closed from many
+// goroutines at once (some from the warm pool) get distinct addresses and
+// each its own working policy.
+func TestConcurrentPrepare(t *testing.T) {
+	w := newWorld(t, "cvtcon", "10.213.77.0/24", warm(2))
+	policy := sandbox.Network{Mode: ModeEgress, Allow: []sandbox.Endpoint{ep("198.18.0.2:8080")}}
+	var mu sync.Mutex
+	seen := map[netip.Addr]string{}
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 3 {
+				inst := fmt.Sprintf("p/f#%d.%d", g, i)
+				a, err := w.m.Prepare(context.Background(), "t", inst, policy)
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				if other, dup := seen[a.Addr]; dup {
+					errs <- fmt.Errorf("%s and %s both got %s", other, inst, a.Addr)
+				}
+				seen[a.Addr] = inst
+				mu.Unlock()
+				ns, err := netns.GetFromPath(a.Path)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if err := dialIn(t, ns, "198.18.0.2:8080"); err != nil {
+					errs <- fmt.Errorf("%s: allowed: %w", inst, err)
+				}
+				if err := dialIn(t, ns, "198.18.0.2:9090"); err == nil {
+					errs <- fmt.Errorf("%s: disallowed port connected", inst)
+				}
+				ns.Close()
+				mu.Lock()
+				delete(seen, a.Addr)
+				mu.Unlock()
+				if err := a.Close(); err != nil {
+					errs <- fmt.Errorf("%s: close: %w", inst, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if chains := instChains(t, w); len(chains) != 0 {
+		t.Errorf("instance chains left after all closed: %v", chains)
+	}
 }
