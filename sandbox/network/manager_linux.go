@@ -170,7 +170,7 @@ func (m *Manager) removeAll(why string) error {
 			if err := m.host.LinkDel(l); err != nil {
 				return fmt.Errorf("network: remove %s link %s: %w", why, name, err)
 			}
-			m.log.Info("removed link", "why", why, "link", name)
+			m.log.Debug("removed link", "why", why, "link", name)
 		}
 	}
 	entries, err := os.ReadDir(m.nsDir)
@@ -181,7 +181,7 @@ func (m *Manager) removeAll(why string) error {
 		if err := removeNetns(filepath.Join(m.nsDir, e.Name())); err != nil {
 			return fmt.Errorf("network: %s: %w", why, err)
 		}
-		m.log.Info("removed network namespace", "why", why, "path", filepath.Join(m.nsDir, e.Name()))
+		m.log.Debug("removed network namespace", "why", why, "path", filepath.Join(m.nsDir, e.Name()))
 	}
 	return nil
 }
@@ -306,6 +306,11 @@ func (m *Manager) buildEgress(ctx context.Context, sh *shell, p *policy) error {
 	sh.gw = netip.AddrFrom4(four) // .1 of the slot's /30
 	sh.addr = sh.gw.Next()        // .2
 
+	// Runs last on release: the host's connection tracking forgets the
+	// address, so an instance that later gets it cannot ride on an earlier
+	// one's established connections.
+	sh.undo = append(sh.undo, func() error { m.forgetConnections(sh.addr); return nil })
+
 	c, err := nftables.New() // a socket in this thread's namespace: the instance's
 	if err != nil {
 		return fmt.Errorf("nftables inside: %w", err)
@@ -349,6 +354,20 @@ func (m *Manager) buildEgress(ctx context.Context, sh *shell, p *policy) error {
 		return fmt.Errorf("default route inside: %w", err)
 	}
 	return waitOperUp(ctx, linkIn{m.host, sh.name}, linkIn{nil, "eth0"})
+}
+
+// forgetConnections deletes the host namespace's conntrack entries whose
+// original source is addr. A failure is logged, not returned: the rules
+// inside the next instance's namespace are stateless and hold anyway.
+func (m *Manager) forgetConnections(addr netip.Addr) {
+	f := &netlink.ConntrackFilter{}
+	if err := f.AddIP(netlink.ConntrackOrigSrcIP, net.IP(addr.AsSlice())); err != nil {
+		m.log.Warn("conntrack filter", "addr", addr, "err", err)
+		return
+	}
+	if _, err := m.host.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f); err != nil {
+		m.log.Warn("could not delete the connection tracking entries of a closed instance", "addr", addr, "err", err)
+	}
 }
 
 // applyPolicy adds p to an egress shell: one batch inside, one on the host

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -201,11 +202,25 @@ func TestCloseRemovesEverything(t *testing.T) {
 	if chains := instChains(t, w); len(chains) != 1 {
 		t.Fatalf("instance chains while open = %v, want one", chains)
 	}
+	ns, err := netns.GetFromPath(a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dialIn(t, ns, "198.18.0.2:8080"); err != nil {
+		t.Fatal(err)
+	}
+	ns.Close()
+	if n := flowsFrom(t, hnl, a.Addr); n == 0 {
+		t.Fatalf("control: no conntrack entry from %s after a connection", a.Addr)
+	}
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+	if n := flowsFrom(t, hnl, a.Addr); n != 0 {
+		t.Errorf("%d conntrack entries from %s after Close", n, a.Addr)
 	}
 	if _, err := hnl.LinkByName(a.HostLink); err == nil {
 		t.Errorf("host link %s still there after Close", a.HostLink)
@@ -323,6 +338,21 @@ func TestPrepareRejectsBadPolicy(t *testing.T) {
 			t.Errorf("Prepare(%+v) err = %v, want an error naming the instance", n, err)
 		}
 	}
+}
+
+func flowsFrom(t *testing.T, h *netlink.Handle, a netip.Addr) int {
+	t.Helper()
+	flows, err := h.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range flows {
+		if f.Forward.SrcIP.Equal(a.AsSlice()) {
+			n++
+		}
+	}
+	return n
 }
 
 func instChains(t *testing.T, w *world) []string {
