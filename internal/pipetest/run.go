@@ -151,6 +151,10 @@ type Outcome struct {
 	// Outputs holds each output's records, ordered by the input record
 	// they derive from, then by arrival.
 	Outputs map[string][]memory.Published
+	// Origins holds, parallel to Outputs, the index in the input records
+	// of the record each output derives from (-1: unknown, e.g. a function
+	// gave it an id of its own).
+	Origins map[string][]int
 	// GivenBack are the input records that failed without a dead-letter
 	// output.
 	GivenBack []*culvertv1.Record
@@ -158,9 +162,15 @@ type Outcome struct {
 }
 
 // RunPipeline runs p once over recs arriving at input, with every output
-// captured in memory. Other inputs get no records. It returns when every
+// captured in memory. Other inputs get no records. ro carries how
+// functions run (Runtime, and confinement as for `culvert run`); its
+// pipeline, connectors and hooks are set here. It returns when every
 // record is settled (or ctx is done).
-func RunPipeline(ctx context.Context, p *pipelines.Pipeline, input string, recs []*culvertv1.Record, rt sandbox.Runtime, log *slog.Logger) (*Outcome, error) {
+func RunPipeline(ctx context.Context, p *pipelines.Pipeline, input string, recs []*culvertv1.Record, ro runner.Options) (*Outcome, error) {
+	log := ro.Logger
+	if log == nil {
+		log = slog.Default()
+	}
 	in := p.Inputs[input]
 	if in == nil {
 		return nil, fmt.Errorf("pipeline %s has no input %q (inputs: %s)", p.File, input, strings.Join(names(p.Inputs), ", "))
@@ -207,18 +217,17 @@ func RunPipeline(ctx context.Context, p *pipelines.Pipeline, input string, recs 
 		sinks[name], mem[name] = s, s
 	}
 	var eng *engine.Engine
-	err := runner.Run(ctx, runner.Options{
-		Pipeline: p, Runtime: rt, Logger: log,
-		Stdin: strings.NewReader(""), Stdout: io.Discard,
-		Sources: sources, Sinks: sinks,
-		Engine: func(e *engine.Engine) { eng = e },
-	})
-	out := &Outcome{Outputs: map[string][]memory.Published{}, GivenBack: main.GivenBack()}
+	ro.Pipeline, ro.Logger = p, log
+	ro.Stdin, ro.Stdout = strings.NewReader(""), io.Discard
+	ro.Sources, ro.Sinks = sources, sinks
+	ro.Engine = func(e *engine.Engine) { eng = e }
+	err := runner.Run(ctx, ro)
+	out := &Outcome{Outputs: map[string][]memory.Published{}, Origins: map[string][]int{}, GivenBack: main.GivenBack()}
 	if eng != nil {
 		out.Stats = eng.Stats()
 	}
 	for name, s := range mem {
-		out.Outputs[name] = sortByInput(s.Records(), order)
+		out.Outputs[name], out.Origins[name] = sortByInput(s.Records(), order)
 	}
 	if err == nil && ctx.Err() != nil {
 		err = fmt.Errorf("stopped before every record was settled: %w", ctx.Err())
@@ -256,7 +265,7 @@ func connectorKind(in *pipelines.Input) string {
 // sortByInput orders records by the input they derive from: an output's id
 // is "<input id>/<function>.<n>" unless a function set its own, and a
 // dead-lettered record names its input in culvert-error-source-record.
-func sortByInput(ps []memory.Published, order map[string]int) []memory.Published {
+func sortByInput(ps []memory.Published, order map[string]int) ([]memory.Published, []int) {
 	idx := func(p memory.Published) int {
 		if v := headerValues(p.Record, "culvert-error-source-record"); len(v) > 0 {
 			if i, ok := order[v[0]]; ok {
@@ -277,7 +286,13 @@ func sortByInput(ps []memory.Published, order map[string]int) []memory.Published
 		return len(order)
 	}
 	sort.SliceStable(ps, func(a, b int) bool { return idx(ps[a]) < idx(ps[b]) })
-	return ps
+	origins := make([]int, len(ps))
+	for i, p := range ps {
+		if origins[i] = idx(p); origins[i] == len(order) {
+			origins[i] = -1
+		}
+	}
+	return ps, origins
 }
 
 func runCase(ctx context.Context, f *File, c *Case, types *protoTypes, o Options) (res caseResult) {
@@ -342,7 +357,7 @@ func runCase(ctx context.Context, f *File, c *Case, types *protoTypes, o Options
 	log := slog.New(slog.NewTextHandler(&syncWriter{w: &logBuf}, &slog.HandlerOptions{Level: o.LogLevel}))
 	cctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
-	outcome, err := RunPipeline(cctx, p, input, recs, o.Runtime, log)
+	outcome, err := RunPipeline(cctx, p, input, recs, runner.Options{Runtime: o.Runtime, Logger: log})
 	defer func() { res.log = logBuf.String() }()
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
@@ -463,12 +478,28 @@ func checkOutput(f *File, name string, e *Expect, got []memory.Published, types 
 	return problems
 }
 
-// GoldenText renders records as golden-file lines, one compact JSON object
-// per record, readable in a review: {"subject", "id", "key", "headers",
-// "content_type", "event_time", "value"}, the key and value as text when
-// they are UTF-8 and as key_base64 / value_base64 otherwise. What changes
-// from run to run (the culvert-error-time header) is left out.
+// GoldenText renders records as golden-file lines (RenderRecord with
+// ids), one per record.
 func GoldenText(ps []memory.Published) (string, error) {
+	var b strings.Builder
+	for _, p := range ps {
+		line, err := RenderRecord(p, true)
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(line)
+		b.WriteByte('\n')
+	}
+	return b.String(), nil
+}
+
+// RenderRecord renders a published record as one compact JSON object,
+// readable in a review: {"subject", "id", "key", "headers", "content_type",
+// "event_time", "value"}, the key and value as text when they are UTF-8
+// and as key_base64 / value_base64 otherwise. What changes from run to run
+// (the culvert-error-time header) is left out, and the id too unless
+// withID.
+func RenderRecord(p memory.Published, withID bool) (string, error) {
 	type header struct {
 		Name        string `json:"name"`
 		Value       string `json:"value,omitempty"`
@@ -485,41 +516,40 @@ func GoldenText(ps []memory.Published) (string, error) {
 		Value       *string  `json:"value,omitempty"`
 		ValueBase64 []byte   `json:"value_base64,omitempty"`
 	}
-	var b strings.Builder
-	for _, p := range ps {
-		r := p.Record
-		l := line{Subject: p.Subject, ID: r.Id, ContentType: r.ContentType}
-		if utf8.Valid(r.Key) {
-			l.Key = string(r.Key)
-		} else {
-			l.KeyBase64 = r.Key
-		}
-		for _, h := range r.Headers {
-			if h.Name == "culvert-error-time" {
-				continue
-			}
-			if utf8.Valid(h.Value) {
-				l.Headers = append(l.Headers, header{Name: h.Name, Value: string(h.Value)})
-			} else {
-				l.Headers = append(l.Headers, header{Name: h.Name, ValueBase64: h.Value})
-			}
-		}
-		if r.EventTime != nil {
-			l.EventTime = r.EventTime.AsTime().UTC().Format(time.RFC3339Nano)
-		}
-		if utf8.Valid(r.Value) {
-			v := string(r.Value)
-			l.Value = &v
-		} else {
-			l.ValueBase64 = r.Value
-		}
-		var c bytes.Buffer
-		enc := json.NewEncoder(&c)
-		enc.SetEscapeHTML(false)
-		if err := enc.Encode(l); err != nil {
-			return "", err
-		}
-		b.Write(c.Bytes())
+	r := p.Record
+	l := line{Subject: p.Subject, ContentType: r.ContentType}
+	if withID {
+		l.ID = r.Id
 	}
-	return b.String(), nil
+	if utf8.Valid(r.Key) {
+		l.Key = string(r.Key)
+	} else {
+		l.KeyBase64 = r.Key
+	}
+	for _, h := range r.Headers {
+		if h.Name == "culvert-error-time" {
+			continue
+		}
+		if utf8.Valid(h.Value) {
+			l.Headers = append(l.Headers, header{Name: h.Name, Value: string(h.Value)})
+		} else {
+			l.Headers = append(l.Headers, header{Name: h.Name, ValueBase64: h.Value})
+		}
+	}
+	if r.EventTime != nil {
+		l.EventTime = r.EventTime.AsTime().UTC().Format(time.RFC3339Nano)
+	}
+	if utf8.Valid(r.Value) {
+		v := string(r.Value)
+		l.Value = &v
+	} else {
+		l.ValueBase64 = r.Value
+	}
+	var c bytes.Buffer
+	enc := json.NewEncoder(&c)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(l); err != nil {
+		return "", err
+	}
+	return strings.TrimSuffix(c.String(), "\n"), nil
 }

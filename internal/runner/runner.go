@@ -57,6 +57,9 @@ type Options struct {
 	// subjects rendered from the output's subject or topic template.
 	Sources map[string]connectors.Source
 	Sinks   map[string]connectors.Sink
+	// WrapSink, if set, wraps every output's sink, built or injected
+	// (`culvert replay` counts what each output confirmed).
+	WrapSink func(output string, s connectors.Sink) connectors.Sink
 }
 
 // Run runs the pipeline until ctx is done, then drains and stops.
@@ -142,6 +145,9 @@ func Run(ctx context.Context, o Options) (err error) {
 		}
 		if err != nil {
 			return fmt.Errorf("%s: output %q: %w", out.Pos, name, err)
+		}
+		if o.WrapSink != nil {
+			sink = o.WrapSink(name, sink)
 		}
 		sinks[name] = sink
 		subjects[name] = subject
