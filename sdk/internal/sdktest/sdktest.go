@@ -2,7 +2,9 @@
 // sdk/node, sdk/c) share: running a language's own test tool under go test,
 // and an end-to-end table that sends records with binary values, headers
 // and requested failures through Culvert's real function host
-// (internal/fnhost) to an SDK's conformance example. It is for tests only.
+// (internal/fnhost) to an SDK's conformance example. Its own test runs a
+// pipeline that chains the Python, Node and C examples. It is for tests
+// only.
 package sdktest
 
 import (
