@@ -36,7 +36,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.AddCommand(newRunCmd(g), newValidateCmd(g), newPublishCmd(g), newSubscribeCmd(g), newFnCmd(g))
-	root.AddCommand(newTestCmd(g), newMockFunctionCmd())
+	root.AddCommand(newTestCmd(g), newMockFunctionCmd(), newTapCmd(g), newReplayCmd(g), newDiffCmd(g))
 	return root
 }
 
