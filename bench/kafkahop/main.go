@@ -11,7 +11,10 @@
 // consumer group and output topic, and includes joining the group. The
 // Culvert side ends when the engine has acked every source record (all its
 // outputs confirmed by the broker). It prints records/s (median of -runs)
-// and the ratio of Culvert's rate to the raw rate.
+// and the ratio of Culvert's rate to the raw rate, and the CPU time per
+// record (this process, kfake included, plus the function processes) with
+// its ratio: on a loaded machine the CPU cost is the steadier figure.
+// -nofunction adds a run with an empty chain (connectors and engine only).
 package main
 
 import (
@@ -29,6 +32,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -49,6 +53,7 @@ func main() {
 	runs := flag.Int("runs", 3, "measurements per side; the median is printed")
 	batch := flag.Int("batch", 1000, "function batch size")
 	instances := flag.Int("instances", 2, "function instances")
+	noFn := flag.Bool("nofunction", false, "also measure the pipeline with an empty chain (connectors and engine only)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the Culvert side, the raw side and kfake) to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -62,14 +67,14 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(*records, *valueSize, *keys, *runs, *batch, *instances); err != nil {
+	if err := run(*records, *valueSize, *keys, *runs, *batch, *instances, *noFn); err != nil {
 		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "kafkahop:", err)
 		os.Exit(1)
 	}
 }
 
-func run(records, valueSize, keys, runs, batch, instances int) error {
+func run(records, valueSize, keys, runs, batch, instances int, noFn bool) error {
 	dir, err := os.MkdirTemp("", "kafkahop")
 	if err != nil {
 		return err
@@ -91,26 +96,57 @@ func run(records, valueSize, keys, runs, batch, instances int) error {
 	}
 	fmt.Fprintf(os.Stderr, "preloaded %d records of %d bytes (%d keys) into 3 partitions on 3 kfake brokers\n", records, valueSize, keys)
 
-	var raw, cul []float64
+	var raw, cul, bare []float64
+	var rawCPU, culCPU, bareCPU []float64
 	for i := range runs {
+		c0 := cpuNow()
 		r, err := rawHop(brokers, records, i)
 		if err != nil {
 			return fmt.Errorf("raw run %d: %w", i, err)
 		}
 		raw = append(raw, r)
-		k, err := culvertHop(dir, brokers, records, i, batch, instances)
+		rawCPU = append(rawCPU, float64((cpuNow()-c0).Nanoseconds())/float64(records))
+		c0 = cpuNow()
+		k, err := culvertHop(dir, brokers, records, i, batch, instances, true)
 		if err != nil {
 			return fmt.Errorf("culvert run %d: %w", i, err)
 		}
 		cul = append(cul, k)
+		culCPU = append(culCPU, float64((cpuNow()-c0).Nanoseconds())/float64(records))
 		fmt.Fprintf(os.Stderr, "run %d: raw %.0f records/s, culvert %.0f records/s\n", i+1, r, k)
+		if noFn {
+			c0 = cpuNow()
+			b, err := culvertHop(dir, brokers, records, i, batch, instances, false)
+			if err != nil {
+				return fmt.Errorf("culvert run %d without function: %w", i, err)
+			}
+			bare = append(bare, b)
+			bareCPU = append(bareCPU, float64((cpuNow()-c0).Nanoseconds())/float64(records))
+			fmt.Fprintf(os.Stderr, "run %d: culvert without function %.0f records/s\n", i+1, b)
+		}
 	}
 	mr, mc := median(raw), median(cul)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "path\trecords\tvalue B\trecords/s (median of %d)\tratio to raw\t\n", runs)
-	fmt.Fprintf(tw, "raw franz-go consume+produce\t%d\t%d\t%.0f\t1.00\t\n", records, valueSize, mr)
-	fmt.Fprintf(tw, "culvert kafka -> passthrough (framed, batch %d, %d instances) -> kafka\t%d\t%d\t%.0f\t%.2f\t\n", batch, instances, records, valueSize, mc, mc/mr)
+	mrc, mcc := median(rawCPU), median(culCPU)
+	fmt.Fprintf(tw, "path\trecords\tvalue B\trecords/s (median of %d)\tratio to raw\tCPU ns/record\tCPU ratio to raw\t\n", runs)
+	fmt.Fprintf(tw, "raw franz-go consume+produce\t%d\t%d\t%.0f\t1.00\t%.0f\t1.00\t\n", records, valueSize, mr, mrc)
+	fmt.Fprintf(tw, "culvert kafka -> passthrough (framed, batch %d, %d instances) -> kafka\t%d\t%d\t%.0f\t%.2f\t%.0f\t%.2f\t\n", batch, instances, records, valueSize, mc, mc/mr, mcc, mcc/mrc)
+	if noFn {
+		mb, mbc := median(bare), median(bareCPU)
+		fmt.Fprintf(tw, "culvert kafka -> (empty chain) -> kafka\t%d\t%d\t%.0f\t%.2f\t%.0f\t%.2f\t\n", records, valueSize, mb, mb/mr, mbc, mbc/mrc)
+	}
 	return tw.Flush()
+}
+
+// cpuNow is the CPU time (user + system) of this process and of its
+// reaped children (the function processes, once a pipeline stopped). Both
+// sides share the in-process kfake brokers, whose work is counted in both.
+func cpuNow() time.Duration {
+	var self, kids syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &kids)
+	tv := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
+	return tv(self.Utime) + tv(self.Stime) + tv(kids.Utime) + tv(kids.Stime)
 }
 
 func median(v []float64) float64 {
@@ -209,8 +245,13 @@ func rawHop(brokers []string, n, run int) (float64, error) {
 	return float64(n) / el.Seconds(), nil
 }
 
-func culvertHop(dir string, brokers []string, n, run, batch, instances int) (float64, error) {
+func culvertHop(dir string, brokers []string, n, run, batch, instances int, withFn bool) (float64, error) {
 	out := "culvert-out-" + strconv.Itoa(run)
+	chain := "[pass]"
+	if !withFn {
+		out += "-bare"
+		chain = "[]"
+	}
 	if err := createTopic(brokers, out); err != nil {
 		return 0, err
 	}
@@ -218,17 +259,17 @@ func culvertHop(dir string, brokers []string, n, run, batch, instances int) (flo
 	yaml := fmt.Sprintf(`version: 1
 name: kafkahop
 inputs:
-  in: { kafka: { brokers: %s, topics: [in], group: culvert-%d, max_in_flight: 20000 } }
+  in: { kafka: { brokers: %s, topics: [in], group: %s, max_in_flight: 20000 } }
 functions:
   pass: { command: %s, mode: framed, instances: %d, batch: { size: %d, max_wait: 1ms } }
 routes:
   - name: hop
-    chain: [pass]
+    chain: %s
     outputs: [out]
 outputs:
   out: { kafka: { brokers: %s, topic: %s, encoding: value } }
 delivery: { max_in_flight: 20000 }
-`, bl, run, filepath.Join(dir, "passthrough"), instances, batch, bl, out)
+`, bl, out, filepath.Join(dir, "passthrough"), instances, batch, chain, bl, out)
 	path := filepath.Join(dir, "pipeline.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		return 0, err
