@@ -44,7 +44,8 @@ type KafkaOutput struct {
 	// Brokers are the seed brokers, host:port.
 	Brokers []string `yaml:"brokers" required:"true" doc:"Seed brokers, host:port."`
 	// Topic template, as for NATSOutput's subject.
-	Topic string `yaml:"topic" required:"true" check:"subject-template" doc:"Topic, a Go template over the record."`
+	// (Checked in validateKafka: Kafka topic rules, not NATS subject rules.)
+	Topic string `yaml:"topic" required:"true" doc:"Topic, a Go template over the record, e.g. enriched-{{ .Source.Subject }}."`
 	// Encoding: record (default: the protobuf Record as the value) or value
 	// (the record's value, its key, headers and event time as Kafka's).
 	Encoding string `yaml:"encoding,omitempty" enum:"record,value" doc:"record (default): the protobuf Record as the value; value: the record's value, with key, headers and event time as the Kafka key, headers and timestamp."`
@@ -124,7 +125,15 @@ func (d *decoder) validateKafka(p *Pipeline) {
 		path := joinPath("outputs", name) + ".kafka"
 		d.kafkaBrokers(path, k.Brokers)
 		d.kafkaTLS(path, k.TLS)
-		if !strings.Contains(k.Topic, "{{") && k.Topic != "" {
+		switch {
+		case k.Topic == "":
+		case strings.Contains(k.Topic, "{{"):
+			if d.chk.Template != nil {
+				if err := d.chk.Template(k.Topic); err != nil {
+					d.errorf(d.posOf(path+".topic"), path+".topic", "invalid topic template: %s", unecho(oneLine(err), k.Topic))
+				}
+			}
+		default:
 			if msg := kafkaTopicProblem(k.Topic); msg != "" {
 				d.errorf(d.posOf(path+".topic"), path+".topic", "%s", msg)
 			}
