@@ -19,7 +19,8 @@ type Config struct {
 	// (RunDir/netns/<prefix>-<n>). Default "/run/culvert/network".
 	RunDir string
 	// Subnet is the private IPv4 range instance links are numbered from: a
-	// /30 per egress instance (host side .1, instance .2). It must not
+	// /30 per egress instance (host side .1, instance .2), so a /16 holds
+	// 16384 egress instances; none instances take no address. It must not
 	// overlap anything routed on the host. /16 to /29; default
 	// 10.213.0.0/16.
 	Subnet netip.Prefix
@@ -114,7 +115,9 @@ type Attachment struct {
 }
 
 // Close removes the namespace, its link and its rules. It is safe to call
-// more than once.
+// more than once. For egress it takes tens of milliseconds (deleting a
+// veth waits for the kernel's RCU grace periods): call it where that
+// delays nothing, e.g. in a goroutine once the instance has exited.
 func (a *Attachment) Close() error {
 	if a == nil || a.release == nil {
 		return nil

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -47,8 +48,10 @@ type Manager struct {
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
 
+	noneSeq atomic.Uint64 // names of none namespaces
+
 	mu     sync.Mutex
-	used   []bool // slot -> in use
+	used   []bool // slot -> in use (egress)
 	next   int    // where the search for a free slot starts
 	closed bool
 }
@@ -238,7 +241,7 @@ func (m *Manager) Prepare(ctx context.Context, tenant, instance string, n sandbo
 // addressed, and its rules drop everything until applyPolicy adds what
 // is allowed.
 type shell struct {
-	slot     int
+	slot     int    // address slot (egress), or -1
 	name     string // <prefix>-<slot>: namespace file and host link
 	path     string
 	addr, gw netip.Addr
@@ -250,12 +253,22 @@ type shell struct {
 // newShell prepares a namespace; for egress with p set, its rules inside
 // include p from the start.
 func (m *Manager) newShell(ctx context.Context, egress bool, p *policy) (_ *shell, err error) {
-	slot, err := m.alloc()
-	if err != nil {
-		return nil, err
+	var sh *shell
+	if egress {
+		slot, err := m.alloc()
+		if err != nil {
+			return nil, err
+		}
+		name := m.cfg.Prefix + "-" + strconv.FormatUint(uint64(slot), 36)
+		sh = &shell{slot: slot, name: name, path: filepath.Join(m.nsDir, name)}
+	} else {
+		// none takes no address, so no slot: its name only has to be unique.
+		if m.isClosed() {
+			return nil, errors.New("network manager is closed")
+		}
+		name := m.cfg.Prefix + "-n" + strconv.FormatUint(m.noneSeq.Add(1), 36)
+		sh = &shell{slot: -1, name: name, path: filepath.Join(m.nsDir, name)}
 	}
-	name := m.cfg.Prefix + "-" + strconv.FormatUint(uint64(slot), 36)
-	sh := &shell{slot: slot, name: name, path: filepath.Join(m.nsDir, name)}
 	defer func() {
 		if err != nil {
 			if rerr := m.releaseShell(sh); rerr != nil {
@@ -291,7 +304,9 @@ func (m *Manager) releaseShell(sh *shell) error {
 		errs = append(errs, sh.undo[i]())
 	}
 	sh.undo = nil
-	m.free(sh.slot)
+	if sh.slot >= 0 {
+		m.free(sh.slot)
+	}
 	return errors.Join(errs...)
 }
 

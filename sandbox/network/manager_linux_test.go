@@ -450,3 +450,29 @@ func TestConcurrentPrepare(t *testing.T) {
 		t.Errorf("instance chains left after all closed: %v", chains)
 	}
 }
+
+// TestSubnetExhausted: a /29 holds two egress instances; the third is
+// refused with the reason, none instances take no address, and a freed
+// slot is used again.
+func TestSubnetExhausted(t *testing.T) {
+	w := newWorld(t, "cvtful", "10.213.78.0/29")
+	egress := sandbox.Network{Mode: ModeEgress, Allow: []sandbox.Endpoint{ep("198.18.0.2:8080")}}
+	for i := range 4 {
+		w.prepare(t, fmt.Sprintf("p/none#%d", i), sandbox.Network{})
+	}
+	a, _ := w.prepare(t, "p/e#0", egress)
+	w.prepare(t, "p/e#1", egress)
+	if _, err := w.m.Prepare(context.Background(), "t", "p/e#2", egress); err == nil || !strings.Contains(err.Error(), "slots") {
+		t.Fatalf("third egress in a /29: err = %v, want the subnet to be full", err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, sb := w.prepare(t, "p/e#2", egress)
+	if b.Addr != a.Addr {
+		t.Errorf("freed slot not reused: got %s, want %s", b.Addr, a.Addr)
+	}
+	if err := dialIn(t, sb, "198.18.0.2:8080"); err != nil {
+		t.Errorf("instance on a reused slot: %v", err)
+	}
+}
