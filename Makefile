@@ -6,6 +6,10 @@
 
 GO       ?= go
 BIN      := bin
+# The sandbox's seccomp filter goes through libcontainer's libseccomp
+# binding (cgo, libseccomp-dev): every go command here, and the go builds
+# tests start, get the tag.
+export GOFLAGS += -tags=seccomp
 
 .PHONY: quickstart test deps build generate check-generated lint bench fuzz-smoke
 

@@ -329,6 +329,8 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, c ctx) bool {
 		return d.duration(n, v, c)
 	case reflect.TypeFor[Chain]():
 		return d.chain(n, v, c)
+	case reflect.TypeFor[Sandbox]():
+		return d.sandbox(n, v, c) // `none` or a mapping
 	}
 	switch v.Kind() {
 	case reflect.Struct:

@@ -42,7 +42,7 @@ func TestTooManyErrors(t *testing.T) {
 	if len(errs) != maxErrors+1 {
 		t.Fatalf("got %d errors", len(errs))
 	}
-	if got, want := errs[maxErrors-1].Msg, `unknown field "unknown99"; expected one of version, name, broker, inputs, functions, routes, unmatched, outputs, delivery`; got != want {
+	if got, want := errs[maxErrors-1].Msg, `unknown field "unknown99"; expected one of version, name, broker, inputs, functions, routes, unmatched, outputs, delivery, sandbox`; got != want {
 		t.Errorf("last shown error = %q, want %q", got, want)
 	}
 	if got, want := errs[maxErrors].Error(), "many.yaml:105:1: too many errors: 200 more not shown"; got != want {

@@ -103,6 +103,8 @@ func (g *schemaGen) fieldSchema(t reflect.Type, f *field) obj {
 		return obj{"$ref": "#/$defs/Duration"}
 	case reflect.TypeFor[Chain]():
 		return obj{"$ref": "#/$defs/Chain"}
+	case reflect.TypeFor[Sandbox]():
+		return obj{"anyOf": []any{obj{"const": "none"}, g.ref(t)}}
 	}
 	interp := obj{"$ref": "#/$defs/interpolation"}
 	switch t.Kind() {

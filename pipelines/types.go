@@ -41,6 +41,9 @@ type Pipeline struct {
 	Outputs map[string]*Output `yaml:"outputs" required:"true" keys:"name" doc:"Sinks for records, by name. At least one."`
 	// Delivery holds pipeline-wide delivery settings.
 	Delivery Delivery `yaml:"delivery,omitempty" doc:"Pipeline-wide delivery settings."`
+	// Sandbox sets every function's sandbox defaults and the tenant
+	// (see sandbox.go); `sandbox: none` runs them all unconfined.
+	Sandbox *Sandbox `yaml:"sandbox,omitempty" doc:"Sandbox defaults for every function, and the tenant; none runs every function unconfined."`
 
 	// File is the path the pipeline was loaded from (not decoded).
 	File string `yaml:"-"`

@@ -7,12 +7,11 @@ import (
 
 	"github.com/culvert-dev/culvert/internal/runner"
 	"github.com/culvert-dev/culvert/pipelines"
-	"github.com/culvert-dev/culvert/sandbox/process"
 	"github.com/spf13/cobra"
 )
 
 func newRunCmd(g *globals) *cobra.Command {
-	var natsURL, dataDir, listen string
+	var natsURL, dataDir, listen, sandboxState string
 	cmd := &cobra.Command{
 		Use:   "run PIPELINE.yaml",
 		Short: "Run a pipeline until interrupted (SIGINT/SIGTERM drain in-flight work, then exit 0)",
@@ -41,15 +40,23 @@ listens on --listen and keeps its store in --data-dir.`,
 			if natsURL == "" {
 				natsURL = os.Getenv("NATS_URL")
 			}
+			// Functions run sandboxed unless they say `sandbox: none`; a
+			// host that cannot sandbox is refused, never worked around.
+			sbx, closeSandbox, err := newSandboxing(p, sandboxState, log)
+			if err != nil {
+				return err
+			}
+			defer closeSandbox()
 			return runner.Run(cmd.Context(), runner.Options{
 				Pipeline: p, NATSURL: natsURL, DataDir: dataDir, Listen: listen,
-				Runtime: process.Runtime{}, Logger: log,
+				Runtime: sbx.Plain, Confine: sbx.Confine(p), Logger: log,
 				Stdin: cmd.InOrStdin(), Stdout: cmd.OutOrStdout(),
 			})
 		},
 	}
 	cmd.Flags().StringVar(&natsURL, "nats-url", "", "NATS server URL (overrides broker.url; default $NATS_URL, else embedded)")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "embedded server's JetStream store (default $XDG_DATA_HOME/culvert/nats)")
+	cmd.Flags().StringVar(&sandboxState, "sandbox-state", "/run/culvert", "sandbox state: containers and root skeletons (must be traversable by the tenants' host uids)")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:4222", "embedded server's client address (port 0: any free port)")
 	return cmd
 }

@@ -17,7 +17,10 @@ func newValidateCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bad := 0
 			for _, path := range args {
-				_, err := loadPipeline(path)
+				p, err := loadPipeline(path)
+				if err == nil {
+					err = checkSandbox(p) // a pipeline this host cannot sandbox would not run
+				}
 				if err == nil {
 					fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", path)
 					continue

@@ -41,6 +41,9 @@ type Options struct {
 	// 127.0.0.1:4222. Port 0 picks a free one.
 	Listen  string
 	Runtime sandbox.Runtime
+	// Confine, if set, chooses each function's runtime and isolation (see
+	// Sandboxing.Confine); otherwise every function runs on Runtime.
+	Confine func(fn *pipelines.Function) (engine.Confinement, error)
 	Logger  *slog.Logger
 	Stdin   io.Reader
 	Stdout  io.Writer
@@ -161,7 +164,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	eng, err := engine.New(engine.Options{
 		Pipeline: p, Sources: sources, Sinks: sinks, Subjects: subjects,
-		Runtime: o.Runtime, Env: env, Logger: log,
+		Runtime: o.Runtime, Confine: o.Confine, Env: env, Logger: log,
 	})
 	if err != nil {
 		return err

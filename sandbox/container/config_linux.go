@@ -136,7 +136,6 @@ func (r *Runtime) containerConfig(id string, t *tenant, pr *preparedRoot, iso sa
 	return c, nil
 }
 
-
 // seccompConfig turns the profile table into libcontainer's form.
 func seccompConfig() (*configs.Seccomp, error) {
 	eperm := uint(unix.EPERM)

@@ -199,7 +199,7 @@ func TestHostileRootDir(t *testing.T) {
 		{[]string{"symlink-out", "/link"}, `^DENIED ENOENT$`},
 		{[]string{"symlink-out", "/uplink"}, `^DENIED ENOENT$`},
 		{[]string{"symlink-out", "/bin/link"}, `^DENIED ENOENT$`},
-		{[]string{"open-dev", "/devnode"}, `^DENIED ENOENT$`},    // not carried into the root
+		{[]string{"open-dev", "/devnode"}, `^DENIED ENOENT$`},         // not carried into the root
 		{[]string{"open-dev", "/bin/mem"}, `^DENIED (EACCES|EPERM)$`}, // nodev
 		{[]string{"setuid-root", "/suid", "euid"}, `^OK OK euid=0$`},  // uid 0 *inside*: setuid gains nothing
 		{[]string{"write", "/fn"}, `^DENIED EROFS$`},

@@ -39,7 +39,7 @@ func (Runtime) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process, e
 		cmd.Env = []string{}
 	}
 	cmd.Dir = spec.Dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = sysProcAttr()
 	cmd.WaitDelay = 2 * time.Second
 	if spec.Stderr != nil {
 		cmd.Stderr = spec.Stderr

@@ -1,0 +1,108 @@
+//go:build linux
+
+package container
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/culvert-dev/culvert/internal/runner"
+	"github.com/culvert-dev/culvert/internal/testbin"
+	"github.com/culvert-dev/culvert/pipelines"
+	"github.com/culvert-dev/culvert/sandbox/process"
+)
+
+// TestEngineHostile runs the hostile function through the real runner and
+// engine, sandboxed by the Confine hook from a pipeline file: records
+// carrying escape attempts, a memory bomb and a stdout flood are mixed
+// with ordinary records. Every attempt fails inside the sandbox, the bomb
+// is reported as out of memory and the instance restarts, and every
+// ordinary record still comes out.
+func TestEngineHostile(t *testing.T) {
+	r := newRuntime(t, true)
+	dir := t.TempDir()
+	yaml := fmt.Sprintf(`version: 1
+name: hostile
+inputs:
+  in: { stdin: {} }
+functions:
+  evil:
+    command: %s
+    args: [lines]
+    mode: lines
+    timeout: 5s
+    retry: { max_attempts: 2, backoff: 10ms }
+    sandbox: { memory: 64MiB, pids: 32, cpu: "0.5" }
+routes:
+  - name: main
+    chain: [evil]
+    outputs: [out]
+    dead_letter: dlq
+outputs:
+  out: { stdout: { format: lines } }
+  dlq: { file: { path: %s } }
+`, hostileBin, filepath.Join(dir, "dlq.ndjson"))
+	path := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := pipelines.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attempts := []string{
+		"read /etc/shadow", "ptrace", "mount", "unshare", "bpf", "keyctl", "reboot", "raw-socket",
+		"sethostname", "proc-sys", "write /pwned", "signal " + fmt.Sprint(os.Getpid()), "connect 127.0.0.1:22",
+		"membomb 512", "flood 64", "init_module", "perf_event_open", "clock_settime", "setns",
+	}
+	var in strings.Builder
+	for i, a := range attempts {
+		fmt.Fprintf(&in, "%s\nhello\n", a)
+		_ = i
+	}
+	var out, logs testbin.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	sbx := runner.Sandboxing{Isolating: r, Plain: process.Runtime{}, Logger: log}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	err = runner.Run(ctx, runner.Options{
+		Pipeline: p, Runtime: process.Runtime{}, Confine: sbx.Confine(p), Logger: log,
+		Stdin: strings.NewReader(in.String()), Stdout: &out,
+	})
+	if err != nil {
+		t.Fatalf("run: %v\nlogs:\n%s", err, logs.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	hellos, denied := 0, 0
+	for _, l := range lines {
+		switch {
+		case l == "OK hello":
+			hellos++
+		case strings.HasPrefix(l, "DENIED "):
+			denied++
+		case strings.HasPrefix(l, "ESCAPED"):
+			t.Errorf("escape: %q", l)
+		}
+	}
+	if hellos != len(attempts) {
+		t.Errorf("%d ordinary records came out, want %d\nout:\n%s\nlogs:\n%s", hellos, len(attempts), out.String(), logs.String())
+	}
+	if want := len(attempts) - 2; denied != want { // all but the bomb and the flood answer DENIED
+		t.Errorf("%d attempts denied, want %d\nout:\n%s", denied, want, out.String())
+	}
+	if !strings.Contains(logs.String(), "out_of_memory") && !strings.Contains(logs.String(), "out of memory") {
+		t.Errorf("the memory bomb was not reported as out of memory; logs:\n%s", logs.String())
+	}
+	dlq, _ := os.ReadFile(filepath.Join(dir, "dlq.ndjson"))
+	if n := strings.Count(string(dlq), "\n"); n != 2 {
+		t.Errorf("%d dead letters, want 2 (the bomb and the flood):\n%s", n, dlq)
+	}
+	_ = io.Discard
+}
