@@ -145,14 +145,21 @@ def run_batch(handler, *, init=None, shutdown=None, agent=DEFAULT_AGENT):
     except OSError as e:
         print(f"culvert: taking stdin and stdout for the protocol: {e}", file=sys.stderr)
         sys.exit(1)
+    code = 0
     try:
         serve(infile, out_fd, handler, init=init, shutdown=shutdown, agent=agent)
     except Exception as e:  # noqa: BLE001 - every failure ends the process the same way
         print(f"culvert: {e}", file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(1)
-    sys.stderr.flush()
-    os._exit(0)
+        code = 1
+    # Exit now, as Go's os.Exit does, even if user threads still run; flush
+    # what prints left in buffers (all of it goes to stderr) first.
+    for f in (sys.__stdout__, sys.stdout, sys.stderr):
+        try:
+            if f is not None:
+                f.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def take_stdio():
