@@ -75,13 +75,15 @@ func BenchmarkPrepare(b *testing.B) {
 	}
 }
 
-// BenchmarkPrepareWarm: see BenchmarkPrepare.
+// BenchmarkPrepareWarm: see BenchmarkPrepare. egress-warm-300-open is the
+// same with 300 other egress instances open, for how the host side's
+// shared table scales.
 func BenchmarkPrepareWarm(b *testing.B) {
 	requireRoot(b)
-	w := newWorld(b, "cvtbenw", "10.213.88.0/22", warm(4))
+	w := newWorld(b, "cvtbenw", "10.213.96.0/20", warm(4))
 	egress := sandbox.Network{Mode: ModeEgress, DNS: "198.18.0.2:5353",
 		Allow: []sandbox.Endpoint{ep("198.18.0.2:8080-8081"), ep("10.0.0.0/8:443")}}
-	b.Run("egress-warm", func(b *testing.B) {
+	run := func(b *testing.B) {
 		for b.Loop() {
 			b.StopTimer()
 			waitWarm(b, w.m)
@@ -96,5 +98,18 @@ func BenchmarkPrepareWarm(b *testing.B) {
 			}
 			b.StartTimer()
 		}
+	}
+	b.Run("egress-warm", run)
+	b.Run("egress-warm-300-open", func(b *testing.B) {
+		b.StopTimer()
+		for range 300 {
+			a, err := w.m.Prepare(context.Background(), "t", "open", egress)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { a.Close() })
+		}
+		b.StartTimer()
+		run(b)
 	})
 }
