@@ -51,7 +51,7 @@ const (
 )
 
 // DefaultSubnet is the range used when Config.Subnet is unset.
-var DefaultSubnet = netip.MustParsePrefix("10.213.0.0/16")
+const DefaultSubnet = "10.213.0.0/16"
 
 func (c Config) withDefaults() (Config, error) {
 	if c.Prefix == "" {
@@ -64,7 +64,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.RunDir = defaultRunDir
 	}
 	if !c.Subnet.IsValid() {
-		c.Subnet = DefaultSubnet
+		c.Subnet = netip.MustParsePrefix(DefaultSubnet)
 	}
 	if !c.Subnet.Addr().Is4() || c.Subnet.Bits() < 16 || c.Subnet.Bits() > 29 {
 		return c, fmt.Errorf("network: subnet %s: want an IPv4 range from /16 to /29", c.Subnet)

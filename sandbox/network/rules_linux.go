@@ -63,15 +63,17 @@ const (
 	linksMap  = "links"
 )
 
-var (
-	estRel  = binary.NativeEndian.AppendUint32(nil, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)
-	zero4   = []byte{0, 0, 0, 0}
-	accept  = &expr.Verdict{Kind: expr.VerdictAccept}
-	drop    = &expr.Verdict{Kind: expr.VerdictDrop}
-	tcpRST  = &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}
-	policyA = nftables.ChainPolicyAccept
-	policyD = nftables.ChainPolicyDrop
-)
+func estRel() []byte {
+	return binary.NativeEndian.AppendUint32(nil, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)
+}
+
+func zero4() []byte { return []byte{0, 0, 0, 0} }
+
+func accept() expr.Any { return &expr.Verdict{Kind: expr.VerdictAccept} }
+func drop() expr.Any   { return &expr.Verdict{Kind: expr.VerdictDrop} }
+func tcpRST() expr.Any { return &expr.Reject{Type: unix.NFT_REJECT_TCP_RST} }
+
+func chainPolicy(p nftables.ChainPolicy) *nftables.ChainPolicy { return &p }
 
 // ifname returns the 16-byte, zero-padded interface name a meta
 // iifname/oifname load produces.
@@ -100,8 +102,8 @@ func ifExact(key expr.MetaKey, name string) []expr.Any {
 func ctEstablished() []expr.Any {
 	return []expr.Any{
 		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: estRel, Xor: zero4},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: zero4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: estRel(), Xor: zero4()},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: zero4()},
 	}
 }
 
@@ -119,7 +121,7 @@ func ipIn(offset uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
 	a := p.Masked().Addr().As4()
 	return []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m, Xor: zero4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m, Xor: zero4()},
 		&expr.Cmp{Op: op, Register: 1, Data: a[:]},
 	}
 }
@@ -201,7 +203,7 @@ func resolverRules(dir uint32, r netip.AddrPort) [][]expr.Any {
 	dst := netip.PrefixFrom(r.Addr(), 32)
 	var out [][]expr.Any
 	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
-		out = append(out, join(ipIn(dir, dst, expr.CmpOpEq), l4Ports(dir, proto, r.Port(), r.Port()), v(accept)))
+		out = append(out, join(ipIn(dir, dst, expr.CmpOpEq), l4Ports(dir, proto, r.Port(), r.Port()), v(accept())))
 	}
 	return out
 }
@@ -210,7 +212,7 @@ func resolverRules(dir uint32, r netip.AddrPort) [][]expr.Any {
 func allowRules(dir uint32, p policy) [][]expr.Any {
 	var out [][]expr.Any
 	for _, a := range p.allow {
-		out = append(out, join(ipIn(dir, a.dst, expr.CmpOpEq), l4Ports(dir, unix.IPPROTO_TCP, a.from, a.to), v(accept)))
+		out = append(out, join(ipIn(dir, a.dst, expr.CmpOpEq), l4Ports(dir, unix.IPPROTO_TCP, a.from, a.to), v(accept())))
 	}
 	return out
 }
@@ -233,24 +235,24 @@ func addHostTable(c *nftables.Conn, prefix string, subnet netip.Prefix, masquera
 	}
 	base := func(name string, hook *nftables.ChainHook) *nftables.Chain {
 		return c.AddChain(&nftables.Chain{Name: name, Table: t, Type: nftables.ChainTypeFilter,
-			Hooknum: hook, Priority: nftables.ChainPriorityFilter, Policy: &policyA})
+			Hooknum: hook, Priority: nftables.ChainPriorityFilter, Policy: chainPolicy(nftables.ChainPolicyAccept)})
 	}
 	in := base("input", nftables.ChainHookInput)
 	addRules(c, in,
-		join(ifPrefix(expr.MetaKeyIIFNAME, links, expr.CmpOpEq), ctEstablished(), v(accept)),
+		join(ifPrefix(expr.MetaKeyIIFNAME, links, expr.CmpOpEq), ctEstablished(), v(accept())),
 		vmap,
-		join(ifPrefix(expr.MetaKeyIIFNAME, links, expr.CmpOpEq), v(drop)))
+		join(ifPrefix(expr.MetaKeyIIFNAME, links, expr.CmpOpEq), v(drop())))
 	fwd := base("forward", nftables.ChainHookForward)
 	addRules(c, fwd,
-		join(ifPrefix(expr.MetaKeyOIFNAME, links, expr.CmpOpEq), ctEstablished(), v(accept)),
-		join(ifPrefix(expr.MetaKeyOIFNAME, links, expr.CmpOpEq), v(drop)),
-		join(ifPrefix(expr.MetaKeyIIFNAME, links, expr.CmpOpEq), ctEstablished(), v(accept)),
+		join(ifPrefix(expr.MetaKeyOIFNAME, links, expr.CmpOpEq), ctEstablished(), v(accept())),
+		join(ifPrefix(expr.MetaKeyOIFNAME, links, expr.CmpOpEq), v(drop())),
+		join(ifPrefix(expr.MetaKeyIIFNAME, links, expr.CmpOpEq), ctEstablished(), v(accept())),
 		vmap,
-		join(ifPrefix(expr.MetaKeyIIFNAME, links, expr.CmpOpEq), v(drop)))
+		join(ifPrefix(expr.MetaKeyIIFNAME, links, expr.CmpOpEq), v(drop())))
 	out := base("output", nftables.ChainHookOutput)
 	addRules(c, out,
-		join(ifPrefix(expr.MetaKeyOIFNAME, links, expr.CmpOpEq), ctEstablished(), v(accept)),
-		join(ifPrefix(expr.MetaKeyOIFNAME, links, expr.CmpOpEq), v(drop)))
+		join(ifPrefix(expr.MetaKeyOIFNAME, links, expr.CmpOpEq), ctEstablished(), v(accept())),
+		join(ifPrefix(expr.MetaKeyOIFNAME, links, expr.CmpOpEq), v(drop())))
 	if masquerade {
 		nat := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
@@ -274,12 +276,12 @@ func addInstance(c *nftables.Conn, prefix, link string, addr netip.Addr, subnet 
 	t := hostTableRef(prefix)
 	ch := c.AddChain(&nftables.Chain{Name: instChainName(link), Table: t})
 	addRules(c, ch,
-		join(notIPv4(), v(drop)),
-		join(ipIn(saddr, netip.PrefixFrom(addr, 32), expr.CmpOpNeq), v(drop)))
+		join(notIPv4(), v(drop())),
+		join(ipIn(saddr, netip.PrefixFrom(addr, 32), expr.CmpOpNeq), v(drop())))
 	addRules(c, ch, resolverRules(daddr, p.resolver)...)
-	addRules(c, ch, join(ipIn(daddr, subnet, expr.CmpOpEq), v(drop)))
+	addRules(c, ch, join(ipIn(daddr, subnet, expr.CmpOpEq), v(drop())))
 	addRules(c, ch, allowRules(daddr, p)...)
-	addRules(c, ch, v(drop))
+	addRules(c, ch, v(drop()))
 	m := &nftables.Set{Table: t, Name: linksMap, IsMap: true, KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict}
 	return c.SetAddElements(m, []nftables.SetElement{{Key: ifname(link),
 		VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}}})
@@ -313,20 +315,20 @@ func addInstanceBase(c *nftables.Conn, subnet netip.Prefix) {
 	allowOut := c.AddChain(&nftables.Chain{Name: "allow-out", Table: t})
 	allowIn := c.AddChain(&nftables.Chain{Name: "allow-in", Table: t})
 	out := c.AddChain(&nftables.Chain{Name: "output", Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter, Policy: &policyD})
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter, Policy: chainPolicy(nftables.ChainPolicyDrop)})
 	addRules(c, out,
-		join(ifExact(expr.MetaKeyOIFNAME, "lo"), v(accept)),
-		join(notIPv4(), v(drop)),
-		join(ipIn(daddr, subnet, expr.CmpOpEq), l4Proto(unix.IPPROTO_TCP), v(tcpRST)),
-		join(ipIn(daddr, subnet, expr.CmpOpEq), v(drop)),
+		join(ifExact(expr.MetaKeyOIFNAME, "lo"), v(accept())),
+		join(notIPv4(), v(drop())),
+		join(ipIn(daddr, subnet, expr.CmpOpEq), l4Proto(unix.IPPROTO_TCP), v(tcpRST())),
+		join(ipIn(daddr, subnet, expr.CmpOpEq), v(drop())),
 		v(&expr.Verdict{Kind: expr.VerdictJump, Chain: allowOut.Name}),
-		join(l4Proto(unix.IPPROTO_TCP), v(tcpRST)))
+		join(l4Proto(unix.IPPROTO_TCP), v(tcpRST())))
 	in := c.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &policyD})
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: chainPolicy(nftables.ChainPolicyDrop)})
 	addRules(c, in,
-		join(ifExact(expr.MetaKeyIIFNAME, "lo"), v(accept)),
-		join(notIPv4(), v(drop)),
-		join(l4Proto(unix.IPPROTO_TCP), synOnly(), v(drop)),
+		join(ifExact(expr.MetaKeyIIFNAME, "lo"), v(accept())),
+		join(notIPv4(), v(drop())),
+		join(l4Proto(unix.IPPROTO_TCP), synOnly(), v(drop())),
 		v(&expr.Verdict{Kind: expr.VerdictJump, Chain: allowIn.Name}))
 }
 

@@ -27,10 +27,10 @@ import (
 // Host plays the host for network.Config.HostNetns: it has loopback
 // services of its own and forwarding on. 198.18.0.0/15 is the benchmarking
 // range (RFC 2544), never routed on the Internet.
-var (
-	HostAddr = netip.MustParseAddr("198.18.0.1")
-	OutsideA = netip.MustParseAddr("198.18.0.2")
-	OutsideB = netip.MustParseAddr("198.18.0.3")
+const (
+	HostAddr = "198.18.0.1"
+	OutsideA = "198.18.0.2"
+	OutsideB = "198.18.0.3"
 )
 
 // Servers in the world. Every TCP server answers each connection with one
@@ -86,10 +86,11 @@ func New(tb testing.TB, routeBack netip.Prefix) *World {
 	if err := hnl.LinkAdd(up); err != nil {
 		tb.Fatalf("nettest: uplink veth: %v", err)
 	}
-	up0 := addrUp(tb, hnl, "up0", HostAddr)
-	up1 := addrUp(tb, onl, "up1", OutsideA, OutsideB)
+	host, outA, outB := netip.MustParseAddr(HostAddr), netip.MustParseAddr(OutsideA), netip.MustParseAddr(OutsideB)
+	up0 := addrUp(tb, hnl, "up0", host)
+	up1 := addrUp(tb, onl, "up1", outA, outB)
 	dst := &net.IPNet{IP: routeBack.Masked().Addr().AsSlice(), Mask: net.CIDRMask(routeBack.Bits(), 32)}
-	if err := onl.RouteAdd(&netlink.Route{LinkIndex: up1.Attrs().Index, Dst: dst, Gw: HostAddr.AsSlice()}); err != nil {
+	if err := onl.RouteAdd(&netlink.Route{LinkIndex: up1.Attrs().Index, Dst: dst, Gw: host.AsSlice()}); err != nil {
 		tb.Fatalf("nettest: outside route: %v", err)
 	}
 	if err := WriteSysctl(w.Host, "net/ipv4/ip_forward", "1"); err != nil {
@@ -102,9 +103,9 @@ func New(tb testing.TB, routeBack netip.Prefix) *World {
 		ServeTCP(tb, w.Outside, "0.0.0.0:"+port)
 	}
 	ServeTCP(tb, w.Host, HostLoopbackTCP)
-	ServeTCP(tb, w.Host, netip.AddrPortFrom(HostAddr, HostTCPPort).String())
+	ServeTCP(tb, w.Host, netip.AddrPortFrom(host, HostTCPPort).String())
 	// One UDP socket per address, so replies come from the address asked.
-	for _, a := range []netip.Addr{OutsideA, OutsideB} {
+	for _, a := range []netip.Addr{outA, outB} {
 		w.serveDNS(tb, netip.AddrPortFrom(a, DNSPort).String())
 		w.serveEcho(tb, netip.AddrPortFrom(a, EchoPort).String())
 	}
