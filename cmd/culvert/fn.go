@@ -3,9 +3,12 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/culvert-dev/culvert/internal/scaffold"
 	"github.com/culvert-dev/culvert/proto/conformance"
 	"github.com/spf13/cobra"
 )
@@ -15,7 +18,7 @@ func newFnCmd(g *globals) *cobra.Command {
 		Use:   "fn",
 		Short: "Work on functions: check them against the protocol, start new ones",
 	}
-	fn.AddCommand(newFnConformCmd(g))
+	fn.AddCommand(newFnConformCmd(g), newFnInitCmd(g))
 	return fn
 }
 
@@ -104,5 +107,58 @@ skipped.`,
 	f.StringArrayVar(&env, "env", nil, "NAME=value added to the function's environment (repeatable)")
 	f.IntVar(&parallel, "parallel", 1, "run this many rules at once, each against its own process")
 	f.BoolVar(&list, "list", false, "list the rules and exit")
+	return cmd
+}
+
+func newFnInitCmd(_ *globals) *cobra.Command {
+	var lang, dir, culvertSrc string
+	cmd := &cobra.Command{
+		Use:   "init --lang go|python|node|c|shell NAME",
+		Short: "Start a new function: its code, a test and a pipeline snippet, passing culvert fn conform as generated",
+		Long: `init creates the directory NAME (or --dir) with a function that passes records
+through, a test, a pipeline snippet that runs it, and a README saying how to
+build, test and check it. Go, Python, Node and C functions use the framed
+protocol through the SDK of their language (the Python, Node and C SDK
+sources are copied into the directory) and honour the conformance
+convention, so that culvert fn conform passes every rule as generated. A
+shell function is an exec-mode script.
+
+For Go, go.mod points at a local Culvert checkout (--culvert-src, or the
+checkout containing the current directory) with a replace directive.`,
+		Args: usageArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			if lang == "" {
+				return usageError{fmt.Errorf("--lang is required: one of %s", strings.Join(scaffold.Languages(), ", "))}
+			}
+			if dir == "" {
+				dir = name
+			}
+			src := culvertSrc
+			if lang == "go" && src == "" {
+				if wd, err := os.Getwd(); err == nil {
+					src = scaffold.FindCulvertSrc(wd)
+				}
+			}
+			files, err := scaffold.Generate(scaffold.Options{Lang: lang, Name: name, Dir: dir, CulvertSrc: src})
+			if err != nil {
+				return usageError{err}
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "created %s (%s):\n", dir, lang)
+			for _, f := range files {
+				fmt.Fprintf(out, "  %s\n", filepath.Join(dir, f))
+			}
+			fmt.Fprintf(out, "next: see %s\n", filepath.Join(dir, "README.md"))
+			if lang == "go" && src == "" {
+				fmt.Fprintln(out, "note: go.mod requires github.com/culvert-dev/culvert; to use a local checkout: go mod edit -replace github.com/culvert-dev/culvert=/path/to/culvert")
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&lang, "lang", "", "language: "+strings.Join(scaffold.Languages(), ", "))
+	f.StringVar(&dir, "dir", "", "directory to create (default: NAME)")
+	f.StringVar(&culvertSrc, "culvert-src", "", "Go: a Culvert checkout for go.mod's replace directive (default: the one containing the current directory, if any)")
 	return cmd
 }
