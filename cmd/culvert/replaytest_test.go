@@ -1,0 +1,218 @@
+package main
+
+// End-to-end tests of culvert test, tap, replay and diff: the built binary
+// against an embedded NATS server and kfake started here, on 127.0.0.1.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/culvert-dev/culvert/connectors/embedded"
+	"github.com/culvert-dev/culvert/connectors/kafka/kafkatest"
+	"github.com/culvert-dev/culvert/internal/tap"
+)
+
+func TestTestCommandExamples(t *testing.T) {
+	for _, ex := range []string{"order-events", "pii-redaction", "payments-fanout"} {
+		t.Run(ex, func(t *testing.T) {
+			r := runCLI(t, "", nil, 60*time.Second, "test", filepath.Join("../../examples", ex, "pipeline.yaml"))
+			if r.code != 0 || !strings.Contains(r.stdout, "ok  \t") || strings.Contains(r.stdout, "--- FAIL") {
+				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+			}
+		})
+	}
+}
+
+// TestTestCommandFailure: a failing case exits 1 with a readable diff.
+func TestTestCommandFailure(t *testing.T) {
+	r := runCLI(t, "../../internal/pipetest/testdata/failing", nil, 60*time.Second, "test", "pipeline.yaml")
+	if r.code != 1 {
+		t.Fatalf("exit %d, want 1\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, want := range []string{
+		"--- PASS: passes",
+		"--- FAIL: wrong-value-and-subject",
+		`pipeline.test.yaml:10:13: output "out" record 1 (id wrong-value-and-subject:1/upper.0):`,
+		`json: $.TAGS[0]: got "X", want "Y"`,
+		`subject: got "out.in.a", want "out.in.b"`,
+		`output "copies" got 1 records, none expected`,
+		"FAIL\tpipeline.test.yaml",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if !strings.Contains(r.stderr, "4 of 5 test cases failed") {
+		t.Errorf("stderr: %s", r.stderr)
+	}
+}
+
+// TestTestCommandBadFile: a broken test file is reported with file:line:col
+// and field path, and nothing runs.
+func TestTestCommandBadFile(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "p.yaml"), []byte("version: 1\nname: p\ninputs: {in: {nats: {subjects: [a]}}}\nroutes: [{name: r, outputs: [o]}]\noutputs: {o: {nats: {subject: b}}}\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "p.test.yaml"), []byte("version: 1\ncases:\n  - name: x\n    records: [{valeu: a}]\n    expect: {o: {count: -1}}\n"), 0o644)
+	r := runCLI(t, dir, nil, 30*time.Second, "test", "p.yaml")
+	if r.code != 1 {
+		t.Fatalf("exit %d", r.code)
+	}
+	for _, want := range []string{
+		`p.test.yaml:4:16: cases[0].records[0]: unknown field "valeu"; did you mean value?`,
+		`p.test.yaml:5:25: cases[0].expect.o.count: must be at least 0, got -1`,
+	} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+		}
+	}
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestTapReplayDiffJetStream taps a JetStream stream with the CLI, replays
+// the tap file as a dry run and to the real outputs, and diffs two
+// pipeline versions on it.
+func TestTapReplayDiffJetStream(t *testing.T) {
+	srv, err := embedded.Start(context.Background(), embedded.Options{DataDir: t.TempDir(), Port: -1, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "SHOP_EVENTS", Subjects: []string{"shop.events.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	events := []string{
+		`{"type":"order.created","id":1,"country":"FR","items":[{"qty":1,"price":3}]}`,
+		`{"type":"order.cancelled","id":2,"country":"US","items":[]}`,
+		`{"type":"order.created","id":3,"country":"BR","items":[]}`,
+		`{"type":"page.viewed","id":4}`,
+	}
+	for i, e := range events {
+		m := nats.NewMsg(fmt.Sprintf("shop.events.ch%d", i))
+		m.Data = []byte(e)
+		m.Header.Set("tenant", "acme")
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	tapFile := filepath.Join(dir, "events.tap")
+	r := runCLI(t, "", nil, 30*time.Second, "tap", "jetstream://SHOP_EVENTS?from=first", "-o", tapFile, "--nats-url", srv.ClientURL())
+	if r.code != 0 || !strings.Contains(r.stderr, "tap: 4 records from jetstream://SHOP_EVENTS") {
+		t.Fatalf("tap: exit %d\n%s", r.code, r.stderr)
+	}
+	recs, err := tap.ReadFile(tapFile, "")
+	if err != nil || len(recs) != 4 {
+		t.Fatalf("tap file: %d records, %v", len(recs), err)
+	}
+	if recs[2].Source.GetOffset() != 3 || recs[2].Source.GetSubject() != "shop.events.ch2" || len(recs[2].Headers) != 1 {
+		t.Errorf("record 3 lost metadata: %v", recs[2])
+	}
+	// NDJSON to stdout, with a count.
+	r = runCLI(t, "", nil, 30*time.Second, "tap", "jetstream://SHOP_EVENTS?from=2", "--count", "2", "--format", "ndjson", "--nats-url", srv.ClientURL())
+	if r.code != 0 || strings.Count(r.stdout, "\n") != 2 || !strings.Contains(r.stdout, `"id":"js:SHOP_EVENTS:2"`) {
+		t.Fatalf("tap ndjson: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "tap: 2 records") {
+		t.Errorf("no plain-text summary off a terminal: %s", r.stderr)
+	}
+
+	pipeline := "../../examples/order-events/pipeline.yaml"
+	r = runCLI(t, "", nil, 60*time.Second, "replay", pipeline, "--input", tapFile, "--dry-run", "--rate", "100")
+	if r.code != 0 || strings.Count(r.stdout, `"output":"fulfilment"`) != 2 || strings.Count(r.stdout, `"output":"refunds"`) != 1 || strings.Count(r.stdout, `"output":"unrouted"`) != 1 {
+		t.Fatalf("replay --dry-run: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "replay: 4 records in, 0 dead-lettered, 0 given back") {
+		t.Errorf("summary: %s", r.stderr)
+	}
+
+	// To the real outputs: streams on the same server.
+	r = runCLI(t, "", nil, 60*time.Second, "replay", pipeline, "--input", tapFile, "--nats-url", srv.ClientURL())
+	if r.code != 0 {
+		t.Fatalf("replay: exit %d\n%s", r.code, r.stderr)
+	}
+	for stream, want := range map[string]uint64{"FULFILMENT": 2, "REFUNDS": 1, "UNROUTED": 1} {
+		s, err := js.Stream(ctx, stream)
+		if err != nil {
+			t.Fatalf("stream %s: %v", stream, err)
+		}
+		info, _ := s.Info(ctx)
+		if info.State.Msgs != want {
+			t.Errorf("stream %s holds %d, want %d", stream, info.State.Msgs, want)
+		}
+	}
+
+	// Live from a position, as a dry run.
+	r = runCLI(t, "", nil, 60*time.Second, "replay", pipeline, "--from", "jetstream://SHOP_EVENTS?from=4", "--dry-run", "--nats-url", srv.ClientURL())
+	if r.code != 0 || strings.Count(r.stdout, `"output":"unrouted"`) != 1 || strings.Count(r.stdout, "\n") != 1 {
+		t.Fatalf("replay --from: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+
+	r = runCLI(t, "", nil, 60*time.Second, "diff", pipeline, "../../internal/pipediff/testdata/v2/pipeline.yaml", "--input", tapFile)
+	if r.code != 1 || !strings.Contains(r.stdout, "2 of 4 records differ") ||
+		!strings.Contains(r.stdout, "record 2 (js:SHOP_EVENTS:2 subject shop.events.ch1)") ||
+		!strings.Contains(r.stdout, `\"region\":\"latam\"`) {
+		t.Fatalf("diff: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	r = runCLI(t, "", nil, 60*time.Second, "diff", pipeline, pipeline, "--input", tapFile)
+	if r.code != 0 || !strings.Contains(r.stdout, "0 of 4 records differ") {
+		t.Fatalf("diff with itself: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestTapKafkaKeepsGroupOffsets taps a Kafka topic with the CLI while a
+// consumer group has committed offsets on it; kadm shows them unchanged.
+func TestTapKafkaKeepsGroupOffsets(t *testing.T) {
+	c := kafkatest.Start(t, kafkatest.Options{Brokers: 1})
+	c.CreateTopic(t, "payments", 2)
+	var recs []*kgo.Record
+	for i := range 6 {
+		recs = append(recs, &kgo.Record{Topic: "payments", Partition: int32(i % 2), Value: []byte(fmt.Sprintf("v%d", i))})
+	}
+	c.Produce(t, recs, kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	adm := kadm.NewClient(c.Client(t))
+	ctx := context.Background()
+	offs := kadm.Offsets{}
+	offs.AddOffset("payments", 0, 1, -1)
+	offs.AddOffset("payments", 1, 2, -1)
+	if err := adm.CommitAllOffsets(ctx, "settlement", offs); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "payments.tap")
+	r := runCLI(t, "", nil, 30*time.Second, "tap", "kafka://"+strings.Join(c.Brokers, ",")+"/payments?partitions=1&from=first", "-o", out)
+	if r.code != 0 || !strings.Contains(r.stderr, "tap: 3 records") {
+		t.Fatalf("tap: exit %d\n%s", r.code, r.stderr)
+	}
+	after, err := adm.FetchOffsets(ctx, "settlement")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[int32]int64{0: 1, 1: 2} {
+		if o, _ := after.Lookup("payments", p); o.At != want {
+			t.Errorf("partition %d: group offset %d after the tap, want %d", p, o.At, want)
+		}
+	}
+}
