@@ -1,8 +1,8 @@
 // Command kinesishop measures Kinesis -> passthrough function -> Kinesis
 // through a whole Culvert pipeline, beside the raw AWS SDK rate measured in
-// the same run: one reader per shard doing GetRecords and putting every
-// batch to another stream with PutRecords (500 records per call), waiting
-// for each PutRecords response.
+// the same run: per shard, a reader doing GetRecords and a writer putting
+// each batch it read to another stream with PutRecords (500 records per
+// call, failed entries retried), the two overlapping.
 //
 //	go run ./bench/kinesishop [-records 20000] [-value 100] [-keys 1000] [-shards 4] [-runs 3] [-batch 500] [-instances 2]
 //
@@ -181,19 +181,23 @@ func rawHop(c *kinesis.Client, n, shards, run int) (float64, error) {
 	}
 	var done atomic.Int64
 	var wg sync.WaitGroup
-	errs := make(chan error, len(ls.Shards))
+	errs := make(chan error, 2*len(ls.Shards))
 	start := time.Now()
 	for _, sh := range ls.Shards {
-		wg.Add(1)
+		// Per shard, a reader and a writer overlap: GetRecords of the next
+		// batch runs while the previous one is being put.
+		batches := make(chan []types.PutRecordsRequestEntry, 4)
+		wg.Add(2)
 		go func() {
 			defer wg.Done()
+			defer close(batches)
 			it, err := c.GetShardIterator(ctx, &kinesis.GetShardIteratorInput{StreamName: aws.String("in"), ShardId: sh.ShardId, ShardIteratorType: types.ShardIteratorTypeTrimHorizon})
 			if err != nil {
 				errs <- err
 				return
 			}
 			iter := it.ShardIterator
-			for done.Load() < int64(n) && iter != nil {
+			for iter != nil && ctx.Err() == nil {
 				got, err := c.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: iter, Limit: aws.Int32(10000)})
 				if err != nil {
 					errs <- err
@@ -210,8 +214,17 @@ func rawHop(c *kinesis.Client, n, shards, run int) (float64, error) {
 				for i, r := range got.Records {
 					entries[i] = types.PutRecordsRequestEntry{Data: r.Data, PartitionKey: r.PartitionKey}
 				}
+				batches <- entries
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for entries := range batches {
 				if err := putAll(ctx, c, out, entries); err != nil {
 					errs <- err
+					cancel()
+					for range batches {
+					}
 					return
 				}
 				done.Add(int64(len(entries)))

@@ -192,9 +192,9 @@ func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
 		s.mu.Unlock()
 		return connectors.ErrClosed
 	}
-	if s.running {
+	if s.running || s.runDone != nil {
 		s.mu.Unlock()
-		return errors.New("kinesis source: already running")
+		return errors.New("kinesis source: Run may be called once (its leases are held until Close)")
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -225,11 +225,14 @@ func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
 				lastList = now
 			}
 		}
-		if err == nil {
-			renew := now.Sub(lastRenew) >= s.cfg.LeaseDuration/3
-			if err = s.syncLeases(ctx, h, renew); err == nil && renew {
-				lastRenew = now
-			}
+		// Leases are renewed and checkpoints written even when Kinesis
+		// cannot be reached, so an outage of the stream alone moves no
+		// lease.
+		renew := now.Sub(lastRenew) >= s.cfg.LeaseDuration/3
+		if serr := s.syncLeases(ctx, h, renew); serr != nil {
+			err = errors.Join(err, serr)
+		} else if renew {
+			lastRenew = now
 		}
 		wait := tick
 		if err != nil && ctx.Err() == nil {

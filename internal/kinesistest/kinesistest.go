@@ -217,14 +217,14 @@ func (l *lockedWriter) String() string {
 	return l.w.String()
 }
 
-// Client returns an SDK client for endpoint with the dummy credentials.
-// SDK retries are off, so tests see the emulator's errors as they are.
+// Client returns an SDK client for endpoint with the dummy credentials and
+// the SDK's standard retries (node closes idle keep-alive connections
+// after 5s, which a client can meet as a reset).
 func Client(endpoint string) *kinesis.Client {
 	return kinesis.New(kinesis.Options{
-		Region:           Region,
-		BaseEndpoint:     aws.String(endpoint),
-		Credentials:      credentials.NewStaticCredentialsProvider(AccessKey, SecretKey, ""),
-		RetryMaxAttempts: 1,
+		Region:       Region,
+		BaseEndpoint: aws.String(endpoint),
+		Credentials:  credentials.NewStaticCredentialsProvider(AccessKey, SecretKey, ""),
 	})
 }
 
