@@ -5,6 +5,8 @@ package container
 import (
 	"fmt"
 	"math"
+	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 
@@ -38,7 +40,7 @@ var (
 const roBind = unix.MS_BIND | unix.MS_REC | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV
 
 // containerConfig builds the libcontainer configuration of one instance.
-func (r *Runtime) containerConfig(id string, t *tenant, pr *preparedRoot, iso sandbox.Isolation) (*configs.Config, error) {
+func (r *Runtime) containerConfig(id string, t *tenant, pr *preparedRoot, iso sandbox.Isolation, netnsPath string) (*configs.Config, error) {
 	lim := iso.Limits
 	if lim.MemoryBytes == 0 {
 		lim.MemoryBytes = DefaultLimits.MemoryBytes
@@ -76,14 +78,10 @@ func (r *Runtime) containerConfig(id string, t *tenant, pr *preparedRoot, iso sa
 		ns = append(ns, configs.Namespace{Type: configs.NEWNET})
 		networks = []*configs.Network{{Type: "loopback"}}
 	case "egress":
-		if r.opts.NetNS == nil {
-			return nil, fmt.Errorf("network egress: this runtime has no network provider")
+		if netnsPath == "" {
+			return nil, fmt.Errorf("network egress: no network namespace was prepared")
 		}
-		path, err := r.opts.NetNS(t.name, iso.Network)
-		if err != nil {
-			return nil, fmt.Errorf("network egress: %w", err)
-		}
-		ns = append(ns, configs.Namespace{Type: configs.NEWNET, Path: path})
+		ns = append(ns, configs.Namespace{Type: configs.NEWNET, Path: netnsPath})
 	default:
 		return nil, fmt.Errorf("network mode %q is not supported", iso.Network.Mode)
 	}
@@ -104,7 +102,14 @@ func (r *Runtime) containerConfig(id string, t *tenant, pr *preparedRoot, iso sa
 	for _, b := range pr.binds {
 		mounts = append(mounts, &configs.Mount{Source: b.src, Destination: b.dst, Device: "bind", Flags: roBind})
 	}
-	sc, err := seccompConfig()
+	if iso.Network.Mode == "egress" && iso.Network.DNS != "" {
+		conf, err := r.resolvConf(iso.Network.DNS)
+		if err != nil {
+			return nil, err
+		}
+		mounts = append(mounts, &configs.Mount{Source: conf, Destination: "/etc/resolv.conf", Device: "bind", Flags: roBind})
+	}
+	sc, err := SeccompConfig()
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +142,9 @@ func (r *Runtime) containerConfig(id string, t *tenant, pr *preparedRoot, iso sa
 }
 
 // seccompConfig turns the profile table into libcontainer's form.
-func seccompConfig() (*configs.Seccomp, error) {
+// SeccompConfig is the profile in libcontainer's form (bench/coldstart hands
+// the same profile to runc and crun).
+func SeccompConfig() (*configs.Seccomp, error) {
 	eperm := uint(unix.EPERM)
 	enosys := uint(unix.ENOSYS)
 	s := &configs.Seccomp{
@@ -167,4 +174,26 @@ func seccompConfig() (*configs.Seccomp, error) {
 		}
 	}
 	return s, nil
+}
+
+// resolvConf writes (once) a resolv.conf naming the one resolver an
+// egress instance may query. resolv.conf cannot name a port, so the
+// resolver must listen on 53.
+func (r *Runtime) resolvConf(dns string) (string, error) {
+	ap, err := netip.ParseAddrPort(dns)
+	if err != nil {
+		return "", fmt.Errorf("dns %q: %w", dns, err)
+	}
+	if ap.Port() != 53 {
+		return "", fmt.Errorf("dns %s: resolv.conf cannot name port %d; the resolver must listen on port 53", dns, ap.Port())
+	}
+	dir := filepath.Join(r.opts.StateDir, "resolv")
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, ap.Addr().String()+".conf")
+	if err := os.WriteFile(path+".tmp", []byte("nameserver "+ap.Addr().String()+"\n"), 0o644); err != nil {
+		return "", err
+	}
+	return path, os.Rename(path+".tmp", path)
 }

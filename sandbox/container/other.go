@@ -19,7 +19,7 @@ type Options struct {
 	StateDir     string
 	CgroupParent string
 	TenantLimits func(tenant string) sandbox.Limits
-	NetNS        func(tenant string, n sandbox.Network) (string, error)
+	Network      func(ctx context.Context, tenant, instance string, n sandbox.Network) (path string, release func() error, err error)
 	Precreate    bool
 	Logger       *slog.Logger
 }
@@ -49,3 +49,6 @@ func (*Runtime) Precreate(sandbox.Spec) {}
 
 // Close implements io.Closer.
 func (*Runtime) Close() error { return nil }
+
+// Ready reports false on this OS.
+func (*Runtime) Ready() bool { return false }

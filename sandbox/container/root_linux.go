@@ -31,7 +31,7 @@ type preparedRoot struct {
 func (r *Runtime) prepareRoot(spec sandbox.Spec) (*preparedRoot, error) {
 	root := spec.Isolation.Root
 	h := sha256.New()
-	fmt.Fprintf(h, "%q\x00%q\x00%q\x00%v", root.Dir, root.Binds, spec.Path, root.TmpfsBytes > 0)
+	fmt.Fprintf(h, "%q\x00%q\x00%q\x00%v\x00%v", root.Dir, root.Binds, spec.Path, root.TmpfsBytes > 0, spec.Isolation.Network.DNS != "")
 	key := hex.EncodeToString(h.Sum(nil))[:24]
 
 	r.mu.Lock()
@@ -116,6 +116,15 @@ func (r *Runtime) buildRoot(key string, spec sandbox.Spec) (*preparedRoot, error
 	for _, b := range binds {
 		if err := mountPoint(tmp, b); err != nil {
 			return nil, err
+		}
+	}
+	if spec.Isolation.Network.DNS != "" {
+		// The mount point of the generated /etc/resolv.conf.
+		if err := os.MkdirAll(filepath.Join(tmp, "etc"), 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, err
+		}
+		if f, err := os.OpenFile(filepath.Join(tmp, "etc", "resolv.conf"), os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+			_ = f.Close()
 		}
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {

@@ -4,6 +4,7 @@ package container
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -39,9 +40,12 @@ type Options struct {
 	// TenantLimits gives a tenant's aggregate limits; nil or zero fields:
 	// DefaultTenantLimits.
 	TenantLimits func(tenant string) sandbox.Limits
-	// NetNS returns the path of a prepared network namespace for an
-	// instance whose network mode is "egress". Nil: egress is refused.
-	NetNS func(tenant string, n sandbox.Network) (string, error)
+	// Network prepares the network namespace of an instance whose network
+	// mode is "egress" (sandbox/network's Manager.Prepare) and returns the
+	// path to join and what to call once the instance has exited. Nil:
+	// egress is refused. Mode "none" needs no provider: the container gets
+	// a fresh namespace holding only loopback.
+	Network func(ctx context.Context, tenant, instance string, n sandbox.Network) (path string, release func() error, err error)
 	// Precreate keeps one container per distinct instance spec created
 	// and waiting, so that the next Start of that spec only has to exec
 	// the function (see docs/sandbox.md, "Start time").
@@ -53,6 +57,7 @@ type Options struct {
 type Runtime struct {
 	opts Options
 	log  *slog.Logger
+	tag  string // unique per Runtime: container ids and cgroups never collide
 	seq  atomic.Uint64
 
 	mu      sync.Mutex
@@ -63,6 +68,7 @@ type Runtime struct {
 	pmu     sync.Mutex
 	pool    map[string]*instance // pre-created, by spec key
 	filling map[string]bool
+	starts  map[string]int // starts per spec key
 	closed  bool
 	bg      sync.WaitGroup
 }
@@ -99,10 +105,12 @@ func New(opts Options) (*Runtime, error) {
 			return nil, fmt.Errorf("sandbox state directory: %w", err)
 		}
 	}
+	var tag [4]byte
+	_, _ = rand.Read(tag[:])
 	return &Runtime{
-		opts: opts, log: opts.Logger,
+		opts: opts, log: opts.Logger, tag: hex.EncodeToString(tag[:]),
 		roots: map[string]*preparedRoot{}, tenants: map[string]*tenant{}, slots: map[uint32]string{},
-		pool: map[string]*instance{}, filling: map[string]bool{},
+		pool: map[string]*instance{}, filling: map[string]bool{}, starts: map[string]int{},
 	}, nil
 }
 
@@ -180,6 +188,10 @@ func (r *Runtime) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process
 		r.pmu.Lock()
 		inst := r.pool[key]
 		delete(r.pool, key)
+		if len(r.starts) >= maxKeys {
+			clear(r.starts)
+		}
+		r.starts[key]++
 		r.pmu.Unlock()
 		if inst != nil {
 			err := inst.exec(spec.Stderr)
@@ -197,7 +209,7 @@ func (r *Runtime) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process
 	if err := inst.exec(spec.Stderr); err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
-	if r.opts.Precreate {
+	if r.opts.Precreate && r.repeats(key) {
 		r.refill(key, tenantName, spec)
 	}
 	return inst, nil
@@ -216,12 +228,29 @@ func (r *Runtime) Precreate(spec sandbox.Spec) {
 	r.refill(specKey(t, spec), t, spec)
 }
 
+// Bounds on pre-creation: distinct specs remembered, and containers kept
+// waiting at once.
+const (
+	maxKeys = 4096
+	maxPool = 64
+)
+
+// repeats reports whether key has been started more than once: only a
+// spec that comes back (a restart, a second instance, a pool scaling up)
+// is worth a container kept waiting. Specs that differ on every start,
+// such as exec mode's per-record environment, never are.
+func (r *Runtime) repeats(key string) bool {
+	r.pmu.Lock()
+	defer r.pmu.Unlock()
+	return r.starts[key] > 1
+}
+
 // refill creates a container for key in the background unless one is
 // there or on its way.
 func (r *Runtime) refill(key, tenantName string, spec sandbox.Spec) {
 	r.pmu.Lock()
 	defer r.pmu.Unlock()
-	if r.closed || r.pool[key] != nil || r.filling[key] {
+	if r.closed || r.pool[key] != nil || r.filling[key] || len(r.pool)+len(r.filling) >= maxPool {
 		return
 	}
 	r.filling[key] = true
@@ -276,8 +305,23 @@ func (r *Runtime) create(tenantName string, spec sandbox.Spec) (_ *instance, err
 	if err != nil {
 		return nil, err
 	}
-	id := "c" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(r.seq.Add(1), 10)
-	cfg, err := r.containerConfig(id, t, pr, spec.Isolation)
+	id := "c" + r.tag + "-" + strconv.FormatUint(r.seq.Add(1), 10)
+	var netnsPath string
+	var releaseNet func() error
+	if spec.Isolation.Network.Mode == "egress" {
+		if r.opts.Network == nil {
+			return nil, fmt.Errorf("network egress is not available: this runtime has no network provider")
+		}
+		if netnsPath, releaseNet, err = r.opts.Network(context.Background(), tenantName, spec.Name, spec.Isolation.Network); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				_ = releaseNet()
+			}
+		}()
+	}
+	cfg, err := r.containerConfig(id, t, pr, spec.Isolation, netnsPath)
 	if err != nil {
 		return nil, err
 	}
@@ -290,7 +334,7 @@ func (r *Runtime) create(tenantName string, spec sandbox.Spec) (_ *instance, err
 			_ = c.Destroy()
 		}
 	}()
-	inst := &instance{c: c, cgroup: cfg.Cgroups, stderrTo: make(chan io.Writer, 1), drained: make(chan struct{})}
+	inst := &instance{c: c, cgroup: cfg.Cgroups, releaseNet: releaseNet, stderrTo: make(chan io.Writer, 1), drained: make(chan struct{})}
 	var inR, outW, errW *os.File
 	if inR, inst.stdin, err = os.Pipe(); err != nil {
 		return nil, err
@@ -323,9 +367,10 @@ func (r *Runtime) create(tenantName string, spec sandbox.Spec) (_ *instance, err
 
 // instance is one container and its function process.
 type instance struct {
-	c      *libcontainer.Container
-	p      *libcontainer.Process
-	cgroup *cgroups.Cgroup
+	c          *libcontainer.Container
+	p          *libcontainer.Process
+	cgroup     *cgroups.Cgroup
+	releaseNet func() error // egress namespace, after exit
 
 	stdin          *os.File
 	stdout, stderr *os.File
@@ -403,6 +448,9 @@ func (i *instance) Wait() sandbox.Exit {
 			}
 		}
 		_ = i.c.Destroy()
+		if i.releaseNet != nil {
+			go func() { _ = i.releaseNet() }() // tens of ms: off the restart path
+		}
 		<-i.drained
 	})
 	return i.exit
@@ -437,4 +485,12 @@ func (r *Runtime) removeCgroups() {
 	if m, err := manager.New(cg); err == nil {
 		_ = m.Destroy()
 	}
+}
+
+// Ready reports whether a pre-created container is waiting (for
+// benchmarks that time only the exec).
+func (r *Runtime) Ready() bool {
+	r.pmu.Lock()
+	defer r.pmu.Unlock()
+	return len(r.pool) > 0
 }

@@ -1,0 +1,349 @@
+//go:build linux
+
+// Command coldstart measures how long a function takes from "start it" to
+// its first output and exit, for: a plain exec; Culvert's libcontainer
+// sandbox, cold (create + start + exec) and pre-created (exec of a
+// container created ahead); and `runc run` and `crun run` on an equivalent
+// OCI bundle (the same static binary, a read-only root, fresh user, pid,
+// mount, ipc, uts, network and cgroup namespaces, the same seccomp
+// allowlist, the same cgroup limits). Samples are interleaved, in a
+// rotating order, so every row sees the same machine load. It prints a
+// table of p50 and p99 with ratios to crun and to plain exec.
+//
+//	sudo go run -tags seccomp ./bench/coldstart [-n 100]
+//
+// It runs itself in a private mount namespace with the hybrid host's
+// cgroup2 mount (/sys/fs/cgroup/unified, hugetlb only) unmounted there,
+// because crun refuses the mixed layout; the host's mounts are untouched.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer/configs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/culvert-dev/culvert/sandbox"
+	"github.com/culvert-dev/culvert/sandbox/container"
+)
+
+func init() { container.Init() }
+
+const reexecEnv = "CULVERT_COLDSTART_NS"
+
+func main() {
+	n := flag.Int("n", 100, "samples per row")
+	flag.Parse()
+	if err := run(*n); err != nil {
+		fmt.Fprintln(os.Stderr, "coldstart:", err)
+		os.Exit(1)
+	}
+}
+
+func run(n int) error {
+	if os.Getenv(reexecEnv) == "" {
+		// Again, in a private mount namespace.
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command(self, os.Args[1:]...)
+		cmd.Env = append(os.Environ(), reexecEnv+"=1")
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+		return cmd.Run()
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("private mounts: %w", err)
+	}
+	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.controllers"); err == nil {
+		if err := unix.Unmount("/sys/fs/cgroup/unified", unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("hiding the hybrid cgroup2 mount: %w", err)
+		}
+	}
+	if err := container.Check(); err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("/run", "culvert-coldstart")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	_ = os.Chmod(work, 0o711)
+
+	// The function: a static Go hello.
+	hello := filepath.Join(work, "bin", "hello")
+	build := exec.Command("go", "build", "-o", hello, "./bench/coldstart/hello")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("building hello (run from the repository root): %w", err)
+	}
+	_ = os.Chmod(filepath.Dir(hello), 0o755)
+
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	limits := sandbox.Limits{MemoryBytes: 64 << 20, Pids: 32, CPU: 1}
+	spec := sandbox.Spec{Name: "bench", Path: hello, Env: []string{"PATH=/bin"}, Tenant: "bench", Stderr: io.Discard,
+		Isolation: sandbox.Isolation{Limits: limits}}
+	cold, err := container.New(container.Options{StateDir: filepath.Join(work, "cold"), CgroupParent: "culvert-bench", Logger: log})
+	if err != nil {
+		return err
+	}
+	defer cold.Close()
+	warm, err := container.New(container.Options{StateDir: filepath.Join(work, "warm"), CgroupParent: "culvert-bench", Precreate: true, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer warm.Close()
+	warm.Precreate(spec)
+
+	bundle, err := makeBundle(work, hello, limits)
+	if err != nil {
+		return err
+	}
+
+	type row struct {
+		name, isolation string
+		prepare         func() // untimed, before each sample
+		sample          func(i int) error
+		times           []time.Duration
+	}
+	seq := 0
+	ociRun := func(tool string) func(int) error {
+		return func(int) error {
+			seq++
+			id := fmt.Sprintf("cs-%d-%d", os.Getpid(), seq)
+			out, err := exec.Command(tool, "run", "--bundle", bundle, id).Output()
+			_ = exec.Command(tool, "delete", "-f", id).Run()
+			return check(tool, out, err)
+		}
+	}
+	rows := []*row{
+		{name: "plain exec", isolation: "none", sample: func(int) error {
+			out, err := exec.Command(hello).Output()
+			return check("plain exec", out, err)
+		}},
+		{name: "culvert sandbox, cold", isolation: "7 ns, RO root, seccomp, cgroup v1 limits", sample: func(int) error {
+			return culvertSample(cold, spec)
+		}},
+		{name: "culvert sandbox, pre-created", isolation: "same; container created ahead, timed from exec",
+			prepare: func() { waitPool(warm) },
+			sample:  func(int) error { return culvertSample(warm, spec) }},
+	}
+	for _, tool := range []string{"runc", "crun"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			fmt.Fprintf(os.Stderr, "coldstart: %s is not installed; its row is skipped\n", tool)
+			continue
+		}
+		rows = append(rows, &row{name: tool + " run", isolation: "same bundle, seccomp compiled per start", sample: ociRun(tool)})
+	}
+	// Warm-up: one of each, untimed, and fail early.
+	for _, r := range rows {
+		if r.prepare != nil {
+			r.prepare()
+		}
+		if err := r.sample(-1); err != nil {
+			return fmt.Errorf("%s: %w", r.name, err)
+		}
+	}
+	for i := range n {
+		for j := range rows {
+			r := rows[(i+j)%len(rows)]
+			if r.prepare != nil {
+				r.prepare()
+			}
+			start := time.Now()
+			if err := r.sample(i); err != nil {
+				return fmt.Errorf("%s: %w", r.name, err)
+			}
+			r.times = append(r.times, time.Since(start))
+		}
+	}
+	var crun, plain time.Duration
+	for _, r := range rows {
+		slices.Sort(r.times)
+		switch r.name {
+		case "crun run":
+			crun = pct(r.times, 50)
+		case "plain exec":
+			plain = pct(r.times, 50)
+		}
+	}
+	fmt.Printf("cold start, requested -> output read -> exit; %d interleaved samples per row; static Go hello\n\n", n)
+	fmt.Printf("| %-30s | %8s | %8s | %9s | %10s | %s |\n", "path", "p50 ms", "p99 ms", "p50/crun", "p50/plain", "isolation")
+	fmt.Printf("|%s|%s|%s|%s|%s|%s|\n", strings.Repeat("-", 32), strings.Repeat("-", 10), strings.Repeat("-", 10), strings.Repeat("-", 11), strings.Repeat("-", 12), strings.Repeat("-", 10))
+	for _, r := range rows {
+		p50, p99 := pct(r.times, 50), pct(r.times, 99)
+		ratio := func(base time.Duration) string {
+			if base == 0 {
+				return "-"
+			}
+			return strconv.FormatFloat(float64(p50)/float64(base), 'f', 2, 64) + "x"
+		}
+		fmt.Printf("| %-30s | %8.2f | %8.2f | %9s | %10s | %s |\n", r.name, ms(p50), ms(p99), ratio(crun), ratio(plain), r.isolation)
+	}
+	return nil
+}
+
+func culvertSample(r *container.Runtime, spec sandbox.Spec) error {
+	p, err := r.Start(context.Background(), spec)
+	if err != nil {
+		return err
+	}
+	_ = p.Stdin().Close()
+	out, err := io.ReadAll(p.Stdout())
+	ex := p.Wait()
+	if err == nil && !ex.Success() {
+		err = fmt.Errorf("exit: %v", ex)
+	}
+	return check("culvert", out, err)
+}
+
+func waitPool(r *container.Runtime) {
+	deadline := time.Now().Add(10 * time.Second)
+	for !r.Ready() && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+func check(what string, out []byte, err error) error {
+	if err != nil {
+		var ee *exec.ExitError
+		if errorsAs(err, &ee) {
+			return fmt.Errorf("%s: %w: %s", what, err, ee.Stderr)
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if string(out) != "OK hello\n" {
+		return fmt.Errorf("%s: output %q", what, out)
+	}
+	return nil
+}
+
+func errorsAs(err error, ee **exec.ExitError) bool {
+	e, ok := err.(*exec.ExitError)
+	if ok {
+		*ee = e
+	}
+	return ok
+}
+
+func pct(ts []time.Duration, p int) time.Duration {
+	if len(ts) == 0 {
+		return 0
+	}
+	i := (len(ts)*p + 99) / 100
+	return ts[min(max(i-1, 0), len(ts)-1)]
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// makeBundle writes an OCI bundle equivalent to Culvert's container: the
+// same binary alone in a read-only root, the same namespaces, uid map,
+// masked paths, rlimits, seccomp profile and cgroup limits.
+func makeBundle(work, hello string, lim sandbox.Limits) (string, error) {
+	bundle := filepath.Join(work, "bundle")
+	rootfs := filepath.Join(bundle, "rootfs")
+	for _, d := range []string{"proc", "dev", "bin"} {
+		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
+			return "", err
+		}
+	}
+	b, err := os.ReadFile(hello)
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "bin", "hello"), b, 0o755); err != nil {
+		return "", err
+	}
+	_ = os.Chmod(bundle, 0o755)
+	sc, err := container.SeccompConfig()
+	if err != nil {
+		return "", err
+	}
+	host := container.HostID("bench-oci")
+	pids := lim.Pids
+	quota := int64(lim.CPU * 100000)
+	period := uint64(100000)
+	s := specs.Spec{
+		Version: "1.0.2", // what Debian's crun 1.8 and runc 1.1 accept
+		Root:    &specs.Root{Path: "rootfs", Readonly: true},
+		Process: &specs.Process{
+			Args: []string{"/bin/hello"}, Env: []string{"PATH=/bin"}, Cwd: "/", NoNewPrivileges: true,
+			Capabilities: &specs.LinuxCapabilities{},
+			Rlimits: []specs.POSIXRlimit{
+				{Type: "RLIMIT_NOFILE", Hard: 4096, Soft: 4096}, {Type: "RLIMIT_CORE"}, {Type: "RLIMIT_NPROC", Hard: 2048, Soft: 2048},
+			},
+		},
+		Hostname: "bench",
+		Mounts: []specs.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=64k"}},
+		},
+		Linux: &specs.Linux{
+			UIDMappings: []specs.LinuxIDMapping{{ContainerID: 0, HostID: host, Size: container.RangeSize}},
+			GIDMappings: []specs.LinuxIDMapping{{ContainerID: 0, HostID: host, Size: container.RangeSize}},
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
+				{Type: specs.MountNamespace}, {Type: specs.UserNamespace}, {Type: specs.CgroupNamespace},
+			},
+			CgroupsPath: "/culvert-bench/oci",
+			Resources: &specs.LinuxResources{
+				Memory: &specs.LinuxMemory{Limit: &lim.MemoryBytes},
+				Pids:   &specs.LinuxPids{Limit: &pids},
+				CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
+			},
+			MaskedPaths: []string{"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+				"/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/proc/interrupts"},
+			ReadonlyPaths: []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"},
+			Seccomp:       ociSeccomp(sc),
+		},
+	}
+	j, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	return bundle, os.WriteFile(filepath.Join(bundle, "config.json"), j, 0o644)
+}
+
+// ociSeccomp converts libcontainer's form of the profile to the OCI one.
+func ociSeccomp(c *configs.Seccomp) *specs.LinuxSeccomp {
+	act := func(a configs.Action) specs.LinuxSeccompAction {
+		switch a {
+		case configs.Allow:
+			return specs.ActAllow
+		case configs.Errno:
+			return specs.ActErrno
+		}
+		return specs.ActKillProcess
+	}
+	ops := map[configs.Operator]specs.LinuxSeccompOperator{
+		configs.EqualTo: specs.OpEqualTo, configs.NotEqualTo: specs.OpNotEqual, configs.GreaterThan: specs.OpGreaterThan,
+		configs.GreaterThanOrEqualTo: specs.OpGreaterEqual, configs.LessThan: specs.OpLessThan,
+		configs.LessThanOrEqualTo: specs.OpLessEqual, configs.MaskEqualTo: specs.OpMaskedEqual,
+	}
+	s := &specs.LinuxSeccomp{DefaultAction: act(c.DefaultAction), DefaultErrnoRet: c.DefaultErrnoRet,
+		Architectures: []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32, specs.ArchAARCH64, specs.ArchARM}}
+	for _, sc := range c.Syscalls {
+		r := specs.LinuxSyscall{Names: []string{sc.Name}, Action: act(sc.Action), ErrnoRet: sc.ErrnoRet}
+		for _, a := range sc.Args {
+			r.Args = append(r.Args, specs.LinuxSeccompArg{Index: a.Index, Value: a.Value, ValueTwo: a.ValueTwo, Op: ops[a.Op]})
+		}
+		s.Syscalls = append(s.Syscalls, r)
+	}
+	return s
+}
