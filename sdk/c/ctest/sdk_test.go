@@ -2,22 +2,19 @@ package ctest_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"github.com/culvert-dev/culvert/proto/framing"
 	"github.com/culvert-dev/culvert/sdk/internal/sdktest"
+	"google.golang.org/protobuf/proto"
 )
 
 // sdkDir is sdk/c, where the C sources are; the compilers run there.
@@ -77,10 +74,10 @@ func TestCUnit(t *testing.T) {
 	}
 }
 
-// TestCEndToEnd runs the conformance example, built with the sanitizers
-// (the build FuzzCFunction uses), through the real host.
+// TestCEndToEnd runs the conformance example, built with the sanitizers,
+// through the real host.
 func TestCEndToEnd(t *testing.T) {
-	bin, err := cachedFuzzBinary()
+	bin, err := conformanceBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +110,17 @@ func seeds(t testing.TB) [][]byte {
 	frame(&full, &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_KeepAlive{KeepAlive: &culvertv1.KeepAlive{Nonce: 99}}})
 	frame(&full, &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Batch{Batch: &culvertv1.Batch{Id: 2}}})
 	frame(&full, &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Shutdown{Shutdown: &culvertv1.Shutdown{Reason: "bye"}}})
-	return [][]byte{hello.Bytes(), full.Bytes(), []byte("hello\n")}
+	out := [][]byte{hello.Bytes(), full.Bytes(), []byte("hello\n")}
+	// Bare frame bodies too: the fuzz target also decodes its input as one
+	// body, in a buffer of exactly its size.
+	for _, m := range []*culvertv1.HostMessage{h, {Msg: &culvertv1.HostMessage_Batch{Batch: &culvertv1.Batch{Id: 1, Records: recs, Attempt: 1}}}} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, b)
+	}
+	return out
 }
 
 // TestCLibFuzzer runs the libFuzzer target (test/fuzz_culvert.c) for a
@@ -137,26 +144,27 @@ func TestCLibFuzzer(t *testing.T) {
 	t.Log(out[max(0, len(out)-500):])
 }
 
-// cachedFuzzBinary builds the conformance example with the sanitizers
-// once per version of its sources, into the temporary directory, so that
-// the tests and the fuzzing engine's worker processes share one build.
-func cachedFuzzBinary() (string, error) {
-	args := append(append([]string{}, strict...), sanitize...)
+// cachedBuild builds sources with gcc, the strict warnings, the
+// sanitizers and extra flags once per version of its sources and flags,
+// into the temporary directory, so that the tests and the fuzzing engine's
+// worker processes share one build instead of compiling each.
+func cachedBuild(name string, extra []string, sources ...string) (string, error) {
+	args := append(append(append([]string{}, strict...), sanitize...), extra...)
 	h := sha256.New()
 	h.Write([]byte(strings.Join(args, " ")))
-	for _, f := range []string{"culvert.c", "culvert.h", "examples/conformance/main.c"} {
+	for _, f := range append([]string{"culvert.c", "culvert.h"}, sources...) {
 		b, err := os.ReadFile(filepath.Join(sdkDir, f))
 		if err != nil {
 			return "", err
 		}
 		h.Write(b)
 	}
-	bin := filepath.Join(os.TempDir(), fmt.Sprintf("culvert-c-fuzz-%x", h.Sum(nil)[:8]))
+	bin := filepath.Join(os.TempDir(), fmt.Sprintf("culvert-c-%s-%x", name, h.Sum(nil)[:8]))
 	if _, err := os.Stat(bin); err == nil {
 		return bin, nil
 	}
 	tmp := fmt.Sprintf("%s.%d", bin, os.Getpid())
-	args = append(args, "-o", tmp, "culvert.c", "examples/conformance/main.c")
+	args = append(append(args, "-o", tmp), sources...)
 	cmd := exec.Command("gcc", args...)
 	cmd.Dir = sdkDir
 	if b, err := cmd.CombinedOutput(); err != nil {
@@ -165,54 +173,27 @@ func cachedFuzzBinary() (string, error) {
 	return bin, os.Rename(tmp, bin)
 }
 
-var (
-	fuzzOnce sync.Once
-	fuzzBin  string
-	fuzzErr  error
-)
+// conformanceBinary is the conformance example built with the sanitizers.
+func conformanceBinary() (string, error) {
+	return cachedBuild("conformance", nil, "culvert.c", "examples/conformance/main.c")
+}
 
-// FuzzCFunction feeds a Hello and then arbitrary bytes, as the host's
-// stream, to the conformance example built with the sanitizers. The
-// function may refuse the input (exit 1), but must not crash, trip a
-// sanitizer, or write anything but well-formed frames.
-func FuzzCFunction(f *testing.F) {
+var harness sdktest.Harness
+
+// FuzzCServe feeds arbitrary host streams to the SDK's protocol loop
+// (test/fuzz_culvert.c, the libFuzzer target, driven by its own main) in
+// one long-lived process built with AddressSanitizer and UBSan: any
+// sanitizer report or crash kills the process and fails the input.
+// TestCLibFuzzer runs the same target coverage-guided.
+func FuzzCServe(f *testing.F) {
 	for _, s := range seeds(f) {
 		f.Add(s)
 	}
-	hello := seeds(f)[0]
 	f.Fuzz(func(t *testing.T, data []byte) {
-		fuzzOnce.Do(func() { fuzzBin, fuzzErr = cachedFuzzBinary() })
-		if fuzzErr != nil {
-			t.Fatal(fuzzErr)
+		bin, err := cachedBuild("fuzz", []string{"-DCULVERT_FUZZ_MAIN"}, "test/fuzz_culvert.c")
+		if err != nil {
+			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, fuzzBin)
-		cmd.Env = []string{"CULVERT_CONFORMANCE=1", "ASAN_OPTIONS=detect_leaks=1:exitcode=86", "UBSAN_OPTIONS=exitcode=87"}
-		cmd.Stdin = io.MultiReader(bytes.NewReader(hello), bytes.NewReader(data))
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		var exit *exec.ExitError
-		if err != nil && !(errors.As(err, &exit) && exit.ExitCode() == 1) {
-			t.Fatalf("input %q: %v\nstderr:\n%s", data, err, stderr.String())
-		}
-		if s := stderr.String(); strings.Contains(s, "Sanitizer") || strings.Contains(s, "runtime error") {
-			t.Fatalf("input %q: sanitizer report:\n%s", data, s)
-		}
-		r := framing.NewReader(&stdout, framing.DefaultMaxFrame)
-		for {
-			b, err := r.Next()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Fatalf("input %q: the function wrote a bad frame: %v", data, err)
-			}
-			var m culvertv1.FunctionMessage
-			if err := m.UnmarshalVT(b); err != nil || m.Msg == nil {
-				t.Fatalf("input %q: undecodable FunctionMessage (%v): %x", data, err, b)
-			}
-		}
+		harness.Check(t, data, bin)
 	})
 }
