@@ -416,7 +416,7 @@ func (m *Manager) addHostPolicy(sh *shell, p policy) error {
 	if err := m.addHostRules(sh.name, sh.addr, p); err != nil {
 		return err
 	}
-	sh.undo = append(sh.undo, func() error { return m.delHostRules(sh.name) })
+	sh.undo = append(sh.undo, func() error { return m.delHostRules(sh.name, sh.addr, p) })
 	return nil
 }
 
@@ -457,11 +457,11 @@ func (m *Manager) keepWarm(ctx context.Context) {
 	}
 }
 
-// addHostRules installs an instance's host-side chain and map element.
+// addHostRules adds an instance's entries to the host-side sets.
 func (m *Manager) addHostRules(link string, addr netip.Addr, p policy) error {
 	m.nftMu.Lock()
 	defer m.nftMu.Unlock()
-	if err := addInstance(m.nft, m.cfg.Prefix, link, addr, m.cfg.Subnet, p); err != nil {
+	if err := addInstance(m.nft, m.cfg.Prefix, link, addr, p); err != nil {
 		return fmt.Errorf("host rules for %s: %w", link, err)
 	}
 	if err := m.nft.Flush(); err != nil {
@@ -470,10 +470,10 @@ func (m *Manager) addHostRules(link string, addr netip.Addr, p policy) error {
 	return nil
 }
 
-func (m *Manager) delHostRules(link string) error {
+func (m *Manager) delHostRules(link string, addr netip.Addr, p policy) error {
 	m.nftMu.Lock()
 	defer m.nftMu.Unlock()
-	if err := delInstance(m.nft, m.cfg.Prefix, link); err != nil {
+	if err := delInstance(m.nft, m.cfg.Prefix, link, addr, p); err != nil {
 		return err
 	}
 	if err := m.nft.Flush(); err != nil {

@@ -199,8 +199,8 @@ func TestCloseRemovesEverything(t *testing.T) {
 	if _, err := hnl.LinkByName(a.HostLink); err != nil {
 		t.Fatalf("host link %s missing while open: %v", a.HostLink, err)
 	}
-	if chains := instChains(t, w); len(chains) != 1 {
-		t.Fatalf("instance chains while open = %v, want one", chains)
+	if chains := instEntries(t, w); len(chains) != 1 {
+		t.Fatalf("host set entries while open = %v, want one", chains)
 	}
 	ns, err := netns.GetFromPath(a.Path)
 	if err != nil {
@@ -228,8 +228,8 @@ func TestCloseRemovesEverything(t *testing.T) {
 	if _, err := os.Stat(a.Path); !os.IsNotExist(err) {
 		t.Errorf("namespace file %s after Close: %v", a.Path, err)
 	}
-	if chains := instChains(t, w); len(chains) != 0 {
-		t.Errorf("instance chains after Close = %v", chains)
+	if chains := instEntries(t, w); len(chains) != 0 {
+		t.Errorf("host set entries after Close = %v", chains)
 	}
 	if err := w.m.Close(); err != nil {
 		t.Fatal(err)
@@ -270,8 +270,8 @@ func TestLeftoversRemoved(t *testing.T) {
 	if _, err := os.Stat(a.Path); !os.IsNotExist(err) {
 		t.Errorf("leftover namespace file %s: %v", a.Path, err)
 	}
-	if chains := instChains(t, w); len(chains) != 0 {
-		t.Errorf("leftover instance chains %v", chains)
+	if chains := instEntries(t, w); len(chains) != 0 {
+		t.Errorf("leftover host set entries %v", chains)
 	}
 	// And the new manager works.
 	_, err = m2.Prepare(context.Background(), "t", "p/f#0", sandbox.Network{Mode: ModeEgress, Allow: []sandbox.Endpoint{ep("198.18.0.2:8080")}})
@@ -355,17 +355,17 @@ func flowsFrom(t *testing.T, h *netlink.Handle, a netip.Addr) int {
 	return n
 }
 
-func instChains(t *testing.T, w *world) []string {
+// instEntries lists the links that have entries in the host's src set.
+func instEntries(t *testing.T, w *world) []string {
 	t.Helper()
-	var out []string
-	all, err := hostConnFor(t, w.host).ListChains()
+	c := hostConnFor(t, w.host)
+	els, err := c.GetSetElements(srcSet(hostTableRef(w.cfg.Prefix)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, ch := range all {
-		if ch.Table.Name == w.cfg.Prefix && strings.HasPrefix(ch.Name, "inst-") {
-			out = append(out, ch.Name)
-		}
+	var out []string
+	for _, e := range els {
+		out = append(out, strings.TrimRight(string(e.Key[:16]), "\x00"))
 	}
 	return out
 }
@@ -446,8 +446,8 @@ func TestConcurrentPrepare(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if chains := instChains(t, w); len(chains) != 0 {
-		t.Errorf("instance chains left after all closed: %v", chains)
+	if chains := instEntries(t, w); len(chains) != 0 {
+		t.Errorf("host set entries left after all closed: %v", chains)
 	}
 }
 

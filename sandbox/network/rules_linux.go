@@ -58,10 +58,7 @@ import (
 //	    tcp flags & (syn|ack) == syn drop            # no connection in
 //	    jump allow-in }     # from the resolver and the allowlist: accept
 
-const (
-	instTable = "culvert"
-	linksMap  = "links"
-)
+const instTable = "culvert"
 
 func estRel() []byte {
 	return binary.NativeEndian.AppendUint32(nil, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)
@@ -223,32 +220,37 @@ func addRules(c *nftables.Conn, ch *nftables.Chain, rules ...[]expr.Any) {
 	}
 }
 
-// addHostTable queues the manager's host-side table.
+// addHostTable queues the manager's host-side table. Instances add
+// elements to its two sets, never chains: a Prepare changes no rule, so its
+// cost does not grow with the number of instances.
 func addHostTable(c *nftables.Conn, prefix string, subnet netip.Prefix, masquerade bool) {
 	links := prefix + "-"
 	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: prefix})
-	m := &nftables.Set{Table: t, Name: linksMap, IsMap: true, KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict}
-	_ = c.AddSet(m, nil) // only fails for malformed elements; there are none
-	vmap := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
+	src, allow := srcSet(t), allowSet(t)
+	_ = c.AddSet(src, nil) // only fails for malformed elements; there are none
+	_ = c.AddSet(allow, nil)
+	fromLinks := func(rest ...[]expr.Any) []expr.Any {
+		return join(append([][]expr.Any{ifPrefix(expr.MetaKeyIIFNAME, links, expr.CmpOpEq)}, rest...)...)
+	}
+	policyRules := [][]expr.Any{
+		fromLinks(ctEstablished(), v(accept())),
+		fromLinks(notIPv4(), v(drop())),
+		fromLinks(srcLookup(src), v(drop())),
+		fromLinks(ipIn(daddr, subnet, expr.CmpOpEq), v(drop())),
+		fromLinks(allowLookup(allow), v(accept())),
+		fromLinks(v(drop())),
 	}
 	base := func(name string, hook *nftables.ChainHook) *nftables.Chain {
 		return c.AddChain(&nftables.Chain{Name: name, Table: t, Type: nftables.ChainTypeFilter,
 			Hooknum: hook, Priority: nftables.ChainPriorityFilter, Policy: chainPolicy(nftables.ChainPolicyAccept)})
 	}
 	in := base("input", nftables.ChainHookInput)
-	addRules(c, in,
-		join(ifPrefix(expr.MetaKeyIIFNAME, links, expr.CmpOpEq), ctEstablished(), v(accept())),
-		vmap,
-		join(ifPrefix(expr.MetaKeyIIFNAME, links, expr.CmpOpEq), v(drop())))
+	addRules(c, in, policyRules...)
 	fwd := base("forward", nftables.ChainHookForward)
 	addRules(c, fwd,
 		join(ifPrefix(expr.MetaKeyOIFNAME, links, expr.CmpOpEq), ctEstablished(), v(accept())),
-		join(ifPrefix(expr.MetaKeyOIFNAME, links, expr.CmpOpEq), v(drop())),
-		join(ifPrefix(expr.MetaKeyIIFNAME, links, expr.CmpOpEq), ctEstablished(), v(accept())),
-		vmap,
-		join(ifPrefix(expr.MetaKeyIIFNAME, links, expr.CmpOpEq), v(drop())))
+		join(ifPrefix(expr.MetaKeyOIFNAME, links, expr.CmpOpEq), v(drop())))
+	addRules(c, fwd, policyRules...)
 	out := base("output", nftables.ChainHookOutput)
 	addRules(c, out,
 		join(ifPrefix(expr.MetaKeyOIFNAME, links, expr.CmpOpEq), ctEstablished(), v(accept())),
@@ -269,36 +271,99 @@ func hostTableRef(prefix string) *nftables.Table {
 	return &nftables.Table{Family: nftables.TableFamilyINet, Name: prefix}
 }
 
-func instChainName(link string) string { return "inst-" + link }
-
-// addInstance queues an instance's host-side chain and its map element.
-func addInstance(c *nftables.Conn, prefix, link string, addr netip.Addr, subnet netip.Prefix, p policy) error {
-	t := hostTableRef(prefix)
-	ch := c.AddChain(&nftables.Chain{Name: instChainName(link), Table: t})
-	addRules(c, ch,
-		join(notIPv4(), v(drop())),
-		join(ipIn(saddr, netip.PrefixFrom(addr, 32), expr.CmpOpNeq), v(drop())))
-	addRules(c, ch, resolverRules(daddr, p.resolver)...)
-	addRules(c, ch, join(ipIn(daddr, subnet, expr.CmpOpEq), v(drop())))
-	addRules(c, ch, allowRules(daddr, p)...)
-	addRules(c, ch, v(drop()))
-	m := &nftables.Set{Table: t, Name: linksMap, IsMap: true, KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict}
-	return c.SetAddElements(m, []nftables.SetElement{{Key: ifname(link),
-		VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}}})
+// src holds (link . address): the one source address each link may use.
+func srcSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: "src", Concatenation: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr)}
 }
 
-// delInstance queues the removal of an instance's map element and chain.
-func delInstance(c *nftables.Conn, prefix, link string) error {
+// allow holds (link . destination range . protocol . port range): what
+// each link may open.
+func allowSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: "allow", Concatenation: true, Interval: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)}
+}
+
+// Concatenations load each field into consecutive 32-bit registers,
+// starting at NFT_REG32_00; a field takes whole registers.
+const reg32 = 8
+
+// srcLookup matches packets whose (link . source address) is not in src.
+func srcLookup(src *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32},
+		&expr.Payload{DestRegister: reg32 + 4, Base: expr.PayloadBaseNetworkHeader, Offset: saddr, Len: 4},
+		&expr.Lookup{SourceRegister: reg32, SetName: src.Name, SetID: src.ID, Invert: true},
+	}
+}
+
+// allowLookup matches packets whose (link . destination . protocol .
+// destination port) is in allow.
+func allowLookup(allow *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32},
+		&expr.Payload{DestRegister: reg32 + 4, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: 4},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32 + 5},
+		&expr.Payload{DestRegister: reg32 + 6, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: reg32, SetName: allow.Name, SetID: allow.ID},
+	}
+}
+
+// instanceElements are an instance's entries in the host sets.
+func instanceElements(link string, addr netip.Addr, p policy) (src, allow []nftables.SetElement) {
+	a4 := addr.As4()
+	src = []nftables.SetElement{{Key: append(ifname(link), a4[:]...)}}
+	key := func(a [4]byte, proto byte, port uint16) []byte {
+		k := append(ifname(link), a[:]...)
+		k = append(k, proto, 0, 0, 0)
+		return append(k, byte(port>>8), byte(port), 0, 0)
+	}
+	add := func(dst netip.Prefix, proto byte, from, to uint16) {
+		first := dst.Masked().Addr().As4()
+		last := lastAddr(dst)
+		allow = append(allow, nftables.SetElement{Key: key(first, proto, from), KeyEnd: key(last, proto, to)})
+	}
+	if r := p.resolver; r.IsValid() {
+		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+			add(netip.PrefixFrom(r.Addr(), 32), proto, r.Port(), r.Port())
+		}
+	}
+	for _, a := range p.allow {
+		add(a.dst, unix.IPPROTO_TCP, a.from, a.to)
+	}
+	return src, allow
+}
+
+func lastAddr(p netip.Prefix) [4]byte {
+	a := p.Masked().Addr().As4()
+	// Go shifts a uint32 by 32 to 0, so a /32 is its own last address.
+	binary.BigEndian.PutUint32(a[:], binary.BigEndian.Uint32(a[:])|^uint32(0)>>p.Bits())
+	return a
+}
+
+// addInstance queues an instance's entries in the host sets.
+func addInstance(c *nftables.Conn, prefix, link string, addr netip.Addr, p policy) error {
 	t := hostTableRef(prefix)
-	m := &nftables.Set{Table: t, Name: linksMap, IsMap: true, KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict}
-	if err := c.SetDeleteElements(m, []nftables.SetElement{{Key: ifname(link),
-		VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: instChainName(link)}}}); err != nil {
+	src, allow := instanceElements(link, addr, p)
+	if err := c.SetAddElements(srcSet(t), src); err != nil {
 		return err
 	}
-	ch := &nftables.Chain{Name: instChainName(link), Table: t}
-	c.FlushChain(ch)
-	c.DelChain(ch)
-	return nil
+	if len(allow) == 0 {
+		return nil
+	}
+	return c.SetAddElements(allowSet(t), allow)
+}
+
+// delInstance queues the removal of an instance's entries.
+func delInstance(c *nftables.Conn, prefix, link string, addr netip.Addr, p policy) error {
+	t := hostTableRef(prefix)
+	src, allow := instanceElements(link, addr, p)
+	if len(allow) > 0 {
+		if err := c.SetDeleteElements(allowSet(t), allow); err != nil {
+			return err
+		}
+	}
+	return c.SetDeleteElements(srcSet(t), src)
 }
 
 // addInstanceBase queues the rules inside an egress instance's own
