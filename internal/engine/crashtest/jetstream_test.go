@@ -10,10 +10,15 @@ package crashtest
 //     most kills × the consumer's max_in_flight (the records that can be
 //     un-acked when the process dies);
 //   - order: for every key, the outputs with each input's repeats removed
-//     (keeping its first output) follow the input order. Culvert restarts
-//     after the consumer's ack_wait, so that the broker redelivers what was
-//     un-acked ahead of newer records; a violation is counted and fails the
-//     test.
+//     (keeping its first output) follow the input order, except for a
+//     record of a crash's re-processed window: one the broker had delivered
+//     and not seen acked when culvert died (stream sequences from the
+//     consumer's ack floor to its last delivered, read from the broker after
+//     each kill). Such a record may first come out after later records of
+//     its key; it is counted as "late within a crash window". Any other
+//     violation fails the test. Culvert restarts after the consumer's
+//     ack_wait, so that the broker redelivers the window ahead of newer
+//     records, which keeps late records rare.
 //
 // The record count is $CULVERT_CRASH_RECORDS: 100000 is the full run
 // (docs/delivery.md has its table); the default, 3000, keeps the test well
@@ -129,7 +134,7 @@ func TestKill9JetStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(16384))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,6 +188,7 @@ func TestKill9JetStream(t *testing.T) {
 	}
 
 	// Kill at random moments: each after a random share of what is left.
+	var windows [][2]uint64 // (ack floor, last delivered] at each kill
 	c := startCulvert(t, pipeline, logs)
 	for k := range kills {
 		left := n - stored()
@@ -201,7 +207,14 @@ func TestKill9JetStream(t *testing.T) {
 		at := stored()
 		c.cmd.Process.Signal(syscall.SIGKILL)
 		<-c.done
-		t.Logf("kill %d: SIGKILL with %d outputs stored", k+1, at)
+		// The re-processed window of this crash: delivered to culvert, not
+		// acked. The server's view survives the kill.
+		if cons, err := js.Consumer(ctx, "IN", "culvert-crash-in"); err == nil {
+			if info, err := cons.Info(ctx); err == nil {
+				windows = append(windows, [2]uint64{info.AckFloor.Stream, info.Delivered.Stream})
+			}
+		}
+		t.Logf("kill %d: SIGKILL with %d outputs stored; un-acked window: stream sequences %v", k+1, at, windows[len(windows)-1])
 		// Restart once the broker has given the un-acked records back, so
 		// that they come ahead of newer ones.
 		time.Sleep(ackWait + 500*time.Millisecond)
@@ -241,7 +254,19 @@ func TestKill9JetStream(t *testing.T) {
 	total := stored()
 	seen := map[string]int{} // input id -> outputs
 	last := map[string]int{} // key -> last counter seen (first outputs only)
-	violations, duplicates := 0, 0
+	violations, excused, duplicates := 0, 0, 0
+	inWindow := func(id string) bool {
+		seq, err := strconv.ParseUint(strings.TrimPrefix(id, "js:IN:"), 10, 64)
+		if err != nil {
+			return false
+		}
+		for _, w := range windows {
+			if seq > w[0] && seq <= w[1] {
+				return true
+			}
+		}
+		return false
+	}
 	cc, err := out.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
@@ -267,9 +292,15 @@ func TestKill9JetStream(t *testing.T) {
 			t.Fatalf("output %q: %v", rec.Value, err)
 		}
 		if p, ok := last[key]; ok && i <= p {
+			if inWindow(src) {
+				// Un-acked at a crash: the broker may redeliver it after
+				// later records of its key.
+				excused++
+				continue
+			}
 			violations++
 			if violations <= 10 {
-				t.Errorf("key %s: record %d came after %d", key, i, p)
+				t.Errorf("key %s: record %d (%s) came after %d", key, i, src, p)
 			}
 		}
 		last[key] = i
@@ -280,8 +311,8 @@ func TestKill9JetStream(t *testing.T) {
 			lost++
 		}
 	}
-	t.Logf("records %d, kills %d, lost %d, duplicates %d (bound %d), order violations %d, outputs %d, took %s",
-		n, kills, lost, duplicates, kills*window, violations, total, time.Since(start).Round(time.Second))
+	t.Logf("records %d, kills %d, lost %d, duplicates %d (bound %d), order violations %d, late within a crash window %d, outputs %d, took %s",
+		n, kills, lost, duplicates, kills*window, violations, excused, total, time.Since(start).Round(time.Second))
 	if lost != 0 {
 		t.Errorf("%d records lost", lost)
 	}
