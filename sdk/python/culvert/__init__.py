@@ -22,7 +22,8 @@ A function that upper-cases text, drops empty records and fails the rest::
     culvert.run(handle, agent="shout/1")
 
 Handlers return ``None`` (no output), a ``Record``, an ``Output`` made by
-``culvert.to(name, record)``, or a list of those. An exception fails that
+``culvert.to(name, record)``, or a list (or any iterable, e.g. a generator)
+of those. An exception fails that
 record: permanently, unless it is a ``culvert.RetryableError`` (or has a
 true ``retryable`` attribute), in which case the host retries the record.
 
@@ -384,8 +385,19 @@ def _result_bytes(r, rec):
         return _EMPTY_RESULT
     if isinstance(r, BaseException):
         return _failure_bytes(_message(r), _retryable(r))
-    items = r if isinstance(r, (list, tuple)) else (r,)
     try:
+        if isinstance(r, (list, tuple)):
+            items = r
+        elif type(r) is Record or type(r) is Output:
+            items = (r,)
+        else:
+            try:
+                items = list(r)  # a generator or other iterable of outputs
+            except TypeError:
+                raise TypeError(
+                    "a handler must return None, a culvert.Record, a culvert.Output or an iterable of them, "
+                    f"not {type(r).__name__}"
+                ) from None
         outs = []
         for item in items:
             name = b""

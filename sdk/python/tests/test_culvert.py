@@ -170,7 +170,9 @@ class ServeTest(unittest.TestCase):
             if v == b"two":
                 return [culvert.Record(value=b"a"), culvert.to("alerts", culvert.Record(value=b"b"))]
             if v == b"wrong type":
-                return "not a record"
+                return 42
+            if v == b"gen":
+                return (culvert.Record(value=bytes([c])) for c in b"xyz")
             r.value = v + b"!"
             return r
 
@@ -181,12 +183,13 @@ class ServeTest(unittest.TestCase):
             rec("4", b"later"),
             rec("5", b"two"),
             rec("6", b"wrong type"),
+            rec("7", b"gen"),
         ]
         got, err = serve(handle, hello(), batch(1, *recs))
         self.assertIsNone(err)
         res = got[1].result
         self.assertEqual(res.batch_id, 1)
-        self.assertEqual(len(res.results), 6)
+        self.assertEqual(len(res.results), 7)
         r0 = res.results[0]
         self.assertEqual(r0.outputs[0].record.value, binary + b"!")
         self.assertEqual(r0.outputs[0].record.key, b"\x00k")
@@ -199,8 +202,9 @@ class ServeTest(unittest.TestCase):
         self.assertTrue(res.results[3].failure.retryable)
         self.assertEqual([o.record.value for o in res.results[4].outputs], [b"a", b"b"])
         self.assertEqual([o.output for o in res.results[4].outputs], ["", "alerts"])
-        self.assertIn("must be a culvert.Record", res.results[5].failure.message)
+        self.assertIn("a handler must return None, a culvert.Record", res.results[5].failure.message)
         self.assertEqual(len(res.results[5].outputs), 0)
+        self.assertEqual([o.record.value for o in res.results[6].outputs], [b"x", b"y", b"z"])
 
     def test_empty_batch_and_batch_info(self):
         seen = []
