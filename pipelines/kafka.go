@@ -2,6 +2,7 @@ package pipelines
 
 import (
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -37,6 +38,9 @@ type KafkaInput struct {
 	TLS *KafkaTLS `yaml:"tls,omitempty" doc:"TLS for the broker connections; tls: {} uses the system CAs."`
 	// SASL authenticates the connections when set.
 	SASL *KafkaSASL `yaml:"sasl,omitempty" doc:"SASL authentication."`
+	// TransactionalID makes the input exactly-once towards the kafka
+	// outputs that name it in their transaction field.
+	TransactionalID string `yaml:"transactional_id,omitempty" doc:"Exactly-once: consume in Kafka transactions under this transactional id (unique per running instance); kafka outputs naming this input in transaction join them, and the offsets commit with their records."`
 }
 
 // KafkaOutput produces to a Kafka topic.
@@ -59,6 +63,9 @@ type KafkaOutput struct {
 	TLS *KafkaTLS `yaml:"tls,omitempty" doc:"TLS for the broker connections; tls: {} uses the system CAs."`
 	// SASL authenticates the connections when set.
 	SASL *KafkaSASL `yaml:"sasl,omitempty" doc:"SASL authentication."`
+	// Transaction names a kafka input with a transactional_id whose
+	// transactions this output's records join (exactly-once).
+	Transaction string `yaml:"transaction,omitempty" doc:"Name of a kafka input with transactional_id: this output produces inside that input's transactions (exactly-once; readers use read_committed). Its brokers must be the input's."`
 }
 
 // KafkaTLS configures TLS to the brokers. Paths are relative to the
@@ -125,6 +132,9 @@ func (d *decoder) validateKafka(p *Pipeline) {
 		path := joinPath("outputs", name) + ".kafka"
 		d.kafkaBrokers(path, k.Brokers)
 		d.kafkaTLS(path, k.TLS)
+		if k.Transaction != "" {
+			d.kafkaTransaction(p, path, k)
+		}
 		switch {
 		case k.Topic == "":
 		case strings.Contains(k.Topic, "{{"):
@@ -139,6 +149,26 @@ func (d *decoder) validateKafka(p *Pipeline) {
 			}
 		}
 	}
+}
+
+func (d *decoder) kafkaTransaction(p *Pipeline, path string, k *KafkaOutput) {
+	at := path + ".transaction"
+	in, ok := p.Inputs[k.Transaction]
+	switch {
+	case !ok:
+		ref(d, "input", k.Transaction, p.Inputs, at)
+	case in.Kafka == nil || in.Kafka.TransactionalID == "":
+		d.errorf(d.posOf(at), at, "input %q is not a kafka input with transactional_id; only such an input's transactions can be joined", k.Transaction)
+	case !sameBrokers(in.Kafka.Brokers, k.Brokers):
+		d.errorf(d.posOf(at), at, "a transaction spans one cluster: brokers %q differ from those of input %q (%q)", k.Brokers, k.Transaction, in.Kafka.Brokers)
+	}
+}
+
+func sameBrokers(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }
 
 func (d *decoder) kafkaBrokers(path string, brokers []string) {

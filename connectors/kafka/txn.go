@@ -107,6 +107,7 @@ type TxnSource struct {
 	running atomic.Bool
 	mu      sync.Mutex
 	batch   *txnBatch // open transaction, nil between transactions
+	prev    *txnBatch // batch aborted with records in flight (Run's goroutine only)
 	cancel  context.CancelFunc
 	once    sync.Once
 }
@@ -128,10 +129,9 @@ type txnBatch struct {
 func (b *txnBatch) settle(ack bool, delay time.Duration) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.over {
-		return nil // the transaction ended (aborted): ignored
-	}
-	if !ack {
+	// After the transaction ended (aborted at shutdown) the outcome no
+	// longer matters, but the count still does: see transact.
+	if !ack && !b.over {
 		b.failed = true
 		b.delay = max(b.delay, delay)
 	}
@@ -183,6 +183,16 @@ func (s *TxnSource) Run(ctx context.Context, h connectors.Handler) error {
 
 // transact runs one batch in a transaction.
 func (s *TxnSource) transact(ctx context.Context, h connectors.Handler, fetches kgo.Fetches) error {
+	if p := s.prev; p != nil {
+		// A batch aborted at a shutdown may still have records in flight:
+		// their outputs must not join this transaction.
+		select {
+		case <-p.done:
+			s.prev = nil
+		case <-ctx.Done():
+			return nil // the fetched records were not handed over
+		}
+	}
 	if err := s.sess.Begin(); err != nil {
 		return fmt.Errorf("kafka transactional source: group %q: begin transaction: %w", s.cfg.Group, err)
 	}
@@ -231,12 +241,21 @@ func (s *TxnSource) transact(ctx context.Context, h connectors.Handler, fetches 
 	select {
 	case <-b.done:
 	case <-ctx.Done():
+		s.prev = b
 	}
 	b.mu.Lock()
 	commit := !b.failed && ctx.Err() == nil
 	delay := b.delay
 	b.over = true
 	b.mu.Unlock()
+	// From here the sink refuses records: none may join the next
+	// transaction unless it derives from that transaction's records. The
+	// next transaction begins only after every record of this one was
+	// settled (the engine settles a record after all its outputs' dones),
+	// so no late output of this batch can land in it.
+	s.mu.Lock()
+	s.batch = nil
+	s.mu.Unlock()
 
 	// End with the caller's context only when committing; an abort on the
 	// way out must still reach the broker.
@@ -258,6 +277,16 @@ func (s *TxnSource) transact(ctx context.Context, h connectors.Handler, fetches 
 		}
 	}
 	return nil
+}
+
+// Sink returns another sink whose records join this source's
+// transactions, with its own encoding.
+func (s *TxnSource) Sink(encoding string) (*TxnSink, error) {
+	enc, err := kafkamsg.ParseEncoding(encoding)
+	if err != nil {
+		return nil, fmt.Errorf("kafka transactional sink: %w", err)
+	}
+	return &TxnSink{src: s, enc: kafkamsg.NewEncoder(enc)}, nil
 }
 
 // Close stops Run, aborts an open transaction (its records are fetched

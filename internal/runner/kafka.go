@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 
 	"github.com/culvert-dev/culvert/connectors"
@@ -22,6 +23,17 @@ func kafkaClient(brokers []string, clientID string, t *pipelines.KafkaTLS, s *pi
 }
 
 func newKafkaSource(_ context.Context, p *pipelines.Pipeline, name string, c *pipelines.KafkaInput, _ Options, log *slog.Logger) (connectors.Source, error) {
+	if c.TransactionalID != "" {
+		src, _, err := kafka.NewTxn(kafka.TxnConfig{
+			Client:          kafkaClient(c.Brokers, c.ClientID, c.TLS, c.SASL),
+			Topics:          c.Topics,
+			Group:           c.Group,
+			TransactionalID: c.TransactionalID,
+			Start:           c.Start,
+			SessionTimeout:  c.SessionTimeout.Std(),
+		}, log.With("input", name))
+		return src, err
+	}
 	inFlight := c.MaxInFlight
 	if inFlight == 0 {
 		inFlight = p.Delivery.MaxInFlight
@@ -39,7 +51,15 @@ func newKafkaSource(_ context.Context, p *pipelines.Pipeline, name string, c *pi
 	}, log.With("input", name))
 }
 
-func newKafkaSink(_ context.Context, _ *pipelines.Pipeline, name string, c *pipelines.KafkaOutput, _ Options, log *slog.Logger) (connectors.Sink, string, error) {
+func newKafkaSink(_ context.Context, _ *pipelines.Pipeline, name string, c *pipelines.KafkaOutput, o Options, log *slog.Logger) (connectors.Sink, string, error) {
+	if c.Transaction != "" {
+		src, ok := o.built[c.Transaction].(*kafka.TxnSource)
+		if !ok {
+			return nil, "", fmt.Errorf("transaction: input %q is not a transactional kafka input", c.Transaction)
+		}
+		s, err := src.Sink(c.Encoding)
+		return s, c.Topic, err
+	}
 	s, err := kafka.NewSink(kafka.SinkConfig{
 		Client:     kafkaClient(c.Brokers, c.ClientID, c.TLS, c.SASL),
 		Encoding:   c.Encoding,

@@ -63,6 +63,10 @@ type Options struct {
 	// WrapSink, if set, wraps every output's sink, built or injected
 	// (`culvert replay` counts what each output confirmed).
 	WrapSink func(output string, s connectors.Sink) connectors.Sink
+
+	// built holds the inputs' sources once made, for sinks that join one
+	// (a kafka output in a kafka input's transactions).
+	built map[string]connectors.Source
 }
 
 // Run runs the pipeline until ctx is done, then drains and stops.
@@ -137,6 +141,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		sources[name] = src
 		cleanups = append(cleanups, func() { _ = src.Close() })
 	}
+	o.built = sources
 	sinks := map[string]connectors.Sink{}
 	subjects := map[string]string{}
 	for name, out := range p.Outputs {
