@@ -14,34 +14,27 @@ import (
 )
 
 // The rules, in nft syntax. Host side, table inet <prefix>, created by
-// NewManager ("P-*" is any of the manager's links):
+// NewManager ("P-*" is any of the manager's links); instances only add and
+// remove elements of its two sets:
 //
-//	map links { type ifname : verdict }        # host link -> jump inst-N
+//	set src   { type ifname . ipv4_addr }                        # link . its address
+//	set allow { type ifname . ipv4_addr . inet_proto . inet_service; flags interval }
 //	chain input   { type filter hook input priority 0; policy accept;
 //	    iifname "P-*" ct state established,related accept
-//	    iifname vmap @links
+//	    iifname "P-*" meta nfproto != ipv4 drop
+//	    iifname "P-*" iifname . ip saddr != @src drop             # no spoofing
+//	    iifname "P-*" ip daddr SUBNET drop                        # no other instance
+//	    iifname "P-*" iifname . ip daddr . meta l4proto . th dport @allow accept
 //	    iifname "P-*" drop }
 //	chain forward { type filter hook forward priority 0; policy accept;
 //	    oifname "P-*" ct state established,related accept
 //	    oifname "P-*" drop                      # nothing new reaches an instance
-//	    iifname "P-*" ct state established,related accept
-//	    iifname vmap @links
-//	    iifname "P-*" drop }
+//	    ...the input chain's rules }
 //	chain output  { type filter hook output priority 0; policy accept;
 //	    oifname "P-*" ct state established,related accept
 //	    oifname "P-*" drop }                    # the host cannot connect in
 //	chain postrouting { type nat hook postrouting priority srcnat;
 //	    ip saddr SUBNET oifname != "P-*" masquerade }
-//
-// and per egress instance, added by Prepare and removed by Close:
-//
-//	chain inst-N {
-//	    meta nfproto != ipv4 drop
-//	    ip saddr != ADDR drop
-//	    ip daddr DNS udp/tcp dport PORT accept  # if dns is set
-//	    ip daddr SUBNET drop                    # other instances, link addresses
-//	    ip daddr CIDR tcp dport FROM-TO accept  # per allowlist entry
-//	    drop }
 //
 // Inside the instance's namespace, table inet culvert, stateless (see
 // addInstanceBase):
