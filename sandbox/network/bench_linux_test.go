@@ -16,7 +16,7 @@ import (
 // BenchmarkPrepare measures what Prepare adds to an instance's start,
 // against the bare cost of creating a network namespace in the same run:
 //
-//	go test -run '^$' -bench BenchmarkPrepare -benchtime 300x ./sandbox/network/
+//	go test -run '^$' -bench BenchmarkPrepare -benchtime 200x -count 3 ./sandbox/network/
 //
 // unshare: unshare(CLONE_NEWNET) and switch back, the baseline.
 // none, egress: Prepare alone (Close is outside the timer).
