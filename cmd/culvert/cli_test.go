@@ -518,6 +518,7 @@ functions:
     args: ["-c", "sleep 0.2; cat"]
     mode: exec
     instances: 1
+    sandbox: { binds: [/usr/bin/sleep, /usr/bin/cat] }
     batch: { size: 5, max_wait: 1ms }
     retry: { max_attempts: %d, backoff: 20ms, max_backoff: 50ms }
 routes:

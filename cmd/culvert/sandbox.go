@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"github.com/culvert-dev/culvert/sandbox"
 	"github.com/culvert-dev/culvert/sandbox/container"
 	"github.com/culvert-dev/culvert/sandbox/image"
+	"github.com/culvert-dev/culvert/sandbox/network"
 	"github.com/culvert-dev/culvert/sandbox/process"
 )
 
@@ -52,21 +55,48 @@ func newSandboxing(p *pipelines.Pipeline, stateDir string, log *slog.Logger) (ru
 	if stateDir == "" {
 		stateDir = "/run/culvert"
 	}
+	// Egress namespaces come from sandbox/network, only when a function
+	// asks for egress.
+	var netm *network.Manager
+	var prepare func(ctx context.Context, tenant, instance string, n sandbox.Network) (string, func() error, error)
+	for _, fn := range p.Functions {
+		if sb := p.SandboxFor(fn); !sb.None && sb.Network == "egress" && netm == nil {
+			m, err := network.NewManager(network.Config{Logger: log})
+			if err != nil {
+				return s, func() {}, fmt.Errorf("%s: function %q: network egress: %w", fn.Pos, fn.Name, err)
+			}
+			netm = m
+			prepare = func(ctx context.Context, tenant, instance string, n sandbox.Network) (string, func() error, error) {
+				a, err := m.Prepare(ctx, tenant, instance, n)
+				if err != nil {
+					return "", nil, err
+				}
+				return a.Path, a.Close, nil
+			}
+		}
+	}
+	closeNet := func() {
+		if netm != nil {
+			_ = netm.Close()
+		}
+	}
 	rt, err := container.New(container.Options{
 		StateDir:  stateDir,
 		Precreate: true,
+		Network:   prepare,
 		Logger:    log,
 		TenantLimits: func(string) sandbox.Limits {
 			return sandbox.Limits{MemoryBytes: top.TenantMemoryBytes, Pids: int64(top.TenantPids), CPU: top.TenantCPUCores}
 		},
 	})
 	if err != nil {
+		closeNet()
 		s.Unavailable = err
 		return s, func() {}, runner.CheckSandbox(p, s)
 	}
 	s.Isolating = rt
 	s.Images = &image.Cache{Dir: imageCacheDir(), Logger: log}
-	return s, func() { _ = rt.Close() }, nil
+	return s, func() { _ = rt.Close(); closeNet() }, nil
 }
 
 // imageCacheDir is $XDG_CACHE_HOME/culvert/images, or ~/.cache/….
