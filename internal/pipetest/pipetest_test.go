@@ -186,3 +186,20 @@ cases:
 		t.Fatalf("changed pipeline: %+v\n%s", sum, out.String())
 	}
 }
+
+// TestMocks runs mocks that emit to named outputs, drop, pass through, and
+// fail (retryable or not), in a chain with a real function after them.
+func TestMocks(t *testing.T) {
+	f, err := Load("testdata/mocks/pipeline.test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	sum, err := RunFile(context.Background(), f, options(t, &out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Failed != 0 || sum.Passed != 2 {
+		t.Errorf("%+v\n%s", sum, out.String())
+	}
+}
