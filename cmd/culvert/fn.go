@@ -79,12 +79,10 @@ skipped.`,
 			rep, err := conformance.Run(cmd.Context(), conformance.Options{
 				Command: args, Env: env, Rules: ids, NoConvention: noConvention, Timeout: timeout, Parallel: parallel,
 			})
-			if err != nil {
-				if rep == nil {
-					return usageError{err}
-				}
-				return err
+			if rep == nil {
+				return usageError{err}
 			}
+			runErr := err // interrupted: print what ran, then say so
 			if asJSON {
 				err = rep.WriteJSON(out)
 			} else {
@@ -92,6 +90,9 @@ skipped.`,
 			}
 			if err != nil {
 				return err
+			}
+			if runErr != nil {
+				return fmt.Errorf("stopped after %d rules: %w", len(rep.Results), runErr)
 			}
 			if !rep.OK() {
 				return validationError{fmt.Errorf("%d of %d rules failed", rep.Failed, len(rep.Results))}

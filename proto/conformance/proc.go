@@ -26,16 +26,18 @@ type frame struct {
 
 // proc is one running function instance driven by the kit.
 type proc struct {
-	opts      *Options
-	cmd       *exec.Cmd
-	stdin     *os.File
-	writes    chan []byte   // frames to write, in order; closed to close stdin
-	wdone     chan struct{} // closed when the writer has finished
-	werr      error         // set before wdone closes
-	frames    chan frame    // unbuffered: not receiving is a slow reader
-	stderr    *tail
-	exited    chan struct{} // closed after Wait
-	state     *os.ProcessState
+	opts   *Options
+	cmd    *exec.Cmd
+	stdin  *os.File
+	writes chan []byte   // frames to write, in order; closed to close stdin
+	wdone  chan struct{} // closed when the writer has finished
+	werr   error         // set before wdone closes
+	frames chan frame    // unbuffered: not receiving is a slow reader
+	stderr *tail
+	exited chan struct{} // closed after Wait
+	state  *os.ProcessState
+	// eof is set once the end of stdout has been received.
+	eof       bool
 	closeOnce sync.Once
 }
 
@@ -219,6 +221,7 @@ func (p *proc) recv(ctx context.Context, d time.Duration) (*culvertv1.FunctionMe
 			return f.m, nil
 		}
 		if errors.Is(f.err, io.EOF) {
+			p.eof = true
 			return nil, p.closedErr("closed stdout")
 		}
 		return nil, f.err
@@ -242,11 +245,15 @@ func (p *proc) closedErr(what string) error {
 
 // expectEOF waits for stdout to end with no further frame.
 func (p *proc) expectEOF(ctx context.Context, d time.Duration) error {
+	if p.eof {
+		return nil
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case f := <-p.frames:
 		if errors.Is(f.err, io.EOF) {
+			p.eof = true
 			return nil
 		}
 		if f.err != nil {
@@ -268,6 +275,7 @@ func (p *proc) quiet(ctx context.Context, d time.Duration) error {
 	case f := <-p.frames:
 		if f.err != nil {
 			if errors.Is(f.err, io.EOF) {
+				p.eof = true
 				return p.closedErr("closed stdout while idle")
 			}
 			return f.err

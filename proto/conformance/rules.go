@@ -55,6 +55,8 @@ func Rules() []Rule {
 		{"no-unsolicited-frames", "4.1", "writes nothing that does not answer a host frame", false, checkNoUnsolicited},
 		{"stdout-protected", "2, 3.1, 15", "text printed with the language's own stdout API goes to stderr, never into the frames", true, checkStdoutProtected},
 		{"slow-reader", "3.2, 2", "writes complete frames, in order, when the host reads stdout slowly", false, checkSlowReader},
+		{"host-garbage", "3, 3.1, 3.2", "when the host's stream breaks the framing rules, answers nothing more and exits with a failure status, never resynchronising", false, checkHostGarbage},
+		{"truncated-frame", "3.2", "treats end of input inside a frame as the host's failure: writes nothing more and exits", false, checkTruncatedFrame},
 		{"shutdown", "5.6", "after Shutdown and end of input, writes nothing more and exits 0 before the deadline", false, checkShutdown},
 		{"eof", "5.7", "at end of input without Shutdown, exits promptly with status 0", false, checkEOF},
 	}
@@ -840,4 +842,56 @@ func checkEOF(t *T) error {
 		return fmt.Errorf("after end of input the function exited with %s, want status 0%s", st, p.stderrNote())
 	}
 	return nil
+}
+
+// expectExit checks that the function writes no frame and exits within the
+// timeout, with any status.
+func (t *T) expectExit(p *proc, what string) error {
+	if err := p.expectEOF(t.ctx, t.timeout()); err != nil {
+		return fmt.Errorf("after %s: %w", what, err)
+	}
+	if _, err := p.wait(t.timeout()); err != nil {
+		return fmt.Errorf("after %s: %w", what, err)
+	}
+	return nil
+}
+
+func checkHostGarbage(t *T) error {
+	p, err := t.ready(nil, startOpts{})
+	if err != nil {
+		return err
+	}
+	if _, err := t.roundTrip(p, 1, rec("r1", []byte("x"))); err != nil {
+		return err
+	}
+	// Text where a frame should start: "h" reads as a length of 104, and
+	// "e" is not a frame tag. A valid batch follows, which a function that
+	// skips bytes to resynchronise would answer.
+	p.sendRaw([]byte("hello from a confused host\n"))
+	p.send(t.batchMsg(2, rec("r2", []byte("y"))))
+	if err := p.quiet(t.ctx, 500*time.Millisecond); err != nil && !strings.Contains(err.Error(), "closed stdout") {
+		return fmt.Errorf("after bytes that are not a frame: %w", err)
+	}
+	p.closeStdin()
+	if err := t.expectExit(p, "bytes that are not a frame"); err != nil {
+		return err
+	}
+	if p.state.Success() {
+		return fmt.Errorf("after bytes that are not a frame the function exited with status 0, want a failure status%s", p.stderrNote())
+	}
+	return nil
+}
+
+func checkTruncatedFrame(t *T) error {
+	p, err := t.ready(nil, startOpts{})
+	if err != nil {
+		return err
+	}
+	b, err := framing.Append(nil, t.batchMsg(1, rec("r1", []byte("cut short"))), 0)
+	if err != nil {
+		return err
+	}
+	p.sendRaw(b[:len(b)/2])
+	p.closeStdin()
+	return t.expectExit(p, "end of input inside a frame")
 }

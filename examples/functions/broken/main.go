@@ -27,6 +27,8 @@
 //	no-unsolicited-frames   sends its own KeepAlive after 100 ms idle
 //	stdout-protected        writes frames to fd 1 and leaves fd 1 to everyone
 //	slow-reader             writes frames on a non-blocking stdout, once, dropping short writes
+//	host-garbage            keeps running after bytes that are not a frame
+//	truncated-frame         keeps running after end of input inside a frame
 //	shutdown                exits 3 on Shutdown
 //	eof                     keeps running at end of input
 package main
@@ -53,7 +55,8 @@ var defects = []string{
 	"handshake", "version-negotiation", "version-refusal", "capabilities", "unknown-fields",
 	"batch-result", "empty-batch", "binary-values", "frame-limit", "frame-limit-negotiated",
 	"headers", "partial-failure", "multiple-outputs", "zero-outputs", "pipelining",
-	"keep-alive", "no-unsolicited-frames", "stdout-protected", "slow-reader", "shutdown", "eof",
+	"keep-alive", "no-unsolicited-frames", "stdout-protected", "slow-reader", "host-garbage",
+	"truncated-frame", "shutdown", "eof",
 }
 
 func main() {
@@ -138,6 +141,10 @@ func (f *function) serve(in io.Reader) int {
 			return 0
 		}
 		if fr.err != nil {
+			var v *framing.ViolationError
+			if errors.As(fr.err, &v) && f.broken["host-garbage"] || errors.Is(fr.err, io.ErrUnexpectedEOF) && f.broken["truncated-frame"] {
+				time.Sleep(time.Hour) // wait for frames that will never make sense
+			}
 			fmt.Fprintln(os.Stderr, "broken: reading frames:", fr.err)
 			return 1
 		}
