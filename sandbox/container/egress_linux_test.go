@@ -51,7 +51,7 @@ func TestEgressJoinsNetwork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = r.Close(); r.removeCgroups() })
+	t.Cleanup(func() { _ = r.Close(); removeParent(r) })
 	tests := []struct{ addr, want string }{
 		{nettest.OutsideA + ":8080", "ESCAPED connected to " + nettest.OutsideA + ":8080"}, // the allowed one: it must work
 		{nettest.OutsideA + ":9090", "DENIED"},

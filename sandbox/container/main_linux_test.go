@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/cgroups/manager"
+
 	"github.com/culvert-dev/culvert/sandbox"
 )
 
@@ -67,8 +70,16 @@ func newRuntime(t testing.TB, precreate bool) *Runtime {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = r.Close(); r.removeCgroups() })
+	t.Cleanup(func() { _ = r.Close(); removeParent(r) })
 	return r
+}
+
+// removeParent removes the test's own cgroup parent.
+func removeParent(r *Runtime) {
+	cg := &cgroups.Cgroup{Path: filepath.Join("/", r.opts.CgroupParent), Resources: &cgroups.Resources{}}
+	if m, err := manager.New(cg); err == nil {
+		_ = m.Destroy()
+	}
 }
 
 // run starts spec, feeds it stdin, and returns its stdout, stderr and exit.

@@ -286,6 +286,7 @@ func (r *Runtime) Close() error {
 	for _, inst := range pool {
 		inst.discard()
 	}
+	r.removeTenantCgroups() // those still in use by running instances stay
 	return nil
 }
 
@@ -470,9 +471,11 @@ func exitOf(st *os.ProcessState, err error) sandbox.Exit {
 	return sandbox.Exit{Code: ws.ExitStatus()}
 }
 
-// removeCgroups removes the tenant cgroups and the parent this runtime
-// made, when nothing runs in them any more.
-func (r *Runtime) removeCgroups() {
+// removeTenantCgroups removes the tenant cgroups this runtime made, when
+// nothing runs in them any more (rmdir fails on a cgroup that still has
+// processes). The shared parent (CgroupParent) stays: other culvert
+// processes may use it.
+func (r *Runtime) removeTenantCgroups() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, t := range r.tenants {
@@ -480,10 +483,6 @@ func (r *Runtime) removeCgroups() {
 		if m, err := manager.New(cg); err == nil {
 			_ = m.Destroy()
 		}
-	}
-	cg := &cgroups.Cgroup{Path: filepath.Join("/", r.opts.CgroupParent), Resources: &cgroups.Resources{}}
-	if m, err := manager.New(cg); err == nil {
-		_ = m.Destroy()
 	}
 }
 
