@@ -10,7 +10,11 @@
 // rotating order, so every row sees the same machine load. It prints a
 // table of p50 and p99 with ratios to crun and to plain exec.
 //
-//	sudo go run -tags seccomp ./bench/coldstart [-n 100]
+//	sudo go run -tags seccomp ./bench/coldstart [-n 100] [-culvert bin/culvert]
+//
+// Rows named "part:" time pieces of the cold path on their own (the
+// re-exec of the init binary, libseccomp compiling the profile), to show
+// where its time goes.
 //
 // It runs itself in a private mount namespace with the hybrid host's
 // cgroup2 mount (/sys/fs/cgroup/unified, hugetlb only) unmounted there,
@@ -45,9 +49,16 @@ func init() { container.Init() }
 
 const reexecEnv = "CULVERT_COLDSTART_NS"
 
+var culvertBin *string
+
 func main() {
 	n := flag.Int("n", 100, "samples per row")
+	culvertBin = flag.String("culvert", "", "also time an exec of this culvert binary (its init cost)")
+	nop := flag.Bool("nop", false, "exit at once (used to time this binary's own start)")
 	flag.Parse()
+	if *nop {
+		return
+	}
 	if err := run(*n); err != nil {
 		fmt.Fprintln(os.Stderr, "coldstart:", err)
 		os.Exit(1)
@@ -144,6 +155,29 @@ func run(n int) error {
 			prepare: func() { waitPool(warm) },
 			sample:  func(int) error { return culvertSample(warm, spec) }},
 	}
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer devnull.Close()
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	// Where the cold path's time goes, measured in the same run.
+	parts := []*row{
+		{name: "part: re-exec of this binary", isolation: "fork+exec, Go runtime and package inits (the container init does this)", sample: func(int) error {
+			return exec.Command(self, "-nop").Run()
+		}},
+		{name: "part: libseccomp compile", isolation: "the profile to BPF, as runc's init does per cold start", sample: func(int) error {
+			return compileProfile(devnull)
+		}},
+	}
+	if *culvertBin != "" {
+		parts = append(parts, &row{name: "part: exec of culvert binary", isolation: *culvertBin + " -h: its runtime and ~270 package inits", sample: func(int) error {
+			return exec.Command(*culvertBin, "-h").Run()
+		}})
+	}
 	for _, tool := range []string{"runc", "crun"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			fmt.Fprintf(os.Stderr, "coldstart: %s is not installed; its row is skipped\n", tool)
@@ -151,6 +185,7 @@ func run(n int) error {
 		}
 		rows = append(rows, &row{name: tool + " run", isolation: "same bundle, seccomp compiled per start", sample: ociRun(tool)})
 	}
+	rows = append(rows, parts...)
 	// Warm-up: one of each, untimed, and fail early.
 	for _, r := range rows {
 		if r.prepare != nil {
