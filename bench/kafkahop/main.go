@@ -128,6 +128,14 @@ func run(records, valueSize, keys, runs, batch, instances int, noFn bool) error 
 	mr, mc := median(raw), median(cul)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	mrc, mcc := median(rawCPU), median(culCPU)
+	// Each run's culvert measurement follows its raw one, so the ratio
+	// within a run is less exposed to load swings than the ratio of
+	// medians; both are printed.
+	pairs := make([]float64, len(raw))
+	for i := range raw {
+		pairs[i] = cul[i] / raw[i]
+	}
+	defer fmt.Printf("median of the per-run ratios culvert/raw: %.2f (runs: %s)\n", median(pairs), fmtRatios(pairs))
 	fmt.Fprintf(tw, "path\trecords\tvalue B\trecords/s (median of %d)\tratio to raw\tCPU ns/record\tCPU ratio to raw\t\n", runs)
 	fmt.Fprintf(tw, "raw franz-go consume+produce\t%d\t%d\t%.0f\t1.00\t%.0f\t1.00\t\n", records, valueSize, mr, mrc)
 	fmt.Fprintf(tw, "culvert kafka -> passthrough (framed, batch %d, %d instances) -> kafka\t%d\t%d\t%.0f\t%.2f\t%.0f\t%.2f\t\n", batch, instances, records, valueSize, mc, mc/mr, mcc, mcc/mrc)
@@ -147,6 +155,14 @@ func cpuNow() time.Duration {
 	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &kids)
 	tv := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
 	return tv(self.Utime) + tv(self.Stime) + tv(kids.Utime) + tv(kids.Stime)
+}
+
+func fmtRatios(v []float64) string {
+	parts := make([]string, len(v))
+	for i, r := range v {
+		parts[i] = fmt.Sprintf("%.2f", r)
+	}
+	return strings.Join(parts, " ")
 }
 
 func median(v []float64) float64 {
