@@ -34,6 +34,8 @@ type KinesisInput struct {
 	// FetchInterval is the least time between two GetRecords of a shard;
 	// default 200ms.
 	FetchInterval Duration `yaml:"fetch_interval,omitempty" doc:"Least time between two GetRecords calls on one shard; default 200ms (the API allows 5 per second per shard)."`
+	// FetchLimit is GetRecords' Limit; default 1000.
+	FetchLimit int `yaml:"fetch_limit,omitempty" min:"1" doc:"Records asked for by one GetRecords call; default 1000 (the API allows up to 10000)."`
 	// IdleInterval after an empty GetRecords; default 1s.
 	IdleInterval Duration `yaml:"idle_interval,omitempty" doc:"Wait after a GetRecords that returned nothing; default 1s."`
 	// ListInterval between shard listings; default 10s.

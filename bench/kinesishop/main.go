@@ -4,12 +4,14 @@
 // each batch it read to another stream with PutRecords (500 records per
 // call, failed entries retried), the two overlapping.
 //
-//	go run ./bench/kinesishop [-records 20000] [-value 100] [-keys 1000] [-shards 4] [-runs 3] [-batch 500] [-instances 2]
+//	go run ./bench/kinesishop [-records 20000] [-value 100] [-keys 1000] [-shards 4] [-runs 3] [-batch 500] [-instances 2] [-fetch 1000]
 //
 // Both sides run against one kinesalite (npm, started on 127.0.0.1 by
 // internal/kinesistest; install it with .ci/deps), preloaded once; every
 // measurement writes to a fresh output stream, and the Culvert side uses a
-// fresh lease file, so it includes taking the leases. Neither side waits
+// fresh lease file, so it includes taking the leases. Both sides ask
+// GetRecords for -fetch records at a time, and both measurements end when
+// the last record is confirmed by PutRecords. Neither side waits
 // between GetRecords calls (the source's fetch_interval is set to 1ms; its
 // default of 200ms respects the API's 5 calls per shard per second). The
 // Culvert side ends when the engine has acked every source record (all its
@@ -53,14 +55,15 @@ func main() {
 	runs := flag.Int("runs", 3, "measurements per side; the median is printed")
 	batch := flag.Int("batch", 500, "function batch size")
 	instances := flag.Int("instances", 2, "function instances")
+	fetch := flag.Int("fetch", 1000, "GetRecords limit on both sides")
 	flag.Parse()
-	if err := run(*records, *valueSize, *keys, *shards, *runs, *batch, *instances); err != nil {
+	if err := run(*records, *valueSize, *keys, *shards, *runs, *batch, *instances, *fetch); err != nil {
 		fmt.Fprintln(os.Stderr, "kinesishop:", err)
 		os.Exit(1)
 	}
 }
 
-func run(records, valueSize, keys, shards, runs, batch, instances int) error {
+func run(records, valueSize, keys, shards, runs, batch, instances, fetch int) error {
 	dir, err := os.MkdirTemp("", "kinesishop")
 	if err != nil {
 		return err
@@ -88,12 +91,12 @@ func run(records, valueSize, keys, shards, runs, batch, instances int) error {
 
 	var raw, cul []float64
 	for i := range runs {
-		r, err := rawHop(c, records, shards, i)
+		r, err := rawHop(c, records, shards, i, fetch)
 		if err != nil {
 			return fmt.Errorf("raw run %d: %w", i, err)
 		}
 		raw = append(raw, r)
-		k, err := culvertHop(dir, ep, c, records, shards, i, batch, instances)
+		k, err := culvertHop(dir, ep, c, records, shards, i, batch, instances, fetch)
 		if err != nil {
 			return fmt.Errorf("culvert run %d: %w", i, err)
 		}
@@ -168,7 +171,7 @@ func preload(c *kinesis.Client, n, size, keys int) error {
 
 // rawHop reads every shard of "in" from its start and puts each
 // GetRecords batch to a fresh stream, until n records were put.
-func rawHop(c *kinesis.Client, n, shards, run int) (float64, error) {
+func rawHop(c *kinesis.Client, n, shards, run, limit int) (float64, error) {
 	out := "raw-out-" + strconv.Itoa(run)
 	if err := createStream(c, out, shards); err != nil {
 		return 0, err
@@ -198,16 +201,13 @@ func rawHop(c *kinesis.Client, n, shards, run int) (float64, error) {
 			}
 			iter := it.ShardIterator
 			for iter != nil && ctx.Err() == nil {
-				got, err := c.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: iter, Limit: aws.Int32(10000)})
+				got, err := c.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: iter, Limit: aws.Int32(int32(limit))})
 				if err != nil {
 					errs <- err
 					return
 				}
 				iter = got.NextShardIterator
 				if len(got.Records) == 0 {
-					if aws.ToInt64(got.MillisBehindLatest) == 0 {
-						return // this shard is read
-					}
 					continue
 				}
 				entries := make([]types.PutRecordsRequestEntry, len(got.Records))
@@ -231,19 +231,22 @@ func rawHop(c *kinesis.Client, n, shards, run int) (float64, error) {
 			}
 		}()
 	}
-	wg.Wait()
-	el := time.Since(start)
-	close(errs)
-	if err := <-errs; err != nil {
-		return 0, err
+	// Like the Culvert side, the measurement ends when every record is
+	// confirmed by PutRecords.
+	for done.Load() < int64(n) && ctx.Err() == nil {
+		time.Sleep(2 * time.Millisecond)
 	}
+	el := time.Since(start)
+	cancel()
+	wg.Wait()
+	close(errs)
 	if got := done.Load(); got != int64(n) {
-		return 0, fmt.Errorf("raw hop moved %d records, want %d", got, n)
+		return 0, fmt.Errorf("raw hop moved %d records, want %d: %v", got, n, <-errs)
 	}
 	return float64(n) / el.Seconds(), nil
 }
 
-func culvertHop(dir, ep string, c *kinesis.Client, n, shards, run, batch, instances int) (float64, error) {
+func culvertHop(dir, ep string, c *kinesis.Client, n, shards, run, batch, instances, fetch int) (float64, error) {
 	out := "culvert-out-" + strconv.Itoa(run)
 	if err := createStream(c, out, shards); err != nil {
 		return 0, err
@@ -253,7 +256,7 @@ func culvertHop(dir, ep string, c *kinesis.Client, n, shards, run, batch, instan
 name: kinesishop
 inputs:
   in:
-    kinesis: { stream: in, %s, application: hop-%d, leases: { path: %s }, fetch_interval: 1ms, idle_interval: 50ms, max_in_flight: 20000 }
+    kinesis: { stream: in, %s, application: hop-%d, leases: { path: %s }, fetch_interval: 1ms, idle_interval: 50ms, fetch_limit: %d, max_in_flight: 20000 }
 functions:
   pass: { command: %s, mode: framed, instances: %d, batch: { size: %d, max_wait: 1ms } }
 routes:
@@ -263,7 +266,7 @@ routes:
 outputs:
   out: { kinesis: { stream: %s, %s, encoding: value } }
 delivery: { max_in_flight: 20000 }
-`, conn, run, filepath.Join(dir, "leases-"+strconv.Itoa(run)+".json"), filepath.Join(dir, "passthrough"), instances, batch, out, conn)
+`, conn, run, filepath.Join(dir, "leases-"+strconv.Itoa(run)+".json"), fetch, filepath.Join(dir, "passthrough"), instances, batch, out, conn)
 	path := filepath.Join(dir, "pipeline.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		return 0, err

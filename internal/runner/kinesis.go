@@ -60,7 +60,7 @@ func newKinesisSource(ctx context.Context, nc *nats.Conn, p *pipelines.Pipeline,
 	}
 	cfg := kinesis.SourceConfig{
 		Stream: c.Stream, Store: store, WorkerID: "", MaxInFlight: c.MaxInFlight,
-		LeaseDuration: c.LeaseDuration.Std(), FetchInterval: c.FetchInterval.Std(), IdleInterval: c.IdleInterval.Std(),
+		LeaseDuration: c.LeaseDuration.Std(), FetchInterval: c.FetchInterval.Std(), FetchLimit: c.FetchLimit, IdleInterval: c.IdleInterval.Std(),
 		ListInterval: c.ListInterval.Std(), CheckpointInterval: c.CheckpointInterval.Std(), NoSteal: c.Balance == "none",
 		StartPosition: c.Start,
 	}
