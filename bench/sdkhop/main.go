@@ -10,7 +10,8 @@
 // language, each with its throughput relative to the Go SDK's. Every
 // figure is the wall time from the first batch sent to the last result
 // read by the host, after the handshake, with values of -value bytes,
-// keys and ids; runs are interleaved across the SDKs.
+// keys and ids; runs are interleaved across the SDKs, and the last column
+// shows the slowest and fastest run, so that noise is visible.
 package main
 
 import (
@@ -77,7 +78,7 @@ func run(records, batch, valueSize, runs, inflight int, names []string) error {
 		return fmt.Errorf("-records %d is less than one batch of %d", records, batch)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "sdk\tbatch\trecords\trec/s\tns/rec\tvs go\t\n")
+	fmt.Fprintf(tw, "sdk\tbatch\trecords\trec/s\tns/rec\tvs go\tslowest..fastest rec/s\t\n")
 	// Runs are interleaved (each round measures every SDK once) so that a
 	// change in the machine's load touches all of them alike.
 	ds := make([][]time.Duration, len(ls))
@@ -102,7 +103,8 @@ func run(records, batch, valueSize, runs, inflight int, names []string) error {
 		if base > 0 {
 			ratio = fmt.Sprintf("%.2f", rate/base)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%.0f\t%s\t\n", l.name, batch, n, rate, float64(d.Nanoseconds())/float64(n), ratio)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%.0f\t%s\t%.0f..%.0f\t\n", l.name, batch, n, rate, float64(d.Nanoseconds())/float64(n), ratio,
+			float64(n)/ds[i][len(ds[i])-1].Seconds(), float64(n)/ds[i][0].Seconds())
 	}
 	return tw.Flush()
 }
