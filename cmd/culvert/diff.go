@@ -11,11 +11,10 @@ import (
 	"github.com/culvert-dev/culvert/internal/pipediff"
 	"github.com/culvert-dev/culvert/internal/runner"
 	"github.com/culvert-dev/culvert/internal/tap"
-	"github.com/culvert-dev/culvert/sandbox/process"
 )
 
 func newDiffCmd(g *globals) *cobra.Command {
-	var input, format, toInput string
+	var input, format, toInput, sandboxState string
 	var verbose bool
 	cmd := &cobra.Command{
 		Use:   "diff OLD.yaml NEW.yaml --input TAPFILE",
@@ -49,9 +48,21 @@ are the same, 1 when they differ, 2 on usage errors.`,
 			if err != nil {
 				return err
 			}
+			// Both versions run sandboxed as with culvert run.
+			oldSbx, closeOld, err := newSandboxing(oldP, sandboxState, log)
+			if err != nil {
+				return err
+			}
+			defer closeOld()
+			newSbx, closeNew, err := newSandboxing(newP, sandboxState, log)
+			if err != nil {
+				return err
+			}
+			defer closeNew()
 			rep, err := pipediff.Diff(cmd.Context(), oldP, newP, recs, pipediff.Options{
-				Input:  toInput,
-				Runner: runner.Options{Runtime: process.Runtime{}, Logger: log},
+				Input:     toInput,
+				Runner:    runner.Options{Runtime: oldSbx.Plain, Confine: oldSbx.Confine(oldP), Logger: log},
+				NewRunner: &runner.Options{Runtime: newSbx.Plain, Confine: newSbx.Confine(newP), Logger: log},
 			})
 			if err != nil {
 				return err
@@ -67,5 +78,6 @@ are the same, 1 when they differ, 2 on usage errors.`,
 	cmd.Flags().StringVar(&format, "format", "", "tap file format: delimited or ndjson (default: from the name, else detected)")
 	cmd.Flags().StringVar(&toInput, "to-input", "", "pipeline input the records enter (default: the only input)")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "show the pipelines' logs")
+	cmd.Flags().StringVar(&sandboxState, "sandbox-state", "/run/culvert", "sandbox state, as for culvert run")
 	return cmd
 }

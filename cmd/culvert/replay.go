@@ -17,11 +17,10 @@ import (
 	"github.com/culvert-dev/culvert/internal/tap"
 	"github.com/culvert-dev/culvert/pipelines"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
-	"github.com/culvert-dev/culvert/sandbox/process"
 )
 
 func newReplayCmd(g *globals) *cobra.Command {
-	var input, from, toInput, out, format, natsURL, kinEndpoint, kinRegion string
+	var input, from, toInput, out, format, natsURL, kinEndpoint, kinRegion, sandboxState string
 	var dryRun, original bool
 	var rate, speed float64
 	var count int
@@ -93,9 +92,14 @@ back and the time taken.`,
 			}
 			next = replay.Paced(next, replay.Pace{Rate: rate, Original: original, Speed: speed})
 
+			sbx, closeSandbox, err := newSandboxing(p, sandboxState, log)
+			if err != nil {
+				return err
+			}
+			defer closeSandbox()
 			o := replay.Options{
 				Pipeline: p, Input: toInput, Next: next, DryRun: dryRun, Logger: log,
-				Runner: runner.Options{Runtime: process.Runtime{}, NATSURL: natsURL},
+				Runner: runner.Options{Runtime: sbx.Plain, Confine: sbx.Confine(p), NATSURL: natsURL},
 			}
 			if dryRun {
 				var w io.Writer = cmd.OutOrStdout()
@@ -138,6 +142,7 @@ back and the time taken.`,
 	cmd.Flags().StringVar(&natsURL, "nats-url", "", "NATS server for the pipeline's outputs and --from (default $NATS_URL)")
 	cmd.Flags().StringVar(&kinEndpoint, "kinesis-endpoint", "", "Kinesis endpoint URL for --from kinesis://")
 	cmd.Flags().StringVar(&kinRegion, "region", "", "AWS region for --from kinesis://")
+	cmd.Flags().StringVar(&sandboxState, "sandbox-state", "/run/culvert", "sandbox state, as for culvert run")
 	return cmd
 }
 

@@ -27,7 +27,7 @@ import (
 func TestTestCommandExamples(t *testing.T) {
 	for _, ex := range []string{"order-events", "pii-redaction", "payments-fanout"} {
 		t.Run(ex, func(t *testing.T) {
-			r := runCLI(t, "", nil, 60*time.Second, "test", filepath.Join("../../examples", ex, "pipeline.yaml"))
+			r := runCLI(t, "", nil, 180*time.Second, "test", filepath.Join("../../examples", ex, "pipeline.yaml"))
 			if r.code != 0 || !strings.Contains(r.stdout, "ok  \t") || strings.Contains(r.stdout, "--- FAIL") {
 				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 			}
@@ -37,7 +37,7 @@ func TestTestCommandExamples(t *testing.T) {
 
 // TestTestCommandFailure: a failing case exits 1 with a readable diff.
 func TestTestCommandFailure(t *testing.T) {
-	r := runCLI(t, "../../internal/pipetest/testdata/failing", nil, 60*time.Second, "test", "pipeline.yaml")
+	r := runCLI(t, "../../internal/pipetest/testdata/failing", nil, 180*time.Second, "test", "pipeline.yaml")
 	if r.code != 1 {
 		t.Fatalf("exit %d, want 1\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
@@ -141,7 +141,7 @@ func TestTapReplayDiffJetStream(t *testing.T) {
 	}
 
 	pipeline := "../../examples/order-events/pipeline.yaml"
-	r = runCLI(t, "", nil, 60*time.Second, "replay", pipeline, "--input", tapFile, "--dry-run", "--rate", "100")
+	r = runCLI(t, "", nil, 180*time.Second, "replay", pipeline, "--input", tapFile, "--dry-run", "--rate", "100")
 	if r.code != 0 || strings.Count(r.stdout, `"output":"fulfilment"`) != 2 || strings.Count(r.stdout, `"output":"refunds"`) != 1 || strings.Count(r.stdout, `"output":"unrouted"`) != 1 {
 		t.Fatalf("replay --dry-run: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 	}
@@ -150,7 +150,7 @@ func TestTapReplayDiffJetStream(t *testing.T) {
 	}
 
 	// To the real outputs: streams on the same server.
-	r = runCLI(t, "", nil, 60*time.Second, "replay", pipeline, "--input", tapFile, "--nats-url", srv.ClientURL())
+	r = runCLI(t, "", nil, 180*time.Second, "replay", pipeline, "--input", tapFile, "--nats-url", srv.ClientURL())
 	if r.code != 0 {
 		t.Fatalf("replay: exit %d\n%s", r.code, r.stderr)
 	}
@@ -166,18 +166,18 @@ func TestTapReplayDiffJetStream(t *testing.T) {
 	}
 
 	// Live from a position, as a dry run.
-	r = runCLI(t, "", nil, 60*time.Second, "replay", pipeline, "--from", "jetstream://SHOP_EVENTS?from=4", "--dry-run", "--nats-url", srv.ClientURL())
+	r = runCLI(t, "", nil, 180*time.Second, "replay", pipeline, "--from", "jetstream://SHOP_EVENTS?from=4", "--dry-run", "--nats-url", srv.ClientURL())
 	if r.code != 0 || strings.Count(r.stdout, `"output":"unrouted"`) != 1 || strings.Count(r.stdout, "\n") != 1 {
 		t.Fatalf("replay --from: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
 
-	r = runCLI(t, "", nil, 60*time.Second, "diff", pipeline, "../../internal/pipediff/testdata/v2/pipeline.yaml", "--input", tapFile)
+	r = runCLI(t, "", nil, 180*time.Second, "diff", pipeline, "../../internal/pipediff/testdata/v2/pipeline.yaml", "--input", tapFile)
 	if r.code != 1 || !strings.Contains(r.stdout, "2 of 4 records differ") ||
 		!strings.Contains(r.stdout, "record 2 (js:SHOP_EVENTS:2 subject shop.events.ch1)") ||
 		!strings.Contains(r.stdout, `\"region\":\"latam\"`) {
 		t.Fatalf("diff: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
-	r = runCLI(t, "", nil, 60*time.Second, "diff", pipeline, pipeline, "--input", tapFile)
+	r = runCLI(t, "", nil, 180*time.Second, "diff", pipeline, pipeline, "--input", tapFile)
 	if r.code != 0 || !strings.Contains(r.stdout, "0 of 4 records differ") {
 		t.Fatalf("diff with itself: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}

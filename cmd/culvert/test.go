@@ -13,12 +13,11 @@ import (
 
 	"github.com/culvert-dev/culvert/internal/pipetest"
 	"github.com/culvert-dev/culvert/pipelines"
-	"github.com/culvert-dev/culvert/sandbox/process"
 )
 
 func newTestCmd(g *globals) *cobra.Command {
 	var update, verbose bool
-	var run, cases string
+	var run, cases, sandboxState string
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "test PIPELINE.yaml...",
@@ -40,6 +39,10 @@ The report looks like go test's; the exit status is 1 when a case fails.
 			}
 			if cases != "" && len(args) > 1 {
 				return usageError{errors.New("--cases takes one pipeline")}
+			}
+			log, err := stderrLogger(g)
+			if err != nil {
+				return err
 			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
@@ -73,11 +76,22 @@ The report looks like go test's; the exit status is 1 when a case fails.
 					}
 					return err
 				}
+				// Functions run sandboxed as with culvert run; a host that
+				// cannot sandbox them is reported, never worked around.
+				p, err := loadPipeline(f.Pipeline)
+				if err != nil {
+					return reportPipelineErrors(cmd, f.Pipeline, err)
+				}
+				sbx, closeSandbox, err := newSandboxing(p, sandboxState, log)
+				if err != nil {
+					return err
+				}
 				start := time.Now()
 				sum, err := pipetest.RunFile(cmd.Context(), f, pipetest.Options{
-					Runtime: process.Runtime{}, MockCommand: []string{exe, "mock-function"},
+					Runtime: sbx.Plain, Confine: sbx.Confine, MockCommand: []string{exe, "mock-function"},
 					Update: update, Run: re, Timeout: timeout, Verbose: verbose, Out: out, LogLevel: level,
 				})
+				closeSandbox()
 				if err != nil {
 					var errs pipelines.Errors
 					if errors.As(err, &errs) {
@@ -107,6 +121,7 @@ The report looks like go test's; the exit status is 1 when a case fails.
 	cmd.Flags().StringVar(&cases, "cases", "", "test file to use instead of PIPELINE.test.yaml")
 	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "time limit for one case")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print the pipeline's log for passing cases too")
+	cmd.Flags().StringVar(&sandboxState, "sandbox-state", "/run/culvert", "sandbox state, as for culvert run")
 	return cmd
 }
 

@@ -53,11 +53,14 @@ type Options struct {
 	Input string
 	// Runner says how functions run (Runtime, confinement); Logger too.
 	Runner runner.Options
+	// NewRunner, if set, is Runner for the new version (its confinement
+	// hook is built from that pipeline).
+	NewRunner *runner.Options
 }
 
 // Diff runs old and new over recs and compares what came out.
 func Diff(ctx context.Context, oldP, newP *pipelines.Pipeline, recs []*culvertv1.Record, o Options) (*Report, error) {
-	run := func(p *pipelines.Pipeline) (*pipetest.Outcome, error) {
+	run := func(p *pipelines.Pipeline, ro runner.Options) (*pipetest.Outcome, error) {
 		input := o.Input
 		if input == "" {
 			if len(p.Inputs) != 1 {
@@ -74,17 +77,21 @@ func Diff(ctx context.Context, oldP, newP *pipelines.Pipeline, recs []*culvertv1
 				cp[i].Id = fmt.Sprintf("record:%d", i+1)
 			}
 		}
-		out, err := pipetest.RunPipeline(ctx, p, input, cp, o.Runner)
+		out, err := pipetest.RunPipeline(ctx, p, input, cp, ro)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", p.File, err)
 		}
 		return out, nil
 	}
-	a, err := run(oldP)
+	a, err := run(oldP, o.Runner)
 	if err != nil {
 		return nil, err
 	}
-	b, err := run(newP)
+	nr := o.Runner
+	if o.NewRunner != nil {
+		nr = *o.NewRunner
+	}
+	b, err := run(newP, nr)
 	if err != nil {
 		return nil, err
 	}

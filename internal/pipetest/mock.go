@@ -23,7 +23,7 @@ const MockEnv = "CULVERT_MOCK"
 // process running mock (ServeMock) with the case's rules. The function
 // keeps its name, timeout and retry policy, so routing, retries and dead
 // letters behave as with the real one; the mock is our own code and runs
-// unconfined.
+// unconfined (sandbox: none).
 func applyMocks(p *pipelines.Pipeline, c *Case, types *protoTypes, mock []string) error {
 	for name, m := range c.Mocks {
 		fn := p.Functions[name]
@@ -55,7 +55,7 @@ func applyMocks(p *pipelines.Pipeline, c *Case, types *protoTypes, mock []string
 		cp.Command, cp.Args = mock[0], mock[1:]
 		cp.Mode = "framed"
 		cp.Env = map[string]string{MockEnv: string(spec)}
-		cp.Sandbox = nil
+		cp.Sandbox = &pipelines.Sandbox{None: true}
 		cp.Instances = 1
 		p.Functions[name] = &cp
 	}

@@ -32,8 +32,13 @@ import (
 
 // Options configure a test run.
 type Options struct {
-	// Runtime starts the functions (as for `culvert run`). Required.
+	// Runtime starts the functions that run unconfined (as for `culvert
+	// run`). Required.
 	Runtime sandbox.Runtime
+	// Confine, if set, gives the confinement hook for a loaded pipeline,
+	// as `culvert run` builds it (runner.Sandboxing.Confine), so that
+	// functions run sandboxed as in production.
+	Confine func(p *pipelines.Pipeline) func(fn *pipelines.Function) (engine.Confinement, error)
 	// MockCommand is the command line (absolute path first) of a process
 	// that serves mocks with ServeMock, e.g. culvert's hidden
 	// "mock-function" subcommand. Required only by cases with mocks.
@@ -357,7 +362,11 @@ func runCase(ctx context.Context, f *File, c *Case, types *protoTypes, o Options
 	log := slog.New(slog.NewTextHandler(&syncWriter{w: &logBuf}, &slog.HandlerOptions{Level: o.LogLevel}))
 	cctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
-	outcome, err := RunPipeline(cctx, p, input, recs, runner.Options{Runtime: o.Runtime, Logger: log})
+	ro := runner.Options{Runtime: o.Runtime, Logger: log}
+	if o.Confine != nil {
+		ro.Confine = o.Confine(p)
+	}
+	outcome, err := RunPipeline(cctx, p, input, recs, ro)
 	defer func() { res.log = logBuf.String() }()
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
