@@ -46,6 +46,7 @@ func Rules() []Rule {
 		{"binary-values", "4.5", "passes values, keys and header values with NUL, invalid UTF-8 and every byte value through unchanged", false, checkBinary},
 		{"frame-limit", "3", "reads and writes frames just under the default 4 MiB limit", false, checkFrameLimit},
 		{"frame-limit-negotiated", "3, 4.2", "accepts frames up to Hello.max_frame_bytes when it raises the limit (6 MiB)", false, checkFrameLimitNegotiated},
+		{"frame-limit-enforced", "3, 4.2", "with Hello.max_frame_bytes 64 KiB, refuses a longer frame as a protocol violation: answers nothing and exits with a failure status", false, checkFrameLimitEnforced},
 		{"headers", "4.5", "keeps 300 headers with repeated names, case variants and empty values, in order", false, checkHeaders},
 		{"partial-failure", "4.3, 9", "fails single records (retryable or not) while the others of the batch succeed", true, checkPartialFailure},
 		{"multiple-outputs", "4.3, 6", "emits several outputs for one input, in order", true, checkMultipleOutputs},
@@ -894,4 +895,33 @@ func checkTruncatedFrame(t *T) error {
 	p.sendRaw(b[:len(b)/2])
 	p.closeStdin()
 	return t.expectExit(p, "end of input inside a frame")
+}
+
+func checkFrameLimitEnforced(t *T) error {
+	h := hello()
+	h.MaxFrameBytes = 64 << 10
+	p, err := t.ready(h, startOpts{})
+	if err != nil {
+		return err
+	}
+	in := rec("small", []byte("fits"))
+	res, err := t.roundTrip(p, 1, in)
+	if err != nil {
+		return err
+	}
+	if err := checkEchoed(res[0], in); err != nil {
+		return err
+	}
+	p.send(t.batchMsg(2, bigRecord("too-big", 100<<10)))
+	if err := p.quiet(t.ctx, 500*time.Millisecond); err != nil && !strings.Contains(err.Error(), "closed stdout") {
+		return fmt.Errorf("after a frame over max_frame_bytes: %w", err)
+	}
+	p.closeStdin()
+	if err := t.expectExit(p, "a frame over max_frame_bytes"); err != nil {
+		return err
+	}
+	if p.state.Success() {
+		return fmt.Errorf("after a frame over max_frame_bytes the function exited with status 0, want a failure status%s", p.stderrNote())
+	}
+	return nil
 }

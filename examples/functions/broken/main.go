@@ -18,6 +18,7 @@
 //	binary-values           treats values as C strings of UTF-8: cut at NUL, invalid bytes replaced
 //	frame-limit             refuses frames over 1 MiB
 //	frame-limit-negotiated  ignores Hello.max_frame_bytes
+//	frame-limit-enforced    accepts frames over Hello.max_frame_bytes when it lowers the limit
 //	headers                 keeps only the first header of each name
 //	partial-failure         one failing record fails its whole batch
 //	multiple-outputs        emits one output where asked for several
@@ -54,7 +55,7 @@ import (
 var defects = []string{
 	"handshake", "version-negotiation", "version-refusal", "capabilities", "unknown-fields",
 	"batch-result", "empty-batch", "binary-values", "frame-limit", "frame-limit-negotiated",
-	"headers", "partial-failure", "multiple-outputs", "zero-outputs", "pipelining",
+	"frame-limit-enforced", "headers", "partial-failure", "multiple-outputs", "zero-outputs", "pipelining",
 	"keep-alive", "no-unsolicited-frames", "stdout-protected", "slow-reader", "host-garbage",
 	"truncated-frame", "shutdown", "eof",
 }
@@ -166,6 +167,9 @@ func (f *function) serve(in io.Reader) int {
 			}
 			n := int(h.GetMaxFrameBytes())
 			if f.broken["frame-limit-negotiated"] || f.broken["frame-limit"] {
+				n = 0
+			}
+			if f.broken["frame-limit-enforced"] && n < framing.DefaultMaxFrame {
 				n = 0
 			}
 			if !f.handshake(h) {
