@@ -54,6 +54,10 @@ type SinkConfig struct {
 	Linger time.Duration
 	// MaxBackoff caps the wait between retries; default 10s.
 	MaxBackoff time.Duration
+	// Lanes is how many PutRecords calls may be in flight at once; default
+	// 4. A partition key always goes through the same lane, so records of
+	// one key are never in two concurrent calls.
+	Lanes int
 	// CloseTimeout bounds how long Close waits for unconfirmed records;
 	// default 30s. Records still unconfirmed then fail with ErrClosed.
 	CloseTimeout time.Duration
@@ -69,18 +73,25 @@ type Sink struct {
 	pk     *router.Template
 	sem    chan struct{}
 
-	mu        sync.Mutex
-	queue     []*pending
+	lanes []*lane
+
+	mu        sync.Mutex // guards the lanes' queues and what follows
 	closed    bool
 	published uint64
 	tr        tracker // completion order, for Flush
 	changed   chan struct{}
-	wake      chan struct{}
 
 	stop    context.Context // cancelled when Close gives up
 	abandon context.CancelFunc
-	loopEnd chan struct{}
 	once    sync.Once
+}
+
+// lane is one sequence of PutRecords calls, for the partition keys that
+// hash to it.
+type lane struct {
+	queue   []*pending // guarded by Sink.mu
+	wake    chan struct{}
+	loopEnd chan struct{}
 }
 
 type pending struct {
@@ -121,6 +132,9 @@ func NewSink(client *kinesis.Client, cfg SinkConfig, log *slog.Logger) (*Sink, e
 	if cfg.CloseTimeout <= 0 {
 		cfg.CloseTimeout = 30 * time.Second
 	}
+	if cfg.Lanes <= 0 {
+		cfg.Lanes = 4
+	}
 	if log == nil {
 		log = slog.Default()
 	}
@@ -129,8 +143,9 @@ func NewSink(client *kinesis.Client, cfg SinkConfig, log *slog.Logger) (*Sink, e
 		log:     log.With("connector", "kinesis"),
 		sem:     make(chan struct{}, cfg.MaxPending),
 		changed: make(chan struct{}),
-		wake:    make(chan struct{}, 1),
-		loopEnd: make(chan struct{}),
+	}
+	for range cfg.Lanes {
+		s.lanes = append(s.lanes, &lane{wake: make(chan struct{}, 1), loopEnd: make(chan struct{})})
 	}
 	if cfg.PartitionKey != "" {
 		t, err := router.ParseTemplate(cfg.PartitionKey)
@@ -140,7 +155,9 @@ func NewSink(client *kinesis.Client, cfg SinkConfig, log *slog.Logger) (*Sink, e
 		s.pk = t
 	}
 	s.stop, s.abandon = context.WithCancel(context.Background())
-	go s.loop()
+	for _, l := range s.lanes {
+		go s.loop(l)
+	}
 	return s, nil
 }
 
@@ -218,12 +235,27 @@ func (s *Sink) Publish(ctx context.Context, subject string, rec *culvertv1.Recor
 		s.finish(p, fmt.Errorf("kinesis sink: record %q to stream %s: %w", rec.GetId(), stream, err))
 		return
 	}
-	s.queue = append(s.queue, p)
+	l := s.lanes[laneOf(stream, pk, len(s.lanes))]
+	l.queue = append(l.queue, p)
 	s.mu.Unlock()
 	select {
-	case s.wake <- struct{}{}:
+	case l.wake <- struct{}{}:
 	default:
 	}
+}
+
+// laneOf hashes stream and partition key (FNV-1a) to a lane.
+func laneOf(stream, pk string, n int) int {
+	h := uint32(2166136261)
+	for _, str := range [2]string{stream, pk} {
+		for i := 0; i < len(str); i++ {
+			h ^= uint32(str[i])
+			h *= 16777619
+		}
+		h ^= 0xff
+		h *= 16777619
+	}
+	return int(h % uint32(n))
 }
 
 // finish calls p's done and frees its slot.
@@ -237,21 +269,22 @@ func (s *Sink) finish(p *pending, err error) {
 	s.mu.Unlock()
 }
 
-// loop sends batches until the sink is closed and empty, or abandoned.
-func (s *Sink) loop() {
-	defer close(s.loopEnd)
+// loop sends l's batches until the sink is closed and l is empty, or
+// abandoned.
+func (s *Sink) loop(l *lane) {
+	defer close(l.loopEnd)
 	bo := backoff{max: s.cfg.MaxBackoff}
 	failing := false
 	for {
 		s.mu.Lock()
-		n, closed := len(s.queue), s.closed
+		n, closed := len(l.queue), s.closed
 		s.mu.Unlock()
 		if n == 0 {
 			if closed {
 				return
 			}
 			select {
-			case <-s.wake:
+			case <-l.wake:
 			case <-s.stop.Done():
 				return
 			}
@@ -260,11 +293,11 @@ func (s *Sink) loop() {
 		if n < s.cfg.BatchRecords && !closed && !sleep(s.stop, s.cfg.Linger) {
 			return
 		}
-		batch := s.take()
+		batch := s.take(l)
 		retry, err := s.put(batch)
 		if len(retry) > 0 {
 			s.mu.Lock()
-			s.queue = append(retry, s.queue...)
+			l.queue = append(retry, l.queue...)
 			s.mu.Unlock()
 			wait := bo.next()
 			if !failing || bo.n%10 == 0 {
@@ -285,17 +318,17 @@ func (s *Sink) loop() {
 	}
 }
 
-// take removes the next batch from the queue: records of the first
+// take removes the next batch from l's queue: records of the first
 // record's stream, in order, within the API limits.
-func (s *Sink) take() []*pending {
+func (s *Sink) take(l *lane) []*pending {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	stream := s.queue[0].stream
+	stream := l.queue[0].stream
 	var batch []*pending
-	rest := s.queue[:0]
+	rest := l.queue[:0]
 	bytes := 0
 	full := false
-	for _, p := range s.queue {
+	for _, p := range l.queue {
 		if !full && p.stream == stream {
 			if len(batch) < s.cfg.BatchRecords && bytes+p.size() <= s.cfg.BatchBytes {
 				batch = append(batch, p)
@@ -306,8 +339,8 @@ func (s *Sink) take() []*pending {
 		}
 		rest = append(rest, p)
 	}
-	clear(s.queue[len(rest):])
-	s.queue = rest
+	clear(l.queue[len(rest):])
+	l.queue = rest
 	return batch
 }
 
@@ -400,20 +433,29 @@ func (s *Sink) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
-		select {
-		case s.wake <- struct{}{}:
-		default:
+		for _, l := range s.lanes {
+			select {
+			case l.wake <- struct{}{}:
+			default:
+			}
 		}
-		select {
-		case <-s.loopEnd:
-		case <-time.After(s.cfg.CloseTimeout):
-			s.abandon()
-			<-s.loopEnd
+		deadline := time.NewTimer(s.cfg.CloseTimeout)
+		defer deadline.Stop()
+		for _, l := range s.lanes {
+			select {
+			case <-l.loopEnd:
+			case <-deadline.C:
+				s.abandon()
+				<-l.loopEnd
+			}
 		}
 		s.abandon()
 		s.mu.Lock()
-		left := s.queue
-		s.queue = nil
+		var left []*pending
+		for _, l := range s.lanes {
+			left = append(left, l.queue...)
+			l.queue = nil
+		}
 		s.mu.Unlock()
 		if len(left) > 0 {
 			s.log.Error("kinesis: sink closed with unconfirmed records", "records", len(left))
