@@ -224,15 +224,41 @@ outputs:
 	}
 }
 
-// TestKafkaBrokerRestart stops the whole 3-broker cluster in the middle of
-// a Kafka -> function -> Kafka run and starts it again from its data
-// directory on the same ports. The pipeline must reconnect by itself, log
-// the outage, and in the end every input must be in the output topic
+// TestKafkaBrokerRestart takes the whole 3-broker cluster away in the
+// middle of a Kafka -> function -> Kafka run and brings it back on the same
+// ports from its data directory: once stopped cleanly in-process, once as
+// a separate broker process killed with SIGKILL (fsync on every write, as
+// a durable broker). The pipeline must reconnect by itself, log the
+// outage, and in the end every input must be in the output topic
 // (duplicates allowed: at-least-once).
 func TestKafkaBrokerRestart(t *testing.T) {
-	c := kafkatest.Start(t, kafkatest.Options{Brokers: 3, Persist: true})
-	c.CreateTopic(t, "in", 3)
-	c.CreateTopic(t, "out", 3)
+	tests := []struct {
+		name  string
+		start func(t *testing.T) (brokers func() []string, createTopics func(), restart func())
+	}{
+		{"in-process stop and restart", func(t *testing.T) (func() []string, func(), func()) {
+			c := kafkatest.Start(t, kafkatest.Options{Brokers: 3, Persist: true})
+			return func() []string { return c.Brokers },
+				func() { c.CreateTopic(t, "in", 3); c.CreateTopic(t, "out", 3) },
+				func() { c.Restart(t, 1500*time.Millisecond) }
+		}},
+		{"broker process SIGKILL and restart", func(t *testing.T) (func() []string, func(), func()) {
+			p := kafkatest.StartProcess(t, kafkatest.ProcessOptions{Brokers: 3, Sync: true, Topics: map[string]int32{"in": 3, "out": 3}})
+			return func() []string { return p.Brokers }, func() {},
+				func() { p.Kill(t); time.Sleep(time.Second); p.Start(t) }
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			brokers, create, restart := tc.start(t)
+			create()
+			testBrokerRestart(t, brokers, restart)
+		})
+	}
+}
+
+func testBrokerRestart(t *testing.T, brokers func() []string, restart func()) {
+	c := &kafkatest.Cluster{Brokers: brokers()}
 	const first, second = 3000, 1000
 	mk := func(from, n int) []*kgo.Record {
 		recs := make([]*kgo.Record, n)
@@ -263,7 +289,7 @@ outputs:
 		time.Sleep(5 * time.Millisecond)
 	}
 	before := h.eng.Stats()
-	c.Restart(t, 1500*time.Millisecond)
+	restart()
 	t.Logf("cluster restarted after %d of %d records were acked", before.Acked, first)
 	c.Produce(t, mk(first, second))
 
