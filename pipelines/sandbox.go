@@ -108,6 +108,7 @@ func (p *Pipeline) SandboxFor(fn *Function) Sandbox {
 	}
 	sb := *fn.Sandbox
 	if sb.None {
+		sb.Tenant = top.Tenant
 		return sb
 	}
 	if sb.Files != "" && !filepath.IsAbs(sb.Files) && fn.Dir != "" {
