@@ -366,3 +366,55 @@ func TestServerRestart(t *testing.T) {
 	}
 	checkShardOrder(t, h)
 }
+
+// TestLatestSurvivesLeaseMove: with start position latest, a shard whose
+// lease moves before its first checkpoint is read by the next holder from
+// when the lease was created, not from a later "latest": records put in
+// between are not skipped. Records put before the lease existed are.
+func TestLatestSurvivesLeaseMove(t *testing.T) {
+	ep := kinesistest.Start(t)
+	kinesistest.CreateStream(t, ep, "lat", 1)
+	client := kinesistest.Client(ep)
+	put(t, client, "lat", keyed("old", 0, 5, 3))
+	time.Sleep(1100 * time.Millisecond) // arrival times are in whole seconds in kinesalite
+	store, err := leases.NewFile(t.TempDir() + "/leases.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testSourceConfig("lat", store)
+	cfg.StartPosition = Latest
+	log := natstest.Logger(t, slog.LevelInfo)
+
+	// The first worker takes the lease and stops before any record.
+	a, err := NewSource(client, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ha := &logHandler{name: "a"}
+	go func() { done <- a.Run(ctx, ha) }()
+	waitUntil(t, "the first worker to hold the shard", 10*time.Second, func() bool { return len(a.Owned()) == 1 })
+	cancel()
+	<-done
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	put(t, client, "lat", keyed("new", 0, 5, 3))
+	time.Sleep(1100 * time.Millisecond)
+
+	b, err := NewSource(client, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	hb := &logHandler{name: "b"}
+	go func() { done <- b.Run(ctx, hb) }()
+	t.Cleanup(func() { cancel(); <-done; _ = b.Close() })
+	waitUntil(t, "the records put while the lease moved", 10*time.Second, allSeen("new", 5, hb))
+	if s := seen(ha, hb); s["old/0"] > 0 {
+		t.Errorf("a record put before the lease existed was read with start position latest: %v", s)
+	}
+}

@@ -312,7 +312,11 @@ func (s *Source) syncLeases(ctx context.Context, h connectors.Handler, renew boo
 	s.mu.Unlock()
 
 	for _, id := range missing {
-		l, err := s.cfg.Store.Create(ctx, leases.Lease{Shard: id})
+		nl := leases.Lease{Shard: id}
+		if s.cfg.StartPosition == Latest {
+			nl.Since = now.UTC().Format(time.RFC3339Nano)
+		}
+		l, err := s.cfg.Store.Create(ctx, nl)
 		if errors.Is(err, leases.ErrExists) {
 			continue // another worker was first; seen next round
 		}
@@ -677,6 +681,14 @@ func (w *shardWorker) iterator(ctx context.Context, after string) (*string, erro
 		in.ShardIteratorType = types.ShardIteratorTypeTrimHorizon
 	case s.cfg.StartPosition == Latest:
 		in.ShardIteratorType = types.ShardIteratorTypeLatest
+		s.mu.Lock()
+		since := w.lease.Since
+		s.mu.Unlock()
+		if t, err := time.Parse(time.RFC3339Nano, since); err == nil {
+			// "latest" as of when the shard's lease was created.
+			in.ShardIteratorType = types.ShardIteratorTypeAtTimestamp
+			in.Timestamp = aws.Time(t)
+		}
 	case s.cfg.StartPosition == AtTimestamp:
 		in.ShardIteratorType = types.ShardIteratorTypeAtTimestamp
 		in.Timestamp = aws.Time(s.cfg.StartTimestamp)

@@ -33,6 +33,11 @@ type Lease struct {
 	// Checkpoint is the highest sequence number processed together with
 	// every record before it; "" when nothing is, ShardEnd when finished.
 	Checkpoint string `json:"checkpoint,omitempty"`
+	// Since is set on leases created for a stream read from "latest": the
+	// time (RFC 3339, the creating worker's clock) from which the shard is
+	// read while it has no checkpoint, so a lease that moves before its
+	// first checkpoint resumes there instead of at a later "latest".
+	Since string `json:"since,omitempty"`
 	// Revision the lease was read or written at (set by the store).
 	Revision uint64 `json:"-"`
 }
