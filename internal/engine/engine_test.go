@@ -53,6 +53,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 type settlement struct {
 	acks, naks int
 	at         time.Time
+	delay      time.Duration // of the last nak
 }
 
 // settleLog records the settlements of a watched source, by record id.
@@ -61,7 +62,7 @@ type settleLog struct {
 	m  map[string]*settlement
 }
 
-func (l *settleLog) note(id string, ack bool) {
+func (l *settleLog) note(id string, ack bool, delay time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := l.m[id]
@@ -73,6 +74,7 @@ func (l *settleLog) note(id string, ack bool) {
 		s.acks++
 	} else {
 		s.naks++
+		s.delay = delay
 	}
 	s.at = time.Now()
 }
@@ -113,12 +115,12 @@ type watchSettler struct {
 }
 
 func (s watchSettler) Ack(ctx context.Context) error {
-	s.log.note(s.id, true)
+	s.log.note(s.id, true, 0)
 	return s.Settler.Ack(ctx)
 }
 
 func (s watchSettler) Nak(ctx context.Context, d time.Duration) error {
-	s.log.note(s.id, false)
+	s.log.note(s.id, false, d)
 	return s.Settler.Nak(ctx, d)
 }
 

@@ -461,3 +461,25 @@ delivery: { max_in_flight: 1000, max_in_flight_bytes: 2000 }
 		t.Errorf("at most %d bytes in flight seen, want 1..2000", most)
 	}
 }
+
+// TestNakDelay: a record that failed for good on a route without a
+// dead-letter output is given back with a backoff delay (at least half a
+// second on its first delivery), not for immediate redelivery.
+func TestNakDelay(t *testing.T) {
+	input := []*culvertv1.Record{rec("1", "a"), rec("2", "b")}
+	r := runEngine(t, setup{input: input, yaml: `
+version: 1
+name: nakdelay
+inputs: { in: { stdin: {} } }
+functions:
+  fail: { command: $TESTFN, args: [fail] }
+routes:
+  - { name: main, chain: [fail], outputs: [a] }
+` + outputsYAML})
+	checkSettled(t, r, input, true)
+	for _, in := range input {
+		if d := r.settled.get(in.Id).delay; d < 500*time.Millisecond || d > 30*time.Second {
+			t.Errorf("record %s naked with delay %s, want between 500ms and 30s", in.Id, d)
+		}
+	}
+}
