@@ -796,7 +796,7 @@ func (e *Engine) Pools() []PoolStats {
 	for _, rt := range e.routes {
 		for _, st := range rt.stages {
 			out = append(out, PoolStats{
-				Route: rt.name, Function: st.fn.Name, Min: st.warm, Max: len(st.workers),
+				Route: rt.name, Function: st.fn.Name, Min: st.warm, Max: st.base.Instances,
 				Live: st.live.Load(), Started: st.started.Load(), IdleStops: st.idleStops.Load(),
 			})
 		}

@@ -483,3 +483,40 @@ routes:
 		}
 	}
 }
+
+// TestPoolAnyGrowsOnBacklog: with dispatch any, a pool that may shrink
+// fills its lowest slot first: records sent one at a time use one process,
+// and only a backlog starts the others.
+func TestPoolAnyGrowsOnBacklog(t *testing.T) {
+	l := startLive(t, `
+version: 1
+name: any
+inputs: { in: { stdin: {} } }
+functions:
+  slow:
+    command: $TESTFN
+    args: [sleep]
+    env: { TESTFN_SLEEP: 30ms }
+    dispatch: any
+    batch: { size: 1, max_wait: 1ms }
+    scale: { min: 1, max: 3, idle_timeout: 1m }
+routes:
+  - { name: main, chain: [slow], outputs: [a] }
+`+outputsYAML)
+	for i := range 5 {
+		l.send(rec(fmt.Sprint("one", i), "x"))
+		l.waitFor("the record is acked", func() bool { return l.e.Stats().Acked == int64(i+1) })
+	}
+	if s := l.e.Stats(); s.InstancesStarted != 1 {
+		t.Errorf("%d processes started for records sent one at a time, want 1", s.InstancesStarted)
+	}
+	var backlog []*culvertv1.Record
+	for i := range 40 {
+		backlog = append(backlog, rec(fmt.Sprint("many", i), "x"))
+	}
+	l.send(backlog...)
+	l.waitFor("the backlog is acked", func() bool { return l.e.Stats().Acked == 45 })
+	if s := l.e.Stats(); s.InstancesStarted != 3 {
+		t.Errorf("%d processes started under a backlog, want max 3", s.InstancesStarted)
+	}
+}
