@@ -418,3 +418,68 @@ func TestLatestSurvivesLeaseMove(t *testing.T) {
 		t.Errorf("a record put before the lease existed was read with start position latest: %v", s)
 	}
 }
+
+// TestStartPositions: a new application starts each shard at its start
+// position. kinesalite answers AT_TIMESTAMP only once a record at or after
+// the time exists (AWS answers at once), so that case puts its new records
+// before the source starts.
+func TestStartPositions(t *testing.T) {
+	ep := kinesistest.Start(t)
+	client := kinesistest.Client(ep)
+	tests := []struct {
+		name      string
+		pos       string
+		wantOld   bool
+		stampMid  bool // AT_TIMESTAMP between the old and the new records
+		newBefore bool // put the new records before the source starts
+	}{
+		{"trim_horizon", TrimHorizon, true, false, false},
+		{"latest", Latest, false, false, false},
+		{"at_timestamp", AtTimestamp, false, true, true},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stream := fmt.Sprintf("start-%d", i)
+			kinesistest.CreateStream(t, ep, stream, 2)
+			put(t, client, stream, keyed("old", 0, 6, 3))
+			time.Sleep(1100 * time.Millisecond)
+			mid := time.Now()
+			time.Sleep(1100 * time.Millisecond)
+			if tt.newBefore {
+				put(t, client, stream, keyed("new", 0, 6, 3))
+			}
+			store, err := leases.NewFile(t.TempDir() + "/leases.json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := testSourceConfig(stream, store)
+			cfg.StartPosition = tt.pos
+			if tt.stampMid {
+				cfg.StartTimestamp = mid
+			}
+			src, err := NewSource(client, cfg, natstest.Logger(t, slog.LevelWarn))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := &logHandler{name: tt.name}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- src.Run(ctx, h) }()
+			t.Cleanup(func() { cancel(); <-done; _ = src.Close() })
+			waitUntil(t, "both shards held", 10*time.Second, func() bool { return len(src.Owned()) == 2 })
+			if !tt.newBefore {
+				time.Sleep(300 * time.Millisecond) // iterators are taken
+				put(t, client, stream, keyed("new", 0, 6, 3))
+			}
+			waitUntil(t, "the new records", 10*time.Second, allSeen("new", 6, h))
+			if tt.wantOld {
+				waitUntil(t, "the old records", 10*time.Second, allSeen("old", 6, h))
+			} else {
+				time.Sleep(200 * time.Millisecond)
+				if s := seen(h); s["old/0"]+s["old/1"]+s["old/2"] > 0 {
+					t.Errorf("records from before the start position were read: %v", s)
+				}
+			}
+		})
+	}
+}

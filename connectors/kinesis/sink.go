@@ -58,6 +58,9 @@ type SinkConfig struct {
 	// 4. A partition key always goes through the same lane, so records of
 	// one key are never in two concurrent calls.
 	Lanes int
+	// CallTimeout bounds one PutRecords call (a hung connection is then
+	// retried); default 30s.
+	CallTimeout time.Duration
 	// CloseTimeout bounds how long Close waits for unconfirmed records;
 	// default 30s. Records still unconfirmed then fail with ErrClosed.
 	CloseTimeout time.Duration
@@ -131,6 +134,9 @@ func NewSink(client *kinesis.Client, cfg SinkConfig, log *slog.Logger) (*Sink, e
 	}
 	if cfg.CloseTimeout <= 0 {
 		cfg.CloseTimeout = 30 * time.Second
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 30 * time.Second
 	}
 	if cfg.Lanes <= 0 {
 		cfg.Lanes = 4
@@ -351,7 +357,9 @@ func (s *Sink) put(batch []*pending) ([]*pending, error) {
 	for i, p := range batch {
 		entries[i] = types.PutRecordsRequestEntry{Data: p.data, PartitionKey: aws.String(p.pk)}
 	}
-	out, err := s.client.PutRecords(s.stop, &kinesis.PutRecordsInput{StreamName: aws.String(batch[0].stream), Records: entries})
+	ctx, cancel := context.WithTimeout(s.stop, s.cfg.CallTimeout)
+	out, err := s.client.PutRecords(ctx, &kinesis.PutRecordsInput{StreamName: aws.String(batch[0].stream), Records: entries})
+	cancel()
 	if err != nil {
 		if s.stop.Err() != nil {
 			return batch, err

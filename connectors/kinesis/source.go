@@ -69,6 +69,9 @@ type SourceConfig struct {
 	NoSteal bool
 	// MaxBackoff caps the wait between retries after errors; default 10s.
 	MaxBackoff time.Duration
+	// CallTimeout bounds one Kinesis API call, so a connection that hangs
+	// is retried; default 30s.
+	CallTimeout time.Duration
 }
 
 func (c *SourceConfig) defaults() error {
@@ -113,6 +116,7 @@ func (c *SourceConfig) defaults() error {
 	def(&c.LeaseDuration, 10*time.Second)
 	def(&c.CheckpointInterval, time.Second)
 	def(&c.MaxBackoff, 10*time.Second)
+	def(&c.CallTimeout, 30*time.Second)
 	return nil
 }
 
@@ -258,7 +262,9 @@ func (s *Source) listShards(ctx context.Context) error {
 	found := map[string]shardInfo{}
 	in := &kinesis.ListShardsInput{StreamName: aws.String(s.cfg.Stream)}
 	for {
-		out, err := s.client.ListShards(ctx, in)
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+		out, err := s.client.ListShards(cctx, in)
+		cancel()
 		if err != nil {
 			return fmt.Errorf("listing shards of %s: %w", s.cfg.Stream, err)
 		}
@@ -312,11 +318,7 @@ func (s *Source) syncLeases(ctx context.Context, h connectors.Handler, renew boo
 	s.mu.Unlock()
 
 	for _, id := range missing {
-		nl := leases.Lease{Shard: id}
-		if s.cfg.StartPosition == Latest {
-			nl.Since = now.UTC().Format(time.RFC3339Nano)
-		}
-		l, err := s.cfg.Store.Create(ctx, nl)
+		l, err := s.cfg.Store.Create(ctx, leases.Lease{Shard: id})
 		if errors.Is(err, leases.ErrExists) {
 			continue // another worker was first; seen next round
 		}
@@ -492,6 +494,12 @@ func (s *Source) acquire(ctx context.Context, h connectors.Handler) error {
 		}
 		prev := l.Owner
 		l.Owner = me
+		prevSince := l.Since
+		if s.cfg.StartPosition == Latest && l.Checkpoint == "" && l.Since == "" {
+			// The first holder reads from LATEST; whoever holds the lease
+			// after it, before a checkpoint, from this time on.
+			l.Since = time.Now().UTC().Format(time.RFC3339Nano)
+		}
 		got, err := s.cfg.Store.Update(ctx, l)
 		if errors.Is(err, leases.ErrConflict) {
 			continue // someone else took it first
@@ -501,7 +509,7 @@ func (s *Source) acquire(ctx context.Context, h connectors.Handler) error {
 		}
 		held++
 		s.log.Info("kinesis: took shard lease", "shard", got.Shard, "from", prev, "checkpoint", got.Checkpoint)
-		if !s.startShard(ctx, h, got) {
+		if !s.startShard(ctx, h, got, prevSince == "" && got.Since != "") {
 			return nil
 		}
 	}
@@ -510,7 +518,7 @@ func (s *Source) acquire(ctx context.Context, h connectors.Handler) error {
 
 // startShard starts reading the shard of lease l. It returns false when the
 // source is closing.
-func (s *Source) startShard(ctx context.Context, h connectors.Handler, l leases.Lease) bool {
+func (s *Source) startShard(ctx context.Context, h connectors.Handler, l leases.Lease, first bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || ctx.Err() != nil {
@@ -523,6 +531,7 @@ func (s *Source) startShard(ctx context.Context, h connectors.Handler, l leases.
 		written: time.Now(),
 		log:     s.log.With("shard", l.Shard),
 	}
+	w.firstLatest.Store(first)
 	s.owned[l.Shard] = w
 	s.seen[l.Shard] = seenLease{Lease: l, since: time.Now()}
 	s.workers.Add(1)
@@ -587,7 +596,10 @@ type shardWorker struct {
 
 	ctx      context.Context // ends when reading stops
 	handleMu sync.Mutex      // one Handle at a time in this shard
-	ended    atomic.Bool
+	// firstLatest: this worker gave the lease its Since; its first
+	// iterator is LATEST, any later one AT_TIMESTAMP Since.
+	firstLatest atomic.Bool
+	ended       atomic.Bool
 	lost     atomic.Bool
 	stopOnce sync.Once
 }
@@ -626,9 +638,11 @@ func (w *shardWorker) read(ctx context.Context) {
 			return
 		}
 		lastFetch = time.Now()
-		out, err := s.client.GetRecords(ctx, &kinesis.GetRecordsInput{
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+		out, err := s.client.GetRecords(cctx, &kinesis.GetRecordsInput{
 			ShardIterator: iter, Limit: aws.Int32(int32(s.cfg.FetchLimit)),
 		})
+		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -684,7 +698,7 @@ func (w *shardWorker) iterator(ctx context.Context, after string) (*string, erro
 		s.mu.Lock()
 		since := w.lease.Since
 		s.mu.Unlock()
-		if t, err := time.Parse(time.RFC3339Nano, since); err == nil {
+		if t, err := time.Parse(time.RFC3339Nano, since); err == nil && !w.firstLatest.Swap(false) {
 			// "latest" as of when the shard's lease was created.
 			in.ShardIteratorType = types.ShardIteratorTypeAtTimestamp
 			in.Timestamp = aws.Time(t)
@@ -695,7 +709,9 @@ func (w *shardWorker) iterator(ctx context.Context, after string) (*string, erro
 	default:
 		in.ShardIteratorType = types.ShardIteratorTypeTrimHorizon
 	}
-	out, err := s.client.GetShardIterator(ctx, in)
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+	defer cancel()
+	out, err := s.client.GetShardIterator(cctx, in)
 	if err != nil {
 		return nil, fmt.Errorf("shard iterator for %s (%s %s): %w", w.id, in.ShardIteratorType, after, err)
 	}
