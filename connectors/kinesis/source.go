@@ -600,8 +600,8 @@ type shardWorker struct {
 	// iterator is LATEST, any later one AT_TIMESTAMP Since.
 	firstLatest atomic.Bool
 	ended       atomic.Bool
-	lost     atomic.Bool
-	stopOnce sync.Once
+	lost        atomic.Bool
+	stopOnce    sync.Once
 }
 
 func (w *shardWorker) stopReading() { w.stopOnce.Do(w.cancel) }
