@@ -68,7 +68,7 @@ func checkEnriched(t *testing.T, keys []string, values [][]byte, n, nkeys int) {
 
 // TestKinesisToKafka: orders put to a two-shard Kinesis stream go through
 // a framed function into a three-partition Kafka topic, once each, in
-// order per key.
+// order per key. The leases live in the embedded NATS server's KV.
 func TestKinesisToKafka(t *testing.T) {
 	ep := kinesistest.Start(t)
 	kinesistest.CreateStream(t, ep, "orders", 2)
@@ -91,7 +91,7 @@ version: 1
 name: kin2kafka
 inputs:
   orders:
-    kinesis: { stream: orders, `+kinesisConn(ep)+`, fetch_interval: 10ms, idle_interval: 50ms, checkpoint_interval: 50ms }
+    kinesis: { stream: orders, `+kinesisConn(ep)+`, leases: { store: nats }, fetch_interval: 10ms, idle_interval: 50ms, checkpoint_interval: 50ms }
 functions:
   enrich: { command: $BINS/enrich, instances: 2, dispatch: partition }
 routes:
@@ -109,6 +109,16 @@ outputs:
 		keys[i], values[i] = string(r.Key), r.Value
 	}
 	checkEnriched(t, keys, values, n, nkeys)
+
+	// The leases and checkpoints are in the embedded server's KV bucket.
+	kv, err := h.js.KeyValue(context.Background(), "culvert-kinesis-leases")
+	if err != nil {
+		t.Fatalf("lease bucket: %v", err)
+	}
+	keysInKV, err := kv.Keys(context.Background())
+	if err != nil || len(keysInKV) != 2 {
+		t.Fatalf("lease keys %v (%v), want one per shard", keysInKV, err)
+	}
 }
 
 // TestNATSToKinesisAWSCLI: orders published to JetStream go through a
