@@ -374,16 +374,25 @@ func (w *worker) requeue(items []*item) {
 	w.notify()
 }
 
-// unblockLocked ends its lane's wait: the parked records become ready.
-func (w *worker) unblockLocked(it *item) {
+// unblockLocked ends its lane's wait: the parked records become ready. It
+// reports whether any did.
+func (w *worker) unblockLocked(it *item) bool {
 	if w.heads[it.lane] != it {
-		return
+		return false
 	}
 	delete(w.heads, it.lane)
-	for _, p := range w.held[it.lane] {
+	held := w.held[it.lane]
+	for _, p := range held {
 		heap.Push(&w.ready, p)
 	}
 	delete(w.held, it.lane)
+	return len(held) > 0
+}
+
+func (w *worker) hasUnits() bool {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	return len(w.units) > 0
 }
 
 func (w *worker) pending() bool {
@@ -439,7 +448,10 @@ func (w *worker) run() {
 				w.arrive(it)
 				batch = w.takeReady(batch, size)
 			case <-w.wake:
-				break gather // a retry is due: send what we have, then it
+				if w.hasUnits() {
+					break gather // a retry is due: send what we have, then it
+				}
+				batch = w.takeReady(batch, size)
 			case <-fill.C:
 				break gather
 			case <-ctx.Done():
@@ -663,6 +675,7 @@ func (w *worker) done(items []*item, res []fnhost.Result, err error) {
 		w.bisect(items, fails[0])
 		return
 	}
+	released := false
 	for i, it := range items {
 		w.lmu.Lock()
 		if w.blockedLocked(it) {
@@ -674,7 +687,7 @@ func (w *worker) done(items []*item, res []fnhost.Result, err error) {
 		}
 		if fails[i] == nil {
 			it.solo = false
-			w.unblockLocked(it)
+			released = w.unblockLocked(it) || released
 			w.lmu.Unlock()
 			st.rt.deliver(it, res[i].Outputs, st)
 			continue
@@ -684,7 +697,9 @@ func (w *worker) done(items []*item, res []fnhost.Result, err error) {
 		it.attempt++
 		w.retryOrFail(it, *fails[i])
 	}
-	w.notify()
+	if released {
+		w.notify()
+	}
 }
 
 // bisect halves a batch whose every record failed, and resends each half
