@@ -350,3 +350,57 @@ func TestCaptureKinesis(t *testing.T) {
 		}
 	}
 }
+
+// TestCaptureJetStreamFollow follows a stream live from now and stops at
+// its count; a to= time in the past ends a stored read early.
+func TestCaptureJetStreamFollow(t *testing.T) {
+	srv, nc := startNATS(t)
+	ctx := context.Background()
+	js, _ := jetstream.New(nc)
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "LIVE", Subjects: []string{"live.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	js.Publish(ctx, "live.old", []byte("old"))
+	s, _ := ParseSource("jetstream://LIVE?from=latest", time.Now())
+	got := make(chan string, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- Capture(ctx, s, Options{NATSURL: srv.ClientURL(), Count: 2, Logger: quiet()}, func(r *culvertv1.Record) error {
+			got <- string(r.Value)
+			return nil
+		})
+	}()
+	deadline := time.After(15 * time.Second)
+	for i := 0; ; i++ {
+		js.Publish(ctx, "live.new", []byte(fmt.Sprintf("new%d", i)))
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			close(got)
+			for v := range got {
+				if v == "old" {
+					t.Errorf("from=latest delivered a stored record")
+				}
+			}
+			goto stored
+		case <-deadline:
+			t.Fatal("follow did not stop at its count")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+stored:
+	cut := time.Now()
+	time.Sleep(20 * time.Millisecond)
+	js.Publish(ctx, "live.after", []byte("after-cut"))
+	recs := collect(t, "jetstream://LIVE?to="+cut.UTC().Format(time.RFC3339Nano), Options{NATSURL: srv.ClientURL()}, 15*time.Second)
+	for _, r := range recs {
+		if string(r.Value) == "after-cut" {
+			t.Errorf("to=%s delivered a later record", cut)
+		}
+	}
+	if len(recs) == 0 || string(recs[0].Value) != "old" {
+		t.Errorf("to=time: got %s", values(recs))
+	}
+}
