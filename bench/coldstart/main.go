@@ -371,8 +371,8 @@ func ociSeccomp(c *configs.Seccomp) *specs.LinuxSeccomp {
 		configs.GreaterThanOrEqualTo: specs.OpGreaterEqual, configs.LessThan: specs.OpLessThan,
 		configs.LessThanOrEqualTo: specs.OpLessEqual, configs.MaskEqualTo: specs.OpMaskedEqual,
 	}
-	s := &specs.LinuxSeccomp{DefaultAction: act(c.DefaultAction), DefaultErrnoRet: c.DefaultErrnoRet,
-		Architectures: []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32, specs.ArchAARCH64, specs.ArchARM}}
+	// Native architecture only, like Culvert's (c.Architectures is empty).
+	s := &specs.LinuxSeccomp{DefaultAction: act(c.DefaultAction), DefaultErrnoRet: c.DefaultErrnoRet}
 	for _, sc := range c.Syscalls {
 		r := specs.LinuxSyscall{Names: []string{sc.Name}, Action: act(sc.Action), ErrnoRet: sc.ErrnoRet}
 		for _, a := range sc.Args {

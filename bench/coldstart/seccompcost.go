@@ -25,7 +25,7 @@ func compileProfile(devnull *os.File) error {
 		return err
 	}
 	defer f.Release()
-	for _, a := range []string{"x86", "x32", "arm64", "arm"} {
+	for _, a := range c.Architectures {
 		arch, err := libseccomp.GetArchFromString(a)
 		if err == nil {
 			_ = f.AddArch(arch)

@@ -150,7 +150,11 @@ func SeccompConfig() (*configs.Seccomp, error) {
 	s := &configs.Seccomp{
 		DefaultAction:   configs.Errno,
 		DefaultErrnoRet: &eperm,
-		Architectures:   []string{"amd64", "x86", "x32", "arm64", "arm"},
+		// Only the native ABI: a call through another one (int 0x80, x32)
+		// hits libseccomp's bad-architecture action and kills the thread.
+		// Listing the compat ABIs too made libseccomp's compile in every
+		// cold start 10-30x slower (measured: ~6 ms vs ~130 ms).
+		Architectures: nil,
 	}
 	for _, name := range Allowed {
 		s.Syscalls = append(s.Syscalls, &configs.Syscall{Name: name, Action: configs.Allow})
