@@ -4,7 +4,7 @@
 // each batch it read to another stream with PutRecords (500 records per
 // call, failed entries retried), the two overlapping.
 //
-//	go run ./bench/kinesishop [-records 20000] [-value 100] [-keys 1000] [-shards 4] [-runs 3] [-batch 500] [-instances 2] [-fetch 1000]
+//	go run ./bench/kinesishop [-records 20000] [-value 100] [-keys 1000] [-shards 4] [-runs 3] [-batch 500] [-instances 2] [-fetch 1000] [-linger 2ms]
 //
 // Both sides run against one kinesalite (npm, started on 127.0.0.1 by
 // internal/kinesistest; install it with .ci/deps), preloaded once; every
@@ -56,14 +56,15 @@ func main() {
 	batch := flag.Int("batch", 500, "function batch size")
 	instances := flag.Int("instances", 2, "function instances")
 	fetch := flag.Int("fetch", 1000, "GetRecords limit on both sides")
+	linger := flag.Duration("linger", 2*time.Millisecond, "the Kinesis output's linger (2ms is its default)")
 	flag.Parse()
-	if err := run(*records, *valueSize, *keys, *shards, *runs, *batch, *instances, *fetch); err != nil {
+	if err := run(*records, *valueSize, *keys, *shards, *runs, *batch, *instances, *fetch, *linger); err != nil {
 		fmt.Fprintln(os.Stderr, "kinesishop:", err)
 		os.Exit(1)
 	}
 }
 
-func run(records, valueSize, keys, shards, runs, batch, instances, fetch int) error {
+func run(records, valueSize, keys, shards, runs, batch, instances, fetch int, linger time.Duration) error {
 	dir, err := os.MkdirTemp("", "kinesishop")
 	if err != nil {
 		return err
@@ -96,7 +97,7 @@ func run(records, valueSize, keys, shards, runs, batch, instances, fetch int) er
 			return fmt.Errorf("raw run %d: %w", i, err)
 		}
 		raw = append(raw, r)
-		k, err := culvertHop(dir, ep, c, records, shards, i, batch, instances, fetch)
+		k, err := culvertHop(dir, ep, c, records, shards, i, batch, instances, fetch, linger)
 		if err != nil {
 			return fmt.Errorf("culvert run %d: %w", i, err)
 		}
@@ -107,7 +108,7 @@ func run(records, valueSize, keys, shards, runs, batch, instances, fetch int) er
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "path\trecords\tvalue B\tshards\trecords/s (median of %d)\tratio to raw\t\n", runs)
 	fmt.Fprintf(tw, "raw SDK GetRecords+PutRecords\t%d\t%d\t%d\t%.0f\t1.00\t\n", records, valueSize, shards, mr)
-	fmt.Fprintf(tw, "culvert kinesis -> passthrough (framed, batch %d, %d instances) -> kinesis\t%d\t%d\t%d\t%.0f\t%.2f\t\n", batch, instances, records, valueSize, shards, mc, mc/mr)
+	fmt.Fprintf(tw, "culvert kinesis -> passthrough (framed, batch %d, %d instances, linger %s) -> kinesis\t%d\t%d\t%d\t%.0f\t%.2f\t\n", batch, instances, linger, records, valueSize, shards, mc, mc/mr)
 	return tw.Flush()
 }
 
@@ -246,7 +247,7 @@ func rawHop(c *kinesis.Client, n, shards, run, limit int) (float64, error) {
 	return float64(n) / el.Seconds(), nil
 }
 
-func culvertHop(dir, ep string, c *kinesis.Client, n, shards, run, batch, instances, fetch int) (float64, error) {
+func culvertHop(dir, ep string, c *kinesis.Client, n, shards, run, batch, instances, fetch int, linger time.Duration) (float64, error) {
 	out := "culvert-out-" + strconv.Itoa(run)
 	if err := createStream(c, out, shards); err != nil {
 		return 0, err
@@ -264,9 +265,9 @@ routes:
     chain: [pass]
     outputs: [out]
 outputs:
-  out: { kinesis: { stream: %s, %s, encoding: value } }
+  out: { kinesis: { stream: %s, %s, encoding: value, linger: %s } }
 delivery: { max_in_flight: 20000 }
-`, conn, run, filepath.Join(dir, "leases-"+strconv.Itoa(run)+".json"), fetch, filepath.Join(dir, "passthrough"), instances, batch, out, conn)
+`, conn, run, filepath.Join(dir, "leases-"+strconv.Itoa(run)+".json"), fetch, filepath.Join(dir, "passthrough"), instances, batch, out, conn, linger)
 	path := filepath.Join(dir, "pipeline.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		return 0, err
