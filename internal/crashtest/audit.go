@@ -173,7 +173,7 @@ type OutStream struct {
 // NewOutStream creates stream name for subjects on the server at url.
 func NewOutStream(ctx context.Context, t testing.TB, url, name string, subjects ...string) *OutStream {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}

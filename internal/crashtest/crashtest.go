@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -205,4 +206,54 @@ func Tail(path string, n int) string {
 		b = b[len(b)-n:]
 	}
 	return string(b)
+}
+
+// NATSProc is Debian's nats-server in its own process with JetStream, its
+// store in a directory and a fixed loopback port, so that a test can kill
+// and restart it mid-stream.
+type NATSProc struct {
+	t    testing.TB
+	args []string
+	log  io.Writer
+	proc *Proc
+	URL  string
+}
+
+// StartNATSProc runs nats-server (from PATH) with its store under dir.
+func StartNATSProc(t testing.TB, dir string, log io.Writer) *NATSProc {
+	t.Helper()
+	bin, err := exec.LookPath("nats-server")
+	if err != nil {
+		t.Fatalf("nats-server is not installed (run .ci/deps): %v", err)
+	}
+	port := FreePorts(t, 1)[0]
+	n := &NATSProc{t: t, log: log, URL: fmt.Sprintf("nats://127.0.0.1:%d", port),
+		args: []string{bin, "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-js", "-sd", filepath.Join(dir, "nats-server")}}
+	n.start()
+	return n
+}
+
+func (n *NATSProc) start() {
+	n.t.Helper()
+	n.proc = Start(n.t, n.log, n.args[0], n.args[1:]...)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", strings.TrimPrefix(n.URL, "nats://"), time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) || n.proc.Exited() {
+			n.t.Fatalf("nats-server did not listen on %s: %v", n.URL, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Restart kills the server with SIGKILL and starts it again on the same
+// port and store.
+func (n *NATSProc) Restart() {
+	n.t.Helper()
+	n.proc.Kill()
+	n.start()
 }
