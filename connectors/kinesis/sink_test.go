@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/culvert-dev/culvert/connectors/internal/natstest"
+	"github.com/culvert-dev/culvert/connectors/kinesis/leases"
 	"github.com/culvert-dev/culvert/internal/kinesistest"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 )
@@ -24,15 +25,26 @@ import (
 // first failCalls PutRecords calls it withholds every third entry from
 // the server and answers for it ProvisionedThroughputExceededException, as
 // Kinesis does for a hot shard: a partial failure inside a successful call.
+//
+// It also answers the first failGets GetRecords calls with the error
+// Kinesis gives a shard read more than five times a second.
 type throttlingProxy struct {
 	target    string
 	failCalls int32
+	failGets  int32
 	calls     atomic.Int32
+	gets      atomic.Int32
 	failed    atomic.Int32
 }
 
 func (p *throttlingProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
+	if strings.HasSuffix(r.Header.Get("X-Amz-Target"), ".GetRecords") && p.gets.Add(1) <= p.failGets {
+		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = w.Write([]byte(`{"__type":"ProvisionedThroughputExceededException","message":"Rate exceeded for shard (injected)"}`))
+		return
+	}
 	var req struct {
 		Records    []json.RawMessage
 		StreamName string
@@ -205,4 +217,34 @@ func TestSinkRejects(t *testing.T) {
 	if err := sink.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestSourceBacksOffThrottledReads: GetRecords answered with
+// ProvisionedThroughputExceededException is retried with backoff; every
+// record still arrives, in shard order.
+func TestSourceBacksOffThrottledReads(t *testing.T) {
+	ep := kinesistest.Start(t)
+	kinesistest.CreateStream(t, ep, "thr-in", 2)
+	put(t, kinesistest.Client(ep), "thr-in", keyed("t", 0, 100, 6))
+	proxy := &throttlingProxy{target: ep, failGets: 6}
+	srv := httptest.NewServer(proxy)
+	t.Cleanup(srv.Close)
+	store, err := leases.NewFile(t.TempDir() + "/leases.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := NewSource(kinesistest.Client(srv.URL), testSourceConfig("thr-in", store), natstest.Logger(t, slog.LevelInfo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &logHandler{name: "throttled"}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, h) }()
+	t.Cleanup(func() { cancel(); <-done; _ = src.Close() })
+	waitUntil(t, "every record despite throttling", 20*time.Second, allSeen("t", 100, h))
+	if got := proxy.gets.Load(); got <= proxy.failGets {
+		t.Fatalf("only %d GetRecords calls: the throttled ones were not retried", got)
+	}
+	checkShardOrder(t, h)
 }
