@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/culvert-dev/culvert/connectors/embedded"
 	"github.com/culvert-dev/culvert/connectors/kafka/kafkatest"
+	"github.com/culvert-dev/culvert/internal/kinesistest"
 	"github.com/culvert-dev/culvert/internal/tap"
 )
 
@@ -213,6 +216,38 @@ func TestTapKafkaKeepsGroupOffsets(t *testing.T) {
 	for p, want := range map[int32]int64{0: 1, 1: 2} {
 		if o, _ := after.Lookup("payments", p); o.At != want {
 			t.Errorf("partition %d: group offset %d after the tap, want %d", p, o.At, want)
+		}
+	}
+}
+
+// TestTapKinesis taps a kinesalite stream with the CLI, by time.
+func TestTapKinesis(t *testing.T) {
+	endpoint := kinesistest.Start(t)
+	kinesistest.CreateStream(t, endpoint, "clicks", 2)
+	kinesistest.WaitActive(t, endpoint, "clicks")
+	cl := kinesistest.Client(endpoint)
+	start := time.Now().Add(-time.Minute)
+	for i := range 5 {
+		if _, err := cl.PutRecord(context.Background(), &kinesis.PutRecordInput{
+			StreamName: aws.String("clicks"), PartitionKey: aws.String(fmt.Sprintf("u%d", i)), Data: []byte(fmt.Sprintf("click-%d", i)),
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := append(baseEnv(), "AWS_ACCESS_KEY_ID="+kinesistest.AccessKey, "AWS_SECRET_ACCESS_KEY="+kinesistest.SecretKey)
+	out := filepath.Join(t.TempDir(), "clicks.ndjson")
+	r := runCLI(t, "", env, 60*time.Second, "tap", "kinesis://clicks?from="+start.UTC().Format(time.RFC3339), "-o", out,
+		"--kinesis-endpoint", endpoint, "--region", kinesistest.Region)
+	if r.code != 0 || !strings.Contains(r.stderr, "tap: 5 records") {
+		t.Fatalf("tap: exit %d\n%s", r.code, r.stderr)
+	}
+	recs, err := tap.ReadFile(out, "")
+	if err != nil || len(recs) != 5 {
+		t.Fatalf("%d records, %v", len(recs), err)
+	}
+	for _, rec := range recs {
+		if rec.Source.GetConnector() != "kinesis" || rec.Source.GetSequence() == "" || !strings.HasPrefix(string(rec.Key), "u") {
+			t.Errorf("record %v", rec)
 		}
 	}
 }
