@@ -134,6 +134,29 @@ func TestHostileNetwork(t *testing.T) {
 	default:
 	}
 
+	// UDP to a server on the host's loopback never arrives.
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	got := make(chan string, 1)
+	go func() {
+		b := make([]byte, 64)
+		_ = pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, _, err := pc.ReadFrom(b); err == nil {
+			got <- string(b[:n])
+		}
+		close(got)
+	}()
+	out, _, _ = run(t, r, hostile("udp", pc.LocalAddr().String()), "", 10*time.Second)
+	if !strings.HasPrefix(strings.TrimSpace(out), "DENIED") {
+		t.Errorf("udp to the host's loopback: %q, want DENIED", out)
+	}
+	if m, ok := <-got; ok {
+		t.Errorf("the host received a datagram from the sandbox: %q", m)
+	}
+
 	// A listener inside: the host tries the same port on every host address.
 	spec := hostile("listen", "0.0.0.0:47123")
 	spec.Name = "listener"

@@ -444,7 +444,9 @@ func (i *instance) Wait() sandbox.Exit {
 		st, err := i.p.Wait()
 		i.exit = exitOf(st, err)
 		if m, merr := manager.New(i.cgroup); merr == nil {
-			if n, oerr := m.OOMKillCount(); oerr == nil && n > 0 {
+			// A clean exit stays clean even if the kernel killed one of
+			// the function's children for memory along the way.
+			if n, oerr := m.OOMKillCount(); oerr == nil && n > 0 && !i.exit.Success() {
 				i.exit.OOMKilled = true
 			}
 		}
