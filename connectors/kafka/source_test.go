@@ -298,17 +298,28 @@ func TestStartPositions(t *testing.T) {
 				got <- string(m.Record.GetValue())
 				_ = m.Settler.Ack(context.Background())
 			}})
+			var tick <-chan time.Time
 			if tc.start == "latest" {
-				time.Sleep(time.Second) // joined and positioned at the end
-				c.Produce(t, []*kgo.Record{{Topic: "sp", Value: []byte("late")}})
+				// The source's end position is resolved when it joins, at a
+				// moment the test does not see: produce until one arrives.
+				tk := time.NewTicker(500 * time.Millisecond)
+				defer tk.Stop()
+				tick = tk.C
 			}
-			select {
-			case v := <-got:
-				if v != tc.first {
-					t.Errorf("first record %q, want %q", v, tc.first)
+			timeout := time.After(15 * time.Second)
+			for {
+				select {
+				case <-tick:
+					c.Produce(t, []*kgo.Record{{Topic: "sp", Value: []byte("late")}})
+					continue
+				case v := <-got:
+					if v != tc.first {
+						t.Errorf("first record %q, want %q", v, tc.first)
+					}
+				case <-timeout:
+					t.Fatalf("nothing delivered")
 				}
-			case <-time.After(15 * time.Second):
-				t.Fatalf("nothing delivered")
+				break
 			}
 		})
 	}

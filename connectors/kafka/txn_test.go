@@ -17,17 +17,17 @@ import (
 )
 
 // txnHandler publishes one output per record through the transactional
-// sink and settles the record with the output's confirmation; nakOnce
-// naks the first delivery of one value, which aborts its transaction.
+// sink and settles the record with the output's confirmation; with
+// nakFirst the first record it gets is nak'd, which aborts its transaction.
 type txnHandler struct {
-	t       *testing.T
-	sink    connectors.Sink
-	nakOnce string
-	naked   atomic.Bool
-	stopAt  int64 // after this many records, hold the rest (0: never)
-	n       atomic.Int64
-	mu      sync.Mutex
-	held    []connectors.Settler
+	t        *testing.T
+	sink     connectors.Sink
+	nakFirst bool
+	naked    atomic.Bool
+	stopAt   int64 // after this many records, hold the rest (0: never)
+	n        atomic.Int64
+	mu       sync.Mutex
+	held     []connectors.Settler
 }
 
 func (h *txnHandler) Handle(ctx context.Context, m connectors.Message) error {
@@ -41,7 +41,7 @@ func (h *txnHandler) Handle(ctx context.Context, m connectors.Message) error {
 		h.sink.Publish(ctx, "tout", &culvertv1.Record{Key: m.Record.GetKey(), Value: []byte("out:" + v)}, func(error) {})
 		return nil
 	}
-	if v == h.nakOnce && h.naked.CompareAndSwap(false, true) {
+	if h.nakFirst && h.naked.CompareAndSwap(false, true) {
 		// Its output goes out first, so the abort has something to hide.
 		h.sink.Publish(ctx, "tout", &culvertv1.Record{Value: []byte("out:" + v)}, func(error) {
 			_ = m.Settler.Nak(ctx, 50*time.Millisecond)
@@ -97,7 +97,7 @@ func TestExactlyOnce(t *testing.T) {
 
 	// First instance: handles 150 records, then leaves a transaction open.
 	src1, sink1 := newTxn(t, c, "culvert-txn-test")
-	h1 := &txnHandler{t: t, sink: sink1, nakOnce: "p1-7", stopAt: 150}
+	h1 := &txnHandler{t: t, sink: sink1, nakFirst: true, stopAt: 150}
 	ctx1, cancel1 := context.WithCancel(context.Background())
 	done1 := make(chan error, 1)
 	go func() { done1 <- src1.Run(ctx1, h1) }()
