@@ -2,11 +2,14 @@ package scaffold_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -82,6 +85,7 @@ func TestScaffoldsPassTheKit(t *testing.T) {
 			if _, ok := p.Functions[name]; !ok {
 				t.Fatalf("the pipeline snippet does not configure %s", name)
 			}
+			runSnippet(t, dir)
 			if tc.fn == nil {
 				return
 			}
@@ -97,6 +101,51 @@ func TestScaffoldsPassTheKit(t *testing.T) {
 				t.Fatalf("the %s scaffold does not pass the kit:\n%s", tc.lang, text.String())
 			}
 		})
+	}
+}
+
+var (
+	culvertOnce sync.Once
+	culvertBin  string
+	culvertErr  error
+)
+
+// runSnippet runs the scaffold's pipeline snippet with the culvert binary
+// (built with seccomp, as make does: functions run in their default
+// sandbox, which needs root) on two lines, and expects them back.
+func runSnippet(t *testing.T, dir string) {
+	t.Helper()
+	culvertOnce.Do(func() {
+		d, err := os.MkdirTemp("", "culvert-scaffold")
+		if err != nil {
+			culvertErr = err
+			return
+		}
+		culvertBin = filepath.Join(d, "culvert")
+		cmd := exec.Command("go", "build", "-tags", "seccomp", "-o", culvertBin, "./cmd/culvert")
+		cmd.Dir = repoRoot(t)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			culvertErr = fmt.Errorf("building culvert: %v\n%s", err, out)
+		}
+	})
+	if culvertErr != nil {
+		t.Fatal(culvertErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, culvertBin, "run", "pipeline.yaml")
+	cmd.Dir = dir
+	cmd.Stdin = strings.NewReader("a\nb\n")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("culvert run pipeline.yaml: %v\nstderr:\n%s", err, stderr.String())
+	}
+	got := strings.Fields(string(out))
+	sort.Strings(got)
+	if strings.Join(got, ",") != "a,b" {
+		t.Fatalf("culvert run pipeline.yaml printed %q, want a and b\nstderr:\n%s", out, stderr.String())
 	}
 }
 
@@ -140,4 +189,12 @@ func TestFindCulvertSrc(t *testing.T) {
 	if got := scaffold.FindCulvertSrc(t.TempDir()); got != "" {
 		t.Fatalf("got %q outside a checkout", got)
 	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if culvertBin != "" {
+		os.RemoveAll(filepath.Dir(culvertBin))
+	}
+	os.Exit(code)
 }
