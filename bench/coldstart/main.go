@@ -1,7 +1,8 @@
 //go:build linux
 
 // Command coldstart measures how long a function takes from "start it" to
-// its first output and exit, for: a plain exec; Culvert's libcontainer
+// its first line of output (handshake-ready; waiting for the exit and
+// cleaning up are not timed), for: a plain exec; Culvert's libcontainer
 // sandbox, cold (create + start + exec) and pre-created (exec of a
 // container created ahead); and `runc run` and `crun run` on an equivalent
 // OCI bundle (the same static binary, a read-only root, fresh user, pid,
@@ -22,6 +23,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
@@ -130,30 +132,35 @@ func run(n int) error {
 	type row struct {
 		name, isolation string
 		prepare         func() // untimed, before each sample
-		sample          func(i int) error
-		times           []time.Duration
+		// sample starts the function and returns once its first line is
+		// read (handshake-ready); finish, untimed, waits and cleans up.
+		sample func(i int) (finish func() error, err error)
+		times  []time.Duration
 	}
 	seq := 0
-	ociRun := func(tool string) func(int) error {
-		return func(int) error {
+	ociRun := func(tool string) func(int) (func() error, error) {
+		return func(int) (func() error, error) {
 			seq++
 			id := fmt.Sprintf("cs-%d-%d", os.Getpid(), seq)
-			out, err := exec.Command(tool, "run", "--bundle", bundle, id).Output()
-			_ = exec.Command(tool, "delete", "-f", id).Run()
-			return check(tool, out, err)
+			cmd := exec.Command(tool, "run", "--bundle", bundle, id)
+			finish, err := firstLine(cmd)
+			return func() error {
+				err := finish()
+				_ = exec.Command(tool, "delete", "-f", id).Run()
+				return err
+			}, err
 		}
 	}
 	rows := []*row{
-		{name: "plain exec", isolation: "none", sample: func(int) error {
-			out, err := exec.Command(hello).Output()
-			return check("plain exec", out, err)
+		{name: "plain exec", isolation: "none", sample: func(int) (func() error, error) {
+			return firstLine(exec.Command(hello))
 		}},
-		{name: "culvert sandbox, cold", isolation: "7 ns, RO root, seccomp, cgroup v1 limits", sample: func(int) error {
+		{name: "culvert sandbox, cold", isolation: "7 ns, RO root, seccomp, cgroup v1 limits", sample: func(int) (func() error, error) {
 			return culvertSample(cold, spec)
 		}},
 		{name: "culvert sandbox, pre-created", isolation: "same; container created ahead, timed from exec",
 			prepare: func() { waitPool(warm) },
-			sample:  func(int) error { return culvertSample(warm, spec) }},
+			sample:  func(int) (func() error, error) { return culvertSample(warm, spec) }},
 	}
 	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
@@ -166,16 +173,16 @@ func run(n int) error {
 	}
 	// Where the cold path's time goes, measured in the same run.
 	parts := []*row{
-		{name: "part: re-exec of this binary", isolation: "fork+exec, Go runtime and package inits (the container init does this)", sample: func(int) error {
-			return exec.Command(self, "-nop").Run()
+		{name: "part: re-exec of this binary", isolation: "fork+exec to exit: Go runtime and package inits (the container init does this)", sample: func(int) (func() error, error) {
+			return nothing, exec.Command(self, "-nop").Run()
 		}},
-		{name: "part: libseccomp compile", isolation: "the profile to BPF, as runc's init does per cold start", sample: func(int) error {
-			return compileProfile(devnull)
+		{name: "part: libseccomp compile", isolation: "the profile to BPF, as runc's init does per cold start", sample: func(int) (func() error, error) {
+			return nothing, compileProfile(devnull)
 		}},
 	}
 	if *culvertBin != "" {
-		parts = append(parts, &row{name: "part: exec of culvert binary", isolation: *culvertBin + " -h: its runtime and ~270 package inits", sample: func(int) error {
-			return exec.Command(*culvertBin, "-h").Run()
+		parts = append(parts, &row{name: "part: exec of culvert binary", isolation: *culvertBin + " -h to exit: its runtime and ~270 package inits", sample: func(int) (func() error, error) {
+			return nothing, exec.Command(*culvertBin, "-h").Run()
 		}})
 	}
 	for _, tool := range []string{"runc", "crun"} {
@@ -191,7 +198,11 @@ func run(n int) error {
 		if r.prepare != nil {
 			r.prepare()
 		}
-		if err := r.sample(-1); err != nil {
+		finish, err := r.sample(-1)
+		if err == nil {
+			err = finish()
+		}
+		if err != nil {
 			return fmt.Errorf("%s: %w", r.name, err)
 		}
 	}
@@ -202,10 +213,15 @@ func run(n int) error {
 				r.prepare()
 			}
 			start := time.Now()
-			if err := r.sample(i); err != nil {
+			finish, err := r.sample(i)
+			d := time.Since(start)
+			if err == nil {
+				err = finish()
+			}
+			if err != nil {
 				return fmt.Errorf("%s: %w", r.name, err)
 			}
-			r.times = append(r.times, time.Since(start))
+			r.times = append(r.times, d)
 		}
 	}
 	var crun, plain time.Duration
@@ -218,7 +234,7 @@ func run(n int) error {
 			plain = pct(r.times, 50)
 		}
 	}
-	fmt.Printf("cold start, requested -> output read -> exit; %d interleaved samples per row; static Go hello\n\n", n)
+	fmt.Printf("cold start, requested -> first output line read (handshake-ready); %d interleaved samples per row; static Go hello\n\n", n)
 	fmt.Printf("| %-30s | %8s | %8s | %9s | %10s | %s |\n", "path", "p50 ms", "p99 ms", "p50/crun", "p50/plain", "isolation")
 	fmt.Printf("|%s|%s|%s|%s|%s|%s|\n", strings.Repeat("-", 32), strings.Repeat("-", 10), strings.Repeat("-", 10), strings.Repeat("-", 11), strings.Repeat("-", 12), strings.Repeat("-", 10))
 	for _, r := range rows {
@@ -234,19 +250,50 @@ func run(n int) error {
 	return nil
 }
 
-func culvertSample(r *container.Runtime, spec sandbox.Spec) error {
+func culvertSample(r *container.Runtime, spec sandbox.Spec) (func() error, error) {
 	p, err := r.Start(context.Background(), spec)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	_ = p.Stdin().Close()
-	out, err := io.ReadAll(p.Stdout())
-	ex := p.Wait()
-	if err == nil && !ex.Success() {
-		err = fmt.Errorf("exit: %v", ex)
-	}
-	return check("culvert", out, err)
+	line, err := bufio.NewReader(p.Stdout()).ReadString('\n')
+	return func() error {
+		_, _ = io.Copy(io.Discard, p.Stdout())
+		ex := p.Wait()
+		if err == nil && !ex.Success() {
+			err = fmt.Errorf("exit: %v", ex)
+		}
+		return check("culvert", []byte(line), err)
+	}, nil
 }
+
+// firstLine starts cmd and returns once the first line of its stdout is
+// read; finish waits for it and checks the line.
+func firstLine(cmd *exec.Cmd) (func() error, error) {
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	line, rerr := bufio.NewReader(out).ReadString('\n')
+	return func() error {
+		_, _ = io.Copy(io.Discard, out)
+		err := cmd.Wait()
+		if err == nil {
+			err = rerr
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w: %s", cmd.Path, err, stderr.String())
+		}
+		return check(cmd.Path, []byte(line), nil)
+	}, nil
+}
+
+func nothing() error { return nil }
 
 func waitPool(r *container.Runtime) {
 	deadline := time.Now().Add(10 * time.Second)
@@ -257,24 +304,12 @@ func waitPool(r *container.Runtime) {
 
 func check(what string, out []byte, err error) error {
 	if err != nil {
-		var ee *exec.ExitError
-		if errorsAs(err, &ee) {
-			return fmt.Errorf("%s: %w: %s", what, err, ee.Stderr)
-		}
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	if string(out) != "OK hello\n" {
 		return fmt.Errorf("%s: output %q", what, out)
 	}
 	return nil
-}
-
-func errorsAs(err error, ee **exec.ExitError) bool {
-	e, ok := err.(*exec.ExitError)
-	if ok {
-		*ee = e
-	}
-	return ok
 }
 
 func pct(ts []time.Duration, p int) time.Duration {
