@@ -4,10 +4,12 @@
 // each source record only when everything derived from it is confirmed.
 //
 // The engine owns delivery: reference-counted settlement (at-least-once
-// across fan-out and chains), bounded in-flight records (back-pressure),
-// dispatch to instances by key, partition or round robin (per-key order),
-// retries with backoff, dead letters, instance restarts and the drain on
-// shutdown. It does not parse configuration (pipelines), decide matches
+// across fan-out and chains), bounded in-flight records and bytes
+// (back-pressure), each function's pool of instances (scale between min and
+// max, and to zero, on stable slots: pool.go), dispatch by key, partition
+// or round robin (per-key order), retries that hold back their lane, bisect,
+// dead letters, the nack threshold, instance restarts and the drain on
+// shutdown. docs/delivery.md states the guarantees. It does not parse configuration (pipelines), decide matches
 // (router), speak function protocols (internal/fnhost) or talk to brokers
 // (connectors).
 package engine
