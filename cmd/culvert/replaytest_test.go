@@ -50,7 +50,7 @@ func TestTestCommandFailure(t *testing.T) {
 		`pipeline.test.yaml:10:13: output "out" record 1 (id wrong-value-and-subject:1/upper.0):`,
 		`json: $.TAGS[0]: got "X", want "Y"`,
 		`subject: got "out.in.a", want "out.in.b"`,
-		`output "copies" got 1 records, none expected`,
+		`output "copies" got 1 record, none expected`,
 		"FAIL\tpipeline.test.yaml",
 	} {
 		if !strings.Contains(r.stdout, want) {

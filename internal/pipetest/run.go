@@ -401,7 +401,7 @@ func compare(f *File, c *Case, out *Outcome, types *protoTypes, update bool, upd
 				continue
 			}
 			var b strings.Builder
-			fmt.Fprintf(&b, "%s: output %q got %d records, none expected (list it under expect, or under ignore):\n", c.Pos, name, len(got))
+			fmt.Fprintf(&b, "%s: output %q got %s, none expected (list it under expect, or under ignore):\n", c.Pos, name, plural(len(got), "record"))
 			for i, p := range got {
 				fmt.Fprintf(&b, "    + %d: %s\n", i+1, describeRecord(p.Subject, p.Record))
 			}
@@ -412,7 +412,7 @@ func compare(f *File, c *Case, out *Outcome, types *protoTypes, update bool, upd
 	}
 	if len(out.GivenBack) != c.GivenBack {
 		var b strings.Builder
-		fmt.Fprintf(&b, "%s: %d input records were given back (failed without a dead-letter output), want %d", c.Pos, len(out.GivenBack), c.GivenBack)
+		fmt.Fprintf(&b, "%s: %s given back (failed without a dead-letter output), want %d", c.Pos, plural(len(out.GivenBack), "input record"), c.GivenBack)
 		for _, r := range out.GivenBack {
 			fmt.Fprintf(&b, "\n    %s: %s", r.Id, describeRecord("", r))
 		}
@@ -462,7 +462,7 @@ func checkOutput(f *File, name string, e *Expect, got []memory.Published, types 
 	}
 	if len(got) != want {
 		var b strings.Builder
-		fmt.Fprintf(&b, "%s: output %q got %d records, want %d", e.Pos, name, len(got), want)
+		fmt.Fprintf(&b, "%s: output %q got %s, want %d", e.Pos, name, plural(len(got), "record"), want)
 		for i, p := range got {
 			fmt.Fprintf(&b, "\n    %d: %s", i+1, describeRecord(p.Subject, p.Record))
 		}
@@ -561,4 +561,12 @@ func RenderRecord(p memory.Published, withID bool) (string, error) {
 		return "", err
 	}
 	return strings.TrimSuffix(c.String(), "\n"), nil
+}
+
+// plural says "1 record", "2 records".
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
