@@ -47,6 +47,7 @@ func Rules() []Rule {
 		{"frame-limit", "3", "reads and writes frames just under the default 4 MiB limit", false, checkFrameLimit},
 		{"frame-limit-negotiated", "3, 4.2", "accepts frames up to Hello.max_frame_bytes when it raises the limit (6 MiB)", false, checkFrameLimitNegotiated},
 		{"frame-limit-enforced", "3, 4.2", "with Hello.max_frame_bytes 64 KiB, refuses a longer frame as a protocol violation: answers nothing and exits with a failure status", false, checkFrameLimitEnforced},
+		{"length-encoding", "3", "accepts frame lengths in non-minimal varints of up to 5 bytes", false, checkLengthEncoding},
 		{"headers", "4.5", "keeps 300 headers with repeated names, case variants and empty values, in order", false, checkHeaders},
 		{"partial-failure", "4.3, 9", "fails single records (retryable or not) while the others of the batch succeed", true, checkPartialFailure},
 		{"multiple-outputs", "4.3, 6", "emits several outputs for one input, in order", true, checkMultipleOutputs},
@@ -922,6 +923,42 @@ func checkFrameLimitEnforced(t *T) error {
 	}
 	if p.state.Success() {
 		return fmt.Errorf("after a frame over max_frame_bytes the function exited with status 0, want a failure status%s", p.stderrNote())
+	}
+	return nil
+}
+
+func checkLengthEncoding(t *T) error {
+	p, err := t.ready(nil, startOpts{})
+	if err != nil {
+		return err
+	}
+	for i, width := range []int{2, 5} {
+		id := uint64(i + 1)
+		in := rec(fmt.Sprintf("len-%d-bytes", width), []byte("padded length"))
+		body, err := proto.Marshal(t.batchMsg(id, in))
+		if err != nil {
+			return err
+		}
+		// The length in width bytes: low groups with the continuation bit,
+		// then zero groups, the last without it.
+		var frame []byte
+		n := len(body)
+		for i := range width {
+			c := byte(n & 0x7f)
+			n >>= 7
+			if i < width-1 {
+				c |= 0x80
+			}
+			frame = append(frame, c)
+		}
+		p.sendRaw(append(frame, body...))
+		res, err := t.result(p, id, 1)
+		if err != nil {
+			return fmt.Errorf("frame length as a %d-byte varint (% x): %w", width, frame, err)
+		}
+		if err := checkEchoed(res[0], in); err != nil {
+			return err
+		}
 	}
 	return nil
 }

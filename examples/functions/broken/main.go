@@ -19,6 +19,7 @@
 //	frame-limit             refuses frames over 1 MiB
 //	frame-limit-negotiated  ignores Hello.max_frame_bytes
 //	frame-limit-enforced    accepts frames over Hello.max_frame_bytes when it lowers the limit
+//	length-encoding         refuses frame lengths in a non-minimal varint
 //	headers                 keeps only the first header of each name
 //	partial-failure         one failing record fails its whole batch
 //	multiple-outputs        emits one output where asked for several
@@ -55,7 +56,7 @@ import (
 var defects = []string{
 	"handshake", "version-negotiation", "version-refusal", "capabilities", "unknown-fields",
 	"batch-result", "empty-batch", "binary-values", "frame-limit", "frame-limit-negotiated",
-	"frame-limit-enforced", "headers", "partial-failure", "multiple-outputs", "zero-outputs", "pipelining",
+	"frame-limit-enforced", "length-encoding", "headers", "partial-failure", "multiple-outputs", "zero-outputs", "pipelining",
 	"keep-alive", "no-unsolicited-frames", "stdout-protected", "slow-reader", "host-garbage",
 	"truncated-frame", "shutdown", "eof",
 }
@@ -102,6 +103,9 @@ func (f *function) serve(in io.Reader) int {
 	maxFrame := framing.DefaultMaxFrame
 	if f.broken["frame-limit"] {
 		maxFrame = 1 << 20
+	}
+	if f.broken["length-encoding"] {
+		in = &minimalLengths{r: in}
 	}
 	r := framing.NewReader(in, maxFrame)
 	f.w = framing.NewWriter(f.out, 64<<20)
@@ -362,4 +366,36 @@ func (f *function) write(m *culvertv1.FunctionMessage) {
 		fmt.Fprintln(os.Stderr, "broken: writing a frame:", err)
 		os.Exit(1)
 	}
+}
+
+// minimalLengths passes a stream of frames through, failing at a frame
+// length written in more varint bytes than needed: the length-encoding
+// defect, as a reader that insists on minimal encodings would behave.
+type minimalLengths struct {
+	r    io.Reader
+	body int    // body bytes left in the current frame
+	len  []byte // length bytes read so far
+}
+
+func (m *minimalLengths) Read(b []byte) (int, error) {
+	n, err := m.r.Read(b)
+	for _, c := range b[:n] {
+		if m.body > 0 {
+			m.body--
+			continue
+		}
+		m.len = append(m.len, c)
+		if c >= 0x80 {
+			continue
+		}
+		if len(m.len) > 1 && c == 0 {
+			return 0, errors.New("broken: frame length is not a minimal varint")
+		}
+		v := 0
+		for i, x := range m.len {
+			v |= int(x&0x7f) << (7 * i)
+		}
+		m.body, m.len = v, m.len[:0]
+	}
+	return n, err
 }
