@@ -52,8 +52,9 @@ type KinesisInput struct {
 type KinesisLeases struct {
 	// Store: file (default) or nats.
 	Store string `yaml:"store,omitempty" enum:"file,nats" doc:"file (default): a JSON file for one process; nats: a JetStream key-value bucket on the pipeline's broker, for many processes."`
-	// Path of the file store; default <data dir>/kinesis/<application>.<stream>.json.
-	Path string `yaml:"path,omitempty" doc:"File store only: the lease file; default kinesis/<application>.<stream>.json beside the embedded NATS data directory."`
+	// Path of the file store; default
+	// <data dir>/kinesis/<application>.<stream>.json.
+	Path string `yaml:"path,omitempty" doc:"File store only: the lease file; default kinesis/<application>.<stream>.json under --data-dir (without it, ~/.local/share/culvert/kinesis)."`
 	// Bucket of the nats store; default culvert-kinesis-leases.
 	Bucket string `yaml:"bucket,omitempty" check:"nats-name" doc:"nats store only: the key-value bucket; default culvert-kinesis-leases."`
 }

@@ -45,13 +45,17 @@ func newKinesisSource(ctx context.Context, nc *nats.Conn, p *pipelines.Pipeline,
 	default:
 		path := c.Leases.Path
 		if path == "" {
-			dir := o.DataDir
-			if dir == "" {
-				if dir, err = embedded.DefaultDataDir(); err != nil {
+			// Under --data-dir when given, else beside the default NATS
+			// store (~/.local/share/culvert/kinesis).
+			dir := filepath.Join(o.DataDir, "kinesis")
+			if o.DataDir == "" {
+				d, err := embedded.DefaultDataDir()
+				if err != nil {
 					return nil, err
 				}
+				dir = filepath.Join(filepath.Dir(d), "kinesis")
 			}
-			path = filepath.Join(filepath.Dir(dir), "kinesis", c.Application+"."+c.Stream+".json")
+			path = filepath.Join(dir, c.Application+"."+c.Stream+".json")
 		}
 		store, err = leases.NewFile(path)
 		if err != nil {
