@@ -85,6 +85,7 @@ type KafkaSASL struct {
 }
 
 func applyKafkaDefaults(p *Pipeline) {
+	applyDeliveryDefaults(p)
 	for name, in := range p.Inputs {
 		if k := in.Kafka; k != nil {
 			setStr(&k.Group, "culvert-"+p.Name+"-"+name)
@@ -149,6 +150,7 @@ func (d *decoder) validateKafka(p *Pipeline) {
 			}
 		}
 	}
+	d.validateDelivery(p)
 }
 
 func (d *decoder) kafkaTransaction(p *Pipeline, path string, k *KafkaOutput) {
@@ -157,7 +159,7 @@ func (d *decoder) kafkaTransaction(p *Pipeline, path string, k *KafkaOutput) {
 	switch {
 	case !ok:
 		ref(d, "input", k.Transaction, p.Inputs, at)
-	case in.Kafka == nil || in.Kafka.TransactionalID == "":
+	case in.Kafka == nil || in.Kafka.TransactionalID == "" && txnInput(p) != k.Transaction:
 		d.errorf(d.posOf(at), at, "input %q is not a kafka input with transactional_id; only such an input's transactions can be joined", k.Transaction)
 	case !sameBrokers(in.Kafka.Brokers, k.Brokers):
 		d.errorf(d.posOf(at), at, "a transaction spans one cluster: brokers %q differ from those of input %q (%q)", k.Brokers, k.Transaction, in.Kafka.Brokers)

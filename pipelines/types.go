@@ -259,6 +259,9 @@ type Route struct {
 	Outputs []string `yaml:"outputs" required:"true" doc:"Outputs receiving the chain's results."`
 	// DeadLetter output for records that failed for good.
 	DeadLetter string `yaml:"dead_letter,omitempty" doc:"Output for records that failed for good."`
+	// Delivery is the route's guarantee: at-least-once (unset) or
+	// exactly-once (Kafka to Kafka in transactions; see delivery.go).
+	Delivery string `yaml:"delivery,omitempty" enum:"at-least-once,exactly-once" doc:"at-least-once (default), or exactly-once: Kafka to Kafka in Kafka transactions, so read_committed readers of the outputs see each result once. Needs the pipeline's one input to be kafka and the route's outputs and dead_letter to be kafka outputs on its brokers; the input gets transactional_id culvert-<pipeline>-<input> and the outputs join its transactions unless set."`
 
 	// Pos is the position of the route's list item.
 	Pos Pos `yaml:"-"`
