@@ -74,7 +74,19 @@ var ErrNotRepresentable = errors.New("record not representable as a Kafka record
 // ID is the record id the connector gives a Kafka record that carries no
 // id of its own: stable across redeliveries of the same offset.
 func ID(topic string, partition int32, offset int64) string {
-	return "kafka:" + topic + ":" + strconv.FormatInt(int64(partition), 10) + ":" + strconv.FormatInt(offset, 10)
+	// One allocation: a concatenation would also allocate the offset's
+	// digits.
+	var digits [40]byte
+	d := strconv.AppendInt(digits[:0], int64(partition), 10)
+	d = append(d, ':')
+	d = strconv.AppendInt(d, offset, 10)
+	var b strings.Builder
+	b.Grow(len("kafka:") + len(topic) + 1 + len(d))
+	b.WriteString("kafka:")
+	b.WriteString(topic)
+	b.WriteByte(':')
+	b.Write(d)
+	return b.String()
 }
 
 // Position is the Record.Source of a Kafka record.
@@ -109,9 +121,14 @@ func Decode(r *kgo.Record) (*culvertv1.Record, error) {
 // package comment. It never fails. Invalid UTF-8 in header names and the
 // content type is replaced by U+FFFD (Record strings must be UTF-8).
 func DecodeRaw(r *kgo.Record) *culvertv1.Record {
-	rec := &culvertv1.Record{Key: r.Key, Value: r.Value}
+	// One allocation for the record, its position and its event time: a
+	// decode runs once per consumed record.
+	d := new(decoded)
+	rec := &d.rec
+	rec.Key, rec.Value = r.Key, r.Value
 	if !r.Timestamp.IsZero() && r.Timestamp.UnixMilli() >= 0 {
-		rec.EventTime = timestamppb.New(r.Timestamp)
+		d.ts.Seconds, d.ts.Nanos = r.Timestamp.Unix(), int32(r.Timestamp.Nanosecond())
+		rec.EventTime = &d.ts
 	}
 	ctSeen := false
 	for _, h := range r.Headers {
@@ -122,8 +139,23 @@ func DecodeRaw(r *kgo.Record) *culvertv1.Record {
 		}
 		rec.Headers = append(rec.Headers, &culvertv1.Header{Name: strings.ToValidUTF8(h.Key, "\uFFFD"), Value: h.Value})
 	}
-	finish(rec, r)
+	d.pos = culvertv1.Position{
+		Connector: ConnectorName,
+		Stream:    r.Topic,
+		Subject:   r.Topic,
+		Partition: strconv.FormatInt(int64(r.Partition), 10),
+		Offset:    uint64(max(r.Offset, 0)),
+	}
+	rec.Source = &d.pos
+	rec.Id = ID(r.Topic, r.Partition, r.Offset)
 	return rec
+}
+
+// decoded holds what DecodeRaw allocates for one record.
+type decoded struct {
+	rec culvertv1.Record
+	pos culvertv1.Position
+	ts  timestamppb.Timestamp
 }
 
 func finish(rec *culvertv1.Record, r *kgo.Record) {
