@@ -51,13 +51,14 @@ type Report struct {
 	Records    int // inputs
 	Kills      int
 	Outputs    int
-	Lost       int // inputs without an output
-	Duplicates int // outputs beyond the first of an input
-	Exposed    int // bound on duplicates: outputs stored at a kill whose input was at or after its partition's committed position
-	Stray      int // duplicates of inputs before every kill's committed position: must be 0
-	Violations int // per-key order violations outside any crash window
-	Late       int // first outputs after a later record of their key, within a crash window
-	Unknown    int // outputs naming no input
+	Lost       int      // inputs without an output
+	Duplicates int      // outputs beyond the first of an input
+	Exposed    int      // bound on duplicates: outputs stored at a kill whose input was at or after its partition's committed position
+	Stray      int      // duplicates of inputs before every kill's committed position: must be 0
+	Violations int      // per-key order violations outside any crash window
+	Late       int      // first outputs after a later record of their key, within a crash window
+	Unknown    int      // outputs naming no input
+	Examples   []string // the first order violations, for the failure message
 }
 
 func (r Report) String() string {
@@ -128,6 +129,9 @@ func Audit(ins map[string]Input, outs []Output, kills []Kill) Report {
 				continue
 			}
 			r.Violations++
+			if len(r.Examples) < 5 {
+				r.Examples = append(r.Examples, fmt.Sprintf("key %s: record %d (%s) came after record %d", in.Key, in.N, o.Src, p))
+			}
 			continue
 		}
 		last[in.Key] = in.N
@@ -154,7 +158,7 @@ func (r Report) Check(t testing.TB) {
 		t.Errorf("%d duplicates, more than the %d records exposed at the kills", r.Duplicates, r.Exposed)
 	}
 	if r.Violations != 0 {
-		t.Errorf("%d per-key order violations outside crash windows", r.Violations)
+		t.Errorf("%d per-key order violations outside crash windows, e.g. %v", r.Violations, r.Examples)
 	}
 	if r.Unknown != 0 {
 		t.Errorf("%d outputs name no input", r.Unknown)
@@ -202,6 +206,22 @@ func (o *OutStream) Stored(ctx context.Context) int {
 // (what the crash pipelines' functions leave of an input "<key> <n>").
 func (o *OutStream) Read(ctx context.Context, t testing.TB) []Output {
 	t.Helper()
+	recs := o.Records(ctx, t)
+	outs := make([]Output, 0, len(recs))
+	for _, rec := range recs {
+		src, _, _ := strings.Cut(rec.Id, "/")
+		o := Output{Src: src}
+		if _, err := fmt.Sscanf(string(rec.Value), "%s %d", &o.Key, &o.N); err != nil {
+			t.Fatalf("output %q of %s: %v", rec.Value, rec.Id, err)
+		}
+		outs = append(outs, o)
+	}
+	return outs
+}
+
+// Records reads every record of the stream back in stored order.
+func (o *OutStream) Records(ctx context.Context, t testing.TB) []*culvertv1.Record {
+	t.Helper()
 	total := o.Stored(ctx)
 	cc, err := o.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
@@ -212,7 +232,7 @@ func (o *OutStream) Read(ctx context.Context, t testing.TB) []Output {
 		t.Fatal(err)
 	}
 	defer it.Stop()
-	outs := make([]Output, 0, total)
+	recs := make([]*culvertv1.Record, 0, total)
 	for range total {
 		m, err := it.Next()
 		if err != nil {
@@ -220,15 +240,9 @@ func (o *OutStream) Read(ctx context.Context, t testing.TB) []Output {
 		}
 		rec := new(culvertv1.Record)
 		if err := proto.Unmarshal(m.Data(), rec); err != nil {
-			t.Fatalf("output %d: %v", len(outs), err)
+			t.Fatalf("output %d: %v", len(recs), err)
 		}
-		src, _, _ := strings.Cut(rec.Id, "/")
-		var o Output
-		if _, err := fmt.Sscanf(string(rec.Value), "%s %d", &o.Key, &o.N); err != nil {
-			t.Fatalf("output %q of %s: %v", rec.Value, rec.Id, err)
-		}
-		o.Src = src
-		outs = append(outs, o)
+		recs = append(recs, rec)
 	}
-	return outs
+	return recs
 }

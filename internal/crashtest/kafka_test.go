@@ -63,6 +63,13 @@ func kafkaSetup(ctx context.Context, t *testing.T, r *run, n, partitions int, se
 // and returns them by the id Culvert gives them.
 func produce(ctx context.Context, t *testing.T, brokers []string, n int) map[string]Input {
 	t.Helper()
+	return produceMarked(ctx, t, brokers, n, nil)
+}
+
+// produceMarked is produce with " <mark(i)>" appended to the value of
+// record i when mark returns something.
+func produceMarked(ctx context.Context, t *testing.T, brokers []string, n int, mark func(i int) string) map[string]Input {
+	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(5*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
@@ -73,6 +80,11 @@ func produce(ctx context.Context, t *testing.T, brokers []string, n int) map[str
 	for i := range n {
 		k := fmt.Sprint("k", i%keys)
 		recs[i] = &kgo.Record{Topic: "in", Key: []byte(k), Value: fmt.Appendf(nil, "%s %d", k, i/keys)}
+		if mark != nil {
+			if m := mark(i); m != "" {
+				recs[i].Value = fmt.Appendf(recs[i].Value, " %s", m)
+			}
+		}
 	}
 	ins := make(map[string]Input, n)
 	for chunk := range slicesChunk(recs, 5000) {

@@ -14,6 +14,7 @@ func TestMain(m *testing.M) {
 	testbin.Main(m, &bins,
 		"github.com/culvert-dev/culvert/cmd/culvert",
 		"github.com/culvert-dev/culvert/examples/functions/passthrough",
+		"github.com/culvert-dev/culvert/examples/functions/faulty",
 		"github.com/culvert-dev/culvert/internal/crashtest/cmd/kfakesrv")
 }
 
@@ -28,6 +29,9 @@ func newRun(t *testing.T) *run {
 	dir := t.TempDir()
 	if keep := os.Getenv("CULVERT_CRASH_DIR"); keep != "" { // keep the logs and data for a look afterwards
 		dir = filepath.Join(keep, t.Name())
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}

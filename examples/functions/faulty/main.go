@@ -15,6 +15,13 @@
 //	                the host's batch deadline must fire.
 //	fail-one        fails records whose value contains "bad", permanently,
 //	                with the message "bad record".
+//	crash-every     exits with status 3, without answering the batch, when
+//	                it reaches its Nth record (N from CULVERT_FAULT_EVERY,
+//	                default 1000; counted per process): a function that
+//	                crashes on every Nth record and succeeds on the retry.
+//	oom             on a record whose value contains "oom", allocates and
+//	                touches memory until the process dies of it (run it
+//	                under a memory limit).
 //	init-error      refuses the handshake: InitError "faulty: init-error
 //	                requested", not retryable.
 //	(empty)         no fault.
@@ -27,6 +34,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strconv"
 	"time"
 
 	culvert "github.com/culvert-dev/culvert/sdk/go"
@@ -40,7 +48,12 @@ func main() {
 	}
 	f := &faulty{fault: fault, rawStdout: -1}
 	switch fault {
-	case "", "exit-mid-batch", "hang", "fail-one", "init-error":
+	case "", "exit-mid-batch", "hang", "fail-one", "init-error", "oom":
+	case "crash-every":
+		f.every = 1000
+		if n, err := strconv.Atoi(os.Getenv("CULVERT_FAULT_EVERY")); err == nil && n > 0 {
+			f.every = n
+		}
 	case "garbage":
 		// Keep a descriptor of the real stdout before the SDK takes it.
 		fd, err := unix.Dup(1)
@@ -50,7 +63,7 @@ func main() {
 		}
 		f.rawStdout = fd
 	default:
-		fmt.Fprintf(os.Stderr, "faulty: unknown fault %q (garbage, exit-mid-batch, hang, fail-one, init-error)\n", fault)
+		fmt.Fprintf(os.Stderr, "faulty: unknown fault %q (garbage, exit-mid-batch, crash-every, hang, fail-one, oom, init-error)\n", fault)
 		os.Exit(2)
 	}
 	culvert.RunBatch(f.batch, culvert.WithAgent("faulty/1 ("+fault+")"), culvert.WithInit(f.init))
@@ -59,6 +72,8 @@ func main() {
 type faulty struct {
 	fault     string
 	rawStdout int // garbage: the real stdout, or -1 once used
+	every     int // crash-every: exit at this record
+	seen      int // crash-every: records seen by this process
 }
 
 func (f *faulty) init(ctx context.Context, ic *culvert.InitContext) error {
@@ -76,7 +91,24 @@ func (f *faulty) batch(ctx context.Context, recs []*culvert.Record) []culvert.Re
 	}
 	res := make([]culvert.Result, len(recs))
 	for i, rec := range recs {
+		f.seen++
 		switch {
+		case f.fault == "crash-every" && f.seen == f.every:
+			fmt.Fprintf(os.Stderr, "faulty: crashing on record %d (%s) as asked\n", f.seen, rec.Id)
+			os.Exit(3)
+		case f.fault == "oom" && bytes.Contains(rec.Value, []byte("oom")):
+			fmt.Fprintf(os.Stderr, "faulty: allocating without bound on record %s as asked\n", rec.Id)
+			var hog [][]byte
+			for {
+				b := make([]byte, 16<<20)
+				for j := 0; j < len(b); j += 4096 {
+					b[j] = 1 // touch every page
+				}
+				hog = append(hog, b)
+				if len(hog)%16 == 0 { // reading hog keeps it live
+					fmt.Fprintf(os.Stderr, "faulty: holding %d MiB\n", len(hog)*16)
+				}
+			}
 		case f.fault == "exit-mid-batch" && bytes.Contains(rec.Value, []byte("crash")):
 			fmt.Fprintf(os.Stderr, "faulty: crashing on record %s as asked\n", rec.Id)
 			os.Exit(3)
