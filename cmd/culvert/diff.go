@@ -49,12 +49,12 @@ are the same, 1 when they differ, 2 on usage errors.`,
 				return err
 			}
 			// Both versions run sandboxed as with culvert run.
-			oldSbx, closeOld, err := newSandboxing(oldP, sandboxState, log)
+			oldSbx, closeOld, err := newSandboxing(oldP, sandboxFlags{State: sandboxState}, log)
 			if err != nil {
 				return err
 			}
 			defer closeOld()
-			newSbx, closeNew, err := newSandboxing(newP, sandboxState, log)
+			newSbx, closeNew, err := newSandboxing(newP, sandboxFlags{State: sandboxState}, log)
 			if err != nil {
 				return err
 			}

@@ -92,7 +92,7 @@ back and the time taken.`,
 			}
 			next = replay.Paced(next, replay.Pace{Rate: rate, Original: original, Speed: speed})
 
-			sbx, closeSandbox, err := newSandboxing(p, sandboxState, log)
+			sbx, closeSandbox, err := newSandboxing(p, sandboxFlags{State: sandboxState}, log)
 			if err != nil {
 				return err
 			}

@@ -16,7 +16,7 @@ import (
 
 func newRunCmd(g *globals) *cobra.Command {
 	var natsURL, dataDir, listen, sandboxState string
-	var watch bool
+	var watch, ipForward bool
 	cmd := &cobra.Command{
 		Use:   "run PIPELINE.yaml",
 		Short: "Run a pipeline until interrupted (SIGINT/SIGTERM drain in-flight work, then exit 0)",
@@ -77,7 +77,7 @@ file is reported and the running version kept.`,
 			return runner.Reloading(cmd.Context(), p, load, reload, func(ctx context.Context, p *pipelines.Pipeline) error {
 				// Functions run sandboxed unless they say `sandbox: none`; a
 				// host that cannot sandbox is refused, never worked around.
-				sbx, closeSandbox, err := newSandboxing(p, sandboxState, log)
+				sbx, closeSandbox, err := newSandboxing(p, sandboxFlags{State: sandboxState, IPForward: ipForward}, log)
 				if err != nil {
 					return err
 				}
@@ -93,6 +93,7 @@ file is reported and the running version kept.`,
 	cmd.Flags().StringVar(&natsURL, "nats-url", "", "NATS server URL (overrides broker.url; default $NATS_URL, else embedded)")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "embedded server's JetStream store (default $XDG_DATA_HOME/culvert/nats)")
 	cmd.Flags().StringVar(&sandboxState, "sandbox-state", "/run/culvert", "sandbox state: containers and root skeletons (must be traversable by the tenants' host uids)")
+	cmd.Flags().BoolVar(&ipForward, "enable-ip-forward", false, "let egress functions turn on net.ipv4.ip_forward in the host namespace (egress needs it; the old value is restored on exit)")
 	cmd.Flags().BoolVar(&watch, "watch", false, "reload the pipeline when its file changes (as SIGHUP does): the running version drains, then the new one starts")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:4222", "embedded server's client address (port 0: any free port)")
 	return cmd

@@ -44,9 +44,19 @@ func checkSandbox(p *pipelines.Pipeline) error {
 	return runner.CheckSandbox(p, s)
 }
 
+// sandboxFlags are the host-side sandbox settings a command takes.
+type sandboxFlags struct {
+	// State is the sandbox state directory.
+	State string
+	// IPForward lets egress functions turn on net.ipv4.ip_forward in the
+	// host namespace (restored on exit), which egress needs.
+	IPForward bool
+}
+
 // newSandboxing builds the runtimes p's functions run on. The returned
 // close destroys pre-created containers.
-func newSandboxing(p *pipelines.Pipeline, stateDir string, log *slog.Logger) (runner.Sandboxing, func(), error) {
+func newSandboxing(p *pipelines.Pipeline, flags sandboxFlags, log *slog.Logger) (runner.Sandboxing, func(), error) {
+	stateDir := flags.State
 	s := runner.Sandboxing{Plain: process.Runtime{}, Logger: log}
 	if !needsSandbox(p) {
 		return s, func() {}, nil
@@ -61,7 +71,7 @@ func newSandboxing(p *pipelines.Pipeline, stateDir string, log *slog.Logger) (ru
 	var prepare func(ctx context.Context, tenant, instance string, n sandbox.Network) (string, func() error, error)
 	for _, fn := range p.Functions {
 		if sb := p.SandboxFor(fn); !sb.None && sb.Network == "egress" && netm == nil {
-			m, err := network.NewManager(network.Config{Logger: log})
+			m, err := network.NewManager(network.Config{Logger: log, EnableForwarding: flags.IPForward})
 			if err != nil {
 				return s, func() {}, fmt.Errorf("%s: function %q: network egress: %w", fn.Pos, fn.Name, err)
 			}

@@ -82,7 +82,7 @@ The report looks like go test's; the exit status is 1 when a case fails.
 				if err != nil {
 					return reportPipelineErrors(cmd, f.Pipeline, err)
 				}
-				sbx, closeSandbox, err := newSandboxing(p, sandboxState, log)
+				sbx, closeSandbox, err := newSandboxing(p, sandboxFlags{State: sandboxState}, log)
 				if err != nil {
 					return err
 				}

@@ -208,7 +208,7 @@ func (m *Manager) Prepare(ctx context.Context, tenant, instance string, n sandbo
 	egress := n.Mode == ModeEgress
 	if egress && !m.forwarding {
 		return nil, fmt.Errorf("%s: egress needs net.ipv4.ip_forward=1 in the host network namespace, and it is 0: "+
-			"enable it (sysctl -w net.ipv4.ip_forward=1) or let Culvert do it (network EnableForwarding)", what)
+			"enable it (sysctl -w net.ipv4.ip_forward=1) or let Culvert do it (culvert run --enable-ip-forward; Config.EnableForwarding in Go)", what)
 	}
 	p, err := compile(n)
 	if err != nil {
