@@ -93,11 +93,14 @@ func (s *Sink) Publish(ctx context.Context, topic string, rec *culvertv1.Record,
 		done(fmt.Errorf("kafka sink: record %q: %w", rec.GetId(), err))
 		return
 	}
-	kr, buf, err := s.enc.Encode(topic, rec)
+	p := &produced{Context: context.Background(), s: s, topic: topic, rec: rec, done: done}
+	buf, err := s.enc.EncodeTo(&p.kr, topic, rec)
 	if err != nil {
 		done(fmt.Errorf("kafka sink: topic %q: %w", topic, err))
 		return
 	}
+	p.buf = buf
+	p.kr.Context = p
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
@@ -106,18 +109,38 @@ func (s *Sink) Publish(ctx context.Context, topic string, rec *culvertv1.Record,
 		return
 	}
 	s.pending.add()
-	s.cl.Produce(ctx, kr, func(r *kgo.Record, err error) {
-		s.enc.Release(buf)
-		if err != nil {
-			if errors.Is(err, kgo.ErrClientClosed) {
-				err = fmt.Errorf("%w: %w", connectors.ErrClosed, err)
-			}
-			err = fmt.Errorf("kafka sink: topic %q record %q: %w", topic, rec.GetId(), err)
-		}
-		done(err)
-		s.pending.done()
-	})
+	s.cl.Produce(ctx, &p.kr, producedPromise)
 	s.mu.RUnlock()
+}
+
+// produced is one published record until its promise ran: the Kafka
+// record and what the promise needs, in one allocation (Publish runs once
+// per output record). It is the Kafka record's Context, which is how the
+// one promise function finds it; as a context it is Background, so it
+// never cancels the produce (the ctx given to Produce does).
+type produced struct {
+	context.Context
+	kr    kgo.Record
+	s     *Sink
+	topic string
+	rec   *culvertv1.Record
+	buf   *kafkamsg.Buffer
+	done  func(error)
+}
+
+// producedPromise is the promise of every record a Sink produces.
+func producedPromise(r *kgo.Record, err error) {
+	p := r.Context.(*produced)
+	s := p.s
+	s.enc.Release(p.buf)
+	if err != nil {
+		if errors.Is(err, kgo.ErrClientClosed) {
+			err = fmt.Errorf("%w: %w", connectors.ErrClosed, err)
+		}
+		err = fmt.Errorf("kafka sink: topic %q record %q: %w", p.topic, p.rec.GetId(), err)
+	}
+	p.done(err)
+	s.pending.done()
 }
 
 // Flush waits until every done of the records published before it ran.

@@ -560,6 +560,7 @@ type item struct {
 	r          *kgo.Record
 	due        time.Time
 	deliveries int
+	first      *settler // the settler of the first delivery, allocated with the item (nil: none)
 }
 
 func newLane(s *Source, t tp) *lane {
@@ -603,7 +604,10 @@ func (l *lane) next() (it *item, wake time.Time, dead bool) {
 	if l.unsettled >= l.s.cfg.MaxInFlightPerPartition {
 		return nil, time.Time{}, false
 	}
-	now := time.Now()
+	var now time.Time
+	if len(l.retry) > 0 {
+		now = time.Now()
+	}
 	for i, r := range l.retry {
 		if !r.due.After(now) {
 			l.retry = slices.Delete(l.retry, i, i+1)
@@ -623,9 +627,20 @@ func (l *lane) next() (it *item, wake time.Time, dead bool) {
 			l.s.cl.ResumeFetchPartitions(map[string][]int32{l.tp.topic: {l.tp.partition}})
 			l.s.log.Debug("partition resumed", "partition", l.tp.String(), "queued", len(l.queue))
 		}
-		return &item{r: r}, time.Time{}, false
+		// A first delivery allocates its item and settler together.
+		f := &first{item: item{r: r}}
+		f.settler.it = &f.item
+		f.item.first = &f.settler
+		return &f.item, time.Time{}, false
 	}
 	return nil, wake, false
+}
+
+// first is a record's item with the settler of its first delivery, in one
+// allocation; a redelivery gets a settler of its own.
+type first struct {
+	item    item
+	settler settler
 }
 
 // loop hands the lane's records to h, one at a time, until ctx is done or
@@ -724,7 +739,13 @@ func (l *lane) hand(it *item) (*settler, connectors.Message, bool) {
 	if it.deliveries > 1 {
 		delivery = it.deliveries
 	}
-	st := &settler{l: l, it: it}
+	var st *settler
+	if it.deliveries == 1 && it.first != nil {
+		st = it.first
+	} else {
+		st = &settler{it: it}
+	}
+	st.l = l
 	return st, connectors.Message{Record: rec, Settler: st, Delivery: delivery}, true
 }
 

@@ -100,6 +100,9 @@ type Engine struct {
 	bytes   *budget
 	nacks   *nackWindow
 	stop    chan error // the nack threshold tripped
+	// ages: some function retries with a max_record_age, so items need
+	// the time their source record arrived.
+	ages bool
 
 	workCtx    context.Context
 	cancelWork context.CancelFunc
@@ -192,6 +195,9 @@ func New(opts Options) (*Engine, error) {
 		}
 	}
 	for name, fn := range p.Functions {
+		if fn.Retry.MaxRecordAge > 0 {
+			e.ages = true
+		}
 		if fn.Dispatch == "partition" {
 			// NATS, JetStream and file inputs carry no partition: every
 			// record then goes to the one instance of partition "".
@@ -363,7 +369,10 @@ func (h *handler) Handle(ctx context.Context, m connectors.Message) error {
 		return err
 	}
 	e.stats.in.Add(1)
-	tr := &tracker{e: e, msg: m, size: size}
+	// The tracker and the item of the first matching route share one
+	// allocation (most records match one route).
+	en := &entry{tracker: tracker{e: e, msg: m, size: size}}
+	tr := &en.tracker
 	tr.refs.Store(1)
 	var buf [8]int
 	matches, err := e.router.Match(m.Record, buf[:0])
@@ -381,12 +390,28 @@ func (h *handler) Handle(ctx context.Context, m connectors.Message) error {
 			}
 		}
 	}
-	for _, i := range matches {
+	var born time.Time
+	if len(matches) > 0 && e.ages {
+		born = time.Now()
+	}
+	for k, i := range matches {
 		tr.add(1)
-		e.routes[i].enter(&item{rec: m.Record, tr: tr, born: time.Now()})
+		it := &en.first
+		if k > 0 {
+			it = new(item)
+		}
+		*it = item{rec: m.Record, tr: tr, born: born}
+		e.routes[i].enter(it)
 	}
 	tr.release(nil)
 	return nil
+}
+
+// entry is a source message's tracker and the item it enters its first
+// route as.
+type entry struct {
+	tracker tracker
+	first   item
 }
 
 // tracker counts the references to one source message: one per record

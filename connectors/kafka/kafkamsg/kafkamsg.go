@@ -201,9 +201,20 @@ func (e *Encoder) Encoding() Encoding { return e.enc }
 // until then). With EncodingValue the value aliases rec.Value and the
 // Buffer is nil.
 func (e *Encoder) Encode(topic string, rec *culvertv1.Record) (*kgo.Record, *Buffer, error) {
+	kr := new(kgo.Record)
+	buf, err := e.EncodeTo(kr, topic, rec)
+	if err != nil {
+		return nil, nil, err
+	}
+	return kr, buf, nil
+}
+
+// EncodeTo is Encode into a Kafka record the caller allocated (and
+// zeroed), so that it can share an allocation with the caller's own
+// per-record state.
+func (e *Encoder) EncodeTo(kr *kgo.Record, topic string, rec *culvertv1.Record) (*Buffer, error) {
 	if e.enc == EncodingValue {
-		kr, err := encodeValue(topic, rec)
-		return kr, nil, err
+		return nil, encodeValue(kr, topic, rec)
 	}
 	buf, _ := e.pool.Get().(*Buffer)
 	if buf == nil {
@@ -212,19 +223,17 @@ func (e *Encoder) Encode(topic string, rec *culvertv1.Record) (*kgo.Record, *Buf
 	b, err := proto.MarshalOptions{}.MarshalAppend(buf.b[:0], rec)
 	if err != nil {
 		e.Release(buf)
-		return nil, nil, fmt.Errorf("marshal record %q: %w", rec.GetId(), err)
+		return nil, fmt.Errorf("marshal record %q: %w", rec.GetId(), err)
 	}
 	buf.b = b
-	kr := &kgo.Record{
-		Topic:   topic,
-		Key:     rec.GetKey(),
-		Value:   b,
-		Headers: []kgo.RecordHeader{{Key: HeaderContentType, Value: []byte(connectors.RecordContentType)}},
-	}
+	kr.Topic = topic
+	kr.Key = rec.GetKey()
+	kr.Value = b
+	kr.Headers = []kgo.RecordHeader{{Key: HeaderContentType, Value: []byte(connectors.RecordContentType)}}
 	if et := rec.GetEventTime(); et != nil && et.AsTime().UnixMilli() >= 0 {
 		kr.Timestamp = et.AsTime()
 	}
-	return kr, buf, nil
+	return buf, nil
 }
 
 // Release returns buf to the pool. nil is ignored.
@@ -236,8 +245,8 @@ func (e *Encoder) Release(buf *Buffer) {
 	e.pool.Put(buf)
 }
 
-func encodeValue(topic string, rec *culvertv1.Record) (*kgo.Record, error) {
-	kr := &kgo.Record{Topic: topic, Key: rec.GetKey(), Value: rec.GetValue()}
+func encodeValue(kr *kgo.Record, topic string, rec *culvertv1.Record) error {
+	kr.Topic, kr.Key, kr.Value = topic, rec.GetKey(), rec.GetValue()
 	n := len(rec.GetHeaders())
 	if rec.GetContentType() != "" {
 		n++
@@ -254,9 +263,9 @@ func encodeValue(topic string, rec *culvertv1.Record) (*kgo.Record, error) {
 	if et := rec.GetEventTime(); et != nil {
 		t := et.AsTime()
 		if t.UnixMilli() < 0 {
-			return nil, fmt.Errorf("record %q: event time %s: %w", rec.GetId(), t.UTC().Format(time.RFC3339Nano), ErrNotRepresentable)
+			return fmt.Errorf("record %q: event time %s: %w", rec.GetId(), t.UTC().Format(time.RFC3339Nano), ErrNotRepresentable)
 		}
 		kr.Timestamp = t
 	}
-	return kr, nil
+	return nil
 }
