@@ -446,6 +446,15 @@ func (w *worker) run() {
 			select {
 			case it := <-w.queue:
 				w.arrive(it)
+				// Take what else is queued without another select, then
+				// batch it all under one lock.
+				for n := len(batch) + 1; n < size; n++ {
+					more, ok := w.tryReceive()
+					if !ok {
+						break
+					}
+					w.arrive(more)
+				}
 				batch = w.takeReady(batch, size)
 			case <-w.wake:
 				if w.hasUnits() {
@@ -460,6 +469,16 @@ func (w *worker) run() {
 		}
 		fill.Stop()
 		w.send(ctx, append([]*item(nil), batch...))
+	}
+}
+
+// tryReceive takes a queued item if one is there.
+func (w *worker) tryReceive() (*item, bool) {
+	select {
+	case it := <-w.queue:
+		return it, true
+	default:
+		return nil, false
 	}
 }
 
