@@ -46,7 +46,7 @@ functions:
   slow:
     command: $BINS/testfn
     args: [sleep]
-    env: { TESTFN_SLEEP: 40ms }
+    env: { TESTFN_SLEEP: 100ms }
     batch: { size: 10, max_wait: 1ms }
   refuse:
     command: $BINS/testfn
@@ -64,17 +64,19 @@ routes:
 outputs:
   out: { kafka: { brokers: ` + brokersYAML(c) + `, topic: out, encoding: value } }
   dead: { kafka: { brokers: ` + brokersYAML(c) + `, topic: dead, encoding: value } }
-delivery: { shutdown_grace: 3s }
+delivery: { shutdown_grace: 200ms }
 `
 	yaml = strings.ReplaceAll(yaml, "$BINS/testfn", testfn())
 	committed := kgo.FetchIsolationLevel(kgo.ReadCommitted())
 
 	h := startAny(t, yaml)
 	// Stop in the middle of a transaction (one polled batch, up to 1000
-	// records): some of its outputs written, none of them committed.
+	// records): some of its outputs written, none of them committed. The
+	// function takes 100ms per 10 records and the grace is 200ms, so the
+	// drain cannot finish the batch and its transaction is aborted.
+	uncommitted := kgo.FetchIsolationLevel(kgo.ReadUncommitted())
 	deadline := time.Now().Add(30 * time.Second)
-	for h.eng.Stats().Published < 2*n/3 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	for len(c.Read(t, "out", n/3, 200*time.Millisecond, uncommitted)) < n/3 && time.Now().Before(deadline) {
 	}
 	h.stop()
 	t.Logf("stopped with %d outputs and dead letters written; %d outputs committed", h.eng.Stats().Published,
@@ -110,7 +112,7 @@ delivery: { shutdown_grace: 3s }
 			break
 		}
 	}
-	all := c.Read(t, "out", 2*n, 3*time.Second, kgo.FetchIsolationLevel(kgo.ReadUncommitted()))
+	all := c.Read(t, "out", 2*n, 3*time.Second, uncommitted)
 	if len(all) <= n {
 		t.Errorf("out, read_uncommitted: %d records; the stop aborted nothing, so the test proved little", len(all))
 	}
