@@ -55,7 +55,7 @@ func applyDeliveryDefaults(p *Pipeline) {
 	}
 	setStr(&p.Inputs[name].Kafka.TransactionalID, "culvert-"+p.Name+"-"+name)
 	for _, r := range p.Routes {
-		if !r.ExactlyOnce() {
+		if r == nil || !r.ExactlyOnce() {
 			continue
 		}
 		for _, o := range routeOutputs(r) {
