@@ -66,14 +66,17 @@ type kinesisRig struct {
 }
 
 // kinesisSetup starts kinesalite and the audit NATS server, puts n keyed
-// records on a stream of the given shards, and writes the pipeline with the
+// records on a stream of the given shards (n 0: the caller puts them later
+// with put), and writes the pipeline with the
 // lease store kind: "file" (one process) or "nats" (the audit server's KV).
 func kinesisSetup(ctx context.Context, t *testing.T, r *run, n, shards int, kind string, lease time.Duration) *kinesisRig {
 	t.Helper()
 	g := &kinesisRig{endpoint: kinesistest.Start(t), url: NATS(t, r.dir)}
 	g.out = NewOutStream(ctx, t, g.url, "OUT", "out.>")
 	kinesistest.CreateStream(t, g.endpoint, "in", shards)
-	g.put(ctx, t, n)
+	if n > 0 {
+		g.put(ctx, t, n)
+	}
 	storeYAML := fmt.Sprintf("{ store: file, path: %q }", filepath.Join(r.dir, "leases.json"))
 	switch kind {
 	case "file":

@@ -22,10 +22,13 @@ import (
 // the kill and how long after it the survivors had committed everything
 // the dead one left (the takeover, bounded by the session or lease timeout
 // plus the time to process the rest).
-func scaleOut(ctx context.Context, t *testing.T, r *run, pipeline string, n int, out *OutStream, windows func() []Window, finished func() bool) (Kill, time.Duration) {
+func scaleOut(ctx context.Context, t *testing.T, r *run, pipeline string, n int, out *OutStream, ready func(), windows func() []Window, finished func() bool) (Kill, time.Duration) {
 	t.Helper()
 	stored := func() int { return out.Stored(ctx) }
 	procs := []*Proc{r.culvert(t, pipeline), r.culvert(t, pipeline), r.culvert(t, pipeline)}
+	if ready != nil {
+		ready()
+	}
 	target := n/4 + rand.IntN(n/6+1)
 	WaitFor(ctx, t, 60*time.Second, r.log.Name(), stored, func() bool { return stored() >= target })
 	victim := rand.IntN(len(procs))
@@ -62,7 +65,7 @@ func TestScaleOutKafka(t *testing.T) {
 	r := newRun(t)
 	kf, out, ins, pipeline := kafkaSetup(ctx, t, r, n, partitions, session)
 	ends := partitionEnds(ins)
-	kill, took := scaleOut(ctx, t, r, pipeline, n, out,
+	kill, took := scaleOut(ctx, t, r, pipeline, n, out, nil,
 		func() []Window {
 			var ws []Window
 			for p, off := range committed(ctx, t, kf.Brokers, "crash", partitions) {
@@ -86,15 +89,35 @@ func TestScaleOutKafka(t *testing.T) {
 // through shard leases in a JetStream KV bucket (lease_duration 3s); one
 // is killed with SIGKILL mid-stream. Its leases expire, the two others
 // take them and resume after the checkpoints: 0 lost, per-key order holds
-// (keys map to shards), duplicates only after the checkpoints.
+// (keys map to shards), duplicates only after the checkpoints. The records
+// are put once all three processes hold leases.
 func TestScaleOutKinesis(t *testing.T) {
 	n := records()
 	const lease = 3 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	r := newRun(t)
-	g := kinesisSetup(ctx, t, r, n, 6, "nats", lease)
-	kill, took := scaleOut(ctx, t, r, g.pipeline, n, g.out,
+	g := kinesisSetup(ctx, t, r, 0, 6, "nats", lease)
+	// The records go on the stream once the three processes hold every
+	// lease between them: a lease taken from a live process (the balancing at
+	// start) repeats the records after its checkpoint too, and this test is
+	// about the kill.
+	ready := func() {
+		balanced := func() bool {
+			ls, err := g.store.List(ctx)
+			if err != nil || len(ls) != 6 {
+				return false
+			}
+			per := map[string]int{}
+			for _, l := range ls {
+				per[l.Owner]++
+			}
+			return len(per) == 3 && per[""] == 0
+		}
+		WaitFor(ctx, t, 60*time.Second, r.log.Name(), func() int { return 0 }, balanced)
+		g.put(ctx, t, n)
+	}
+	kill, took := scaleOut(ctx, t, r, g.pipeline, n, g.out, ready,
 		func() []Window {
 			ws, owners := g.windows(ctx, t, 1)
 			t.Logf("lease owners at the kill: %v", owners)
@@ -188,7 +211,7 @@ func TestScaleOutJetStream(t *testing.T) {
 		}
 		return info
 	}
-	kill, took := scaleOut(ctx, t, r, pipeline, n, out,
+	kill, took := scaleOut(ctx, t, r, pipeline, n, out, nil,
 		func() []Window {
 			info := consumer()
 			if info == nil {
