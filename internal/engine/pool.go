@@ -711,6 +711,12 @@ func (w *worker) done(items []*item, res []fnhost.Result, err error) {
 			st.rt.deliver(it, res[i].Outputs, st)
 			continue
 		}
+		// It heads its lane from now on, before the lock is let go: the
+		// sender must not take a later record of the lane in between.
+		// retryOrFail keeps it there for a retry or lets the lane go.
+		if w.heads[it.lane] == nil {
+			w.heads[it.lane] = it
+		}
 		w.lmu.Unlock()
 		e.stats.failed.Add(1)
 		it.attempt++

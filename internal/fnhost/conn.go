@@ -135,6 +135,7 @@ func (c *conn) fail(ie *InstanceError) { c.failWith(ie, nil) }
 // failWith is fail for a culprit call already taken off the queue: it gets
 // ie, and every call still queued is a bystander.
 func (c *conn) failWith(ie *InstanceError, culprit *Call) {
+	answered := false
 	c.failOnce.Do(func() {
 		c.mu.Lock()
 		c.failed = true
@@ -174,6 +175,14 @@ func (c *conn) failWith(ie *InstanceError, culprit *Call) {
 		// Dead first: a caller blocked in Submit must see the instance
 		// gone before the answers below run engine code.
 		close(c.dead)
+		// The culprit is the earliest call: answered first, so that the
+		// host sees its records fail before the later batches come back
+		// unprocessed (it orders retries by that).
+		if culprit != nil {
+			<-c.slots
+			culprit.Done(nil, ie)
+			answered = true
+		}
 		bystander := *ie
 		bystander.Bystander = true
 		blamed := culprit != nil
@@ -193,8 +202,9 @@ func (c *conn) failWith(ie *InstanceError, culprit *Call) {
 			e.call.Done(nil, &bystander)
 		}
 	})
-	if culprit != nil {
-		// It was off the queue, so no failure above could answer it.
+	if culprit != nil && !answered {
+		// A later failure of an instance that had already failed: its
+		// call was off the queue, so nothing above answered it.
 		<-c.slots
 		culprit.Done(nil, c.err)
 	}
