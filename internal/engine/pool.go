@@ -243,6 +243,10 @@ type worker struct {
 	heads  map[uint64]*item   // lane -> head waiting for its retry
 	closed bool
 
+	// calls counts the calls submitted and not yet judged (see
+	// settleDead).
+	calls sync.WaitGroup
+
 	mu       sync.Mutex
 	inst     fnhost.Instance
 	failures int // consecutive failed starts or crashes
@@ -418,7 +422,7 @@ func (w *worker) run() {
 	batch := make([]*item, 0, size)
 	for {
 		if u := w.takeUnit(); u != nil {
-			w.send(ctx, u)
+			w.send(ctx, u, false)
 			continue
 		}
 		batch = w.takeReady(batch[:0], size)
@@ -468,7 +472,7 @@ func (w *worker) run() {
 			}
 		}
 		fill.Stop()
-		w.send(ctx, append([]*item(nil), batch...))
+		w.send(ctx, append([]*item(nil), batch...), true)
 	}
 }
 
@@ -511,22 +515,16 @@ func (w *worker) idleStop() {
 
 // send submits items to a live instance, starting or restarting it as
 // needed. Items that cannot be sent because of a shutdown are abandoned.
-func (w *worker) send(ctx context.Context, items []*item) {
-	recs := make([]*culvertv1.Record, len(items))
-	attempt := 1
-	for i, it := range items {
-		recs[i] = it.rec
-		attempt = max(attempt, it.attempt+1)
-	}
-	call := &fnhost.Call{Records: recs, Attempt: attempt, Done: func(res []fnhost.Result, err error) {
-		if err == nil {
-			w.mu.Lock()
-			w.failures = 0
-			w.mu.Unlock()
-		}
-		w.done(items, res, err)
-	}}
+// A regular batch (not a retry or a bisected half) is checked against the
+// lanes once the previous instance's answers are all in: a record whose
+// lane got a head meanwhile is parked instead of sent.
+func (w *worker) send(ctx context.Context, items []*item, regular bool) {
 	for {
+		if w.settleDead() && regular {
+			if items = w.unblocked(items); len(items) == 0 {
+				return
+			}
+		}
 		inst, err := w.instance(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -542,10 +540,11 @@ func (w *worker) send(ctx context.Context, items []*item) {
 			}
 			return
 		}
-		err = inst.Submit(ctx, call)
-		if err == nil {
+		w.calls.Add(1)
+		if err = inst.Submit(ctx, w.call(items)); err == nil {
 			return
 		}
+		w.calls.Done() // not taken: its Done will not run
 		if ctx.Err() != nil {
 			for _, it := range items {
 				it.tr.release(errAbandoned)
@@ -553,6 +552,60 @@ func (w *worker) send(ctx context.Context, items []*item) {
 			return
 		}
 	}
+}
+
+// call makes the call that carries items; its answer is judged by done.
+func (w *worker) call(items []*item) *fnhost.Call {
+	recs := make([]*culvertv1.Record, len(items))
+	attempt := 1
+	for i, it := range items {
+		recs[i] = it.rec
+		attempt = max(attempt, it.attempt+1)
+	}
+	return &fnhost.Call{Records: recs, Attempt: attempt, Done: func(res []fnhost.Result, err error) {
+		defer w.calls.Done()
+		if err == nil {
+			w.mu.Lock()
+			w.failures = 0
+			w.mu.Unlock()
+		}
+		w.done(items, res, err)
+	}}
+}
+
+// settleDead waits, when the slot's instance has died, until every call it
+// took has been answered and judged, so that the lanes its failures block
+// are blocked before anything goes to the next instance. It reports
+// whether it waited.
+func (w *worker) settleDead() bool {
+	w.mu.Lock()
+	inst := w.inst
+	w.mu.Unlock()
+	if inst == nil {
+		return false
+	}
+	select {
+	case <-inst.Dead():
+	default:
+		return false
+	}
+	w.calls.Wait()
+	return true
+}
+
+// unblocked parks the items whose lane is blocked and returns the rest.
+func (w *worker) unblocked(items []*item) []*item {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	keep := items[:0]
+	for _, it := range items {
+		if w.blockedLocked(it) {
+			w.parkLocked(it)
+			continue
+		}
+		keep = append(keep, it)
+	}
+	return keep
 }
 
 // instance returns the live instance, (re)starting it with backoff.

@@ -30,6 +30,13 @@ type conn struct {
 	dead     chan struct{}
 	failOnce sync.Once
 	err      error
+
+	// answerMu makes taking a call off pending and answering it one step
+	// with respect to a failing instance answering the calls still
+	// pending: without it a timer's failure could answer a later batch
+	// before the reader hands on the earlier one it has just read, and
+	// the host orders retries by the order of answers.
+	answerMu sync.Mutex
 }
 
 // entry is something sent that awaits an answer: a call or a keep-alive.
@@ -155,6 +162,8 @@ func (c *conn) failWith(ie *InstanceError, culprit *Call) {
 		}
 		ie.Exit = &exit
 		ie.Stderr = c.stderr.Tail()
+		c.answerMu.Lock()
+		defer c.answerMu.Unlock()
 		c.mu.Lock()
 		pending := c.pending
 		c.pending = nil

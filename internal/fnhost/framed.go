@@ -215,15 +215,19 @@ func (f *framed) handshake(m *culvertv1.FunctionMessage) error {
 }
 
 func (f *framed) result(br *resultDecoder) error {
+	f.answerMu.Lock()
 	e, ok := f.pop()
 	switch {
 	case !ok || e.call == nil:
+		f.answerMu.Unlock()
 		f.violation(fmt.Sprintf("BatchResult for batch %d while no batch was outstanding", br.id))
 		return errors.New("unexpected result")
 	case br.id != e.call.id:
+		f.answerMu.Unlock()
 		f.failPopped(e.call, fmt.Sprintf("BatchResult for batch %d, expected batch %d (results must come in order)", br.id, e.call.id))
 		return errors.New("wrong batch id")
 	case len(br.results) != len(e.call.Records):
+		f.answerMu.Unlock()
 		f.failPopped(e.call, fmt.Sprintf("BatchResult for batch %d has %d results for %d records", br.id, len(br.results), len(e.call.Records)))
 		return errors.New("wrong result count")
 	}
@@ -233,6 +237,7 @@ func (f *framed) result(br *resultDecoder) error {
 		in := e.call.Records[i]
 		if rr.failure {
 			if rr.end > rr.start {
+				f.answerMu.Unlock()
 				f.failPopped(e.call, fmt.Sprintf("result %d of batch %d (record %s) has both a failure and outputs", i, br.id, in.Id))
 				return errors.New("failure with outputs")
 			}
@@ -247,6 +252,7 @@ func (f *framed) result(br *resultDecoder) error {
 	}
 	br.handedOn()
 	f.complete(e.call, res)
+	f.answerMu.Unlock()
 	return nil
 }
 
