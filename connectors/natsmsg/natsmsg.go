@@ -46,33 +46,18 @@ const (
 	HeaderMsgID = "Nats-Msg-Id"
 )
 
-// Encoding selects how a sink writes a Record into a NATS message.
-type Encoding uint8
+// Encoding selects how a sink writes a Record into a NATS message; it is
+// the connectors' shared type.
+type Encoding = connectors.Encoding
 
+// The encodings, as in package connectors.
 const (
-	// EncodingRecord: body = protobuf Record (the default).
-	EncodingRecord Encoding = iota
-	// EncodingValue: body = value, metadata in headers.
-	EncodingValue
+	EncodingRecord = connectors.EncodingRecord
+	EncodingValue  = connectors.EncodingValue
 )
 
 // ParseEncoding parses "record" (or "") and "value".
-func ParseEncoding(s string) (Encoding, error) {
-	switch s {
-	case "", "record":
-		return EncodingRecord, nil
-	case "value":
-		return EncodingValue, nil
-	}
-	return 0, fmt.Errorf("unknown encoding %q (want record or value)", s)
-}
-
-func (e Encoding) String() string {
-	if e == EncodingValue {
-		return "value"
-	}
-	return "record"
-}
+func ParseEncoding(s string) (Encoding, error) { return connectors.ParseEncoding(s) }
 
 // ErrNotRepresentable is wrapped by Encode when a record cannot be carried
 // faithfully in the value encoding (a header name or value NATS cannot

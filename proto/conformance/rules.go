@@ -871,15 +871,22 @@ func checkHostGarbage(t *T) error {
 	// skips bytes to resynchronise would answer.
 	p.sendRaw([]byte("hello from a confused host\n"))
 	p.send(t.batchMsg(2, rec("r2", []byte("y"))))
+	return t.expectRefusal(p, "bytes that are not a frame")
+}
+
+// expectRefusal checks what a function does after input it must refuse
+// (what names it): it answers nothing more, and once stdin closes it exits
+// with a failure status.
+func (t *T) expectRefusal(p *proc, what string) error {
 	if err := p.quiet(t.ctx, 500*time.Millisecond); err != nil && !strings.Contains(err.Error(), "closed stdout") {
-		return fmt.Errorf("after bytes that are not a frame: %w", err)
+		return fmt.Errorf("after %s: %w", what, err)
 	}
 	p.closeStdin()
-	if err := t.expectExit(p, "bytes that are not a frame"); err != nil {
+	if err := t.expectExit(p, what); err != nil {
 		return err
 	}
 	if p.state.Success() {
-		return fmt.Errorf("after bytes that are not a frame the function exited with status 0, want a failure status%s", p.stderrNote())
+		return fmt.Errorf("after %s the function exited with status 0, want a failure status%s", what, p.stderrNote())
 	}
 	return nil
 }
@@ -914,17 +921,7 @@ func checkFrameLimitEnforced(t *T) error {
 		return err
 	}
 	p.send(t.batchMsg(2, bigRecord("too-big", 100<<10)))
-	if err := p.quiet(t.ctx, 500*time.Millisecond); err != nil && !strings.Contains(err.Error(), "closed stdout") {
-		return fmt.Errorf("after a frame over max_frame_bytes: %w", err)
-	}
-	p.closeStdin()
-	if err := t.expectExit(p, "a frame over max_frame_bytes"); err != nil {
-		return err
-	}
-	if p.state.Success() {
-		return fmt.Errorf("after a frame over max_frame_bytes the function exited with status 0, want a failure status%s", p.stderrNote())
-	}
-	return nil
+	return t.expectRefusal(p, "a frame over max_frame_bytes")
 }
 
 func checkLengthEncoding(t *T) error {

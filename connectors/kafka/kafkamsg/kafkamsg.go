@@ -37,34 +37,18 @@ const HeaderContentType = "Content-Type"
 // ConnectorName is Record.Source.Connector for Kafka records.
 const ConnectorName = "kafka"
 
-// Encoding selects how a sink writes a Record into a Kafka record.
-type Encoding uint8
+// Encoding selects how a sink writes a Record into a Kafka record; it is
+// the connectors' shared type.
+type Encoding = connectors.Encoding
 
+// The encodings, as in package connectors.
 const (
-	// EncodingRecord: value = protobuf Record (the default).
-	EncodingRecord Encoding = iota
-	// EncodingValue: value = the record's value, metadata in key, headers
-	// and timestamp.
-	EncodingValue
+	EncodingRecord = connectors.EncodingRecord
+	EncodingValue  = connectors.EncodingValue
 )
 
 // ParseEncoding parses "record" (or "") and "value".
-func ParseEncoding(s string) (Encoding, error) {
-	switch s {
-	case "", "record":
-		return EncodingRecord, nil
-	case "value":
-		return EncodingValue, nil
-	}
-	return 0, fmt.Errorf("unknown encoding %q (want record or value)", s)
-}
-
-func (e Encoding) String() string {
-	if e == EncodingValue {
-		return "value"
-	}
-	return "record"
-}
+func ParseEncoding(s string) (Encoding, error) { return connectors.ParseEncoding(s) }
 
 // ErrNotRepresentable is wrapped by Encode when a record cannot be carried
 // faithfully in the value encoding (an event time before 1970, which a
