@@ -165,7 +165,12 @@ func TestCaptureJetStreamLeavesDurablesAlone(t *testing.T) {
 	n := 0
 	for m := range batch.Messages() {
 		if n < 3 {
-			m.Ack() // three acked, one delivered and pending
+			// Three acked, one delivered and pending. DoubleAck waits for
+			// the server to confirm, so the "before" snapshot below sees
+			// the acks rather than racing them.
+			if err := m.DoubleAck(ctx); err != nil {
+				t.Fatal(err)
+			}
 		}
 		n++
 	}
