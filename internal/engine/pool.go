@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"errors"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/culvert-dev/culvert/internal/fnhost"
 	"github.com/culvert-dev/culvert/pipelines"
+	"github.com/culvert-dev/culvert/sandbox"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 )
 
@@ -98,6 +100,12 @@ func newStage(rt *route, index int, fn *pipelines.Function) (*stage, error) {
 			Logger:    rt.log,
 		},
 		partitions: map[string]*worker{},
+	}
+	// An isolating runtime may create a container for the function now,
+	// so that its first start only execs it (sandbox/container).
+	if pc, ok := conf.Runtime.(interface{ Precreate(sandbox.Spec) }); ok && st.base.Mode != fnhost.Exec {
+		pc.Precreate(sandbox.Spec{Name: st.base.Name(), Path: path, Args: fn.Args, Env: env, Dir: fn.Dir,
+			Tenant: cmp.Or(conf.Tenant, e.p.Name), Isolation: conf.Isolation})
 	}
 	if fn.Dispatch != "partition" {
 		for i := range slots {
@@ -515,17 +523,26 @@ func (w *worker) idleStop() {
 
 // send submits items to a live instance, starting or restarting it as
 // needed. Items that cannot be sent because of a shutdown are abandoned.
-// A regular batch (not a retry or a bisected half) is checked against the
-// lanes once the previous instance's answers are all in: a record whose
-// lane got a head meanwhile is parked instead of sent.
+//
+// When the slot's instance has died, send first waits until everything
+// that instance was sent has been judged (settleDead): its failed records
+// then head their lanes, and the batches queued behind it are back among
+// the ready records. A regular batch (not a retry or a bisected half) was
+// taken from the ready records before that, so it may hold later records
+// of a lane whose earlier records have just come back; it goes back too,
+// and the worker takes the ready records again in arrival order. Retries
+// and bisected halves hold only records that head their lanes (or that
+// their lanes wait for), and go as they are.
 func (w *worker) send(ctx context.Context, items []*item, regular bool) {
 	for {
 		if w.settleDead() && regular {
-			if items = w.unblocked(items); len(items) == 0 {
-				return
-			}
+			w.requeue(items)
+			return
 		}
 		inst, err := w.instance(ctx)
+		if errors.Is(err, errInstanceDied) {
+			continue // settle it first
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				for _, it := range items {
@@ -575,8 +592,10 @@ func (w *worker) call(items []*item) *fnhost.Call {
 
 // settleDead waits, when the slot's instance has died, until every call it
 // took has been answered and judged, so that the lanes its failures block
-// are blocked before anything goes to the next instance. It reports
-// whether it waited.
+// are blocked, and the batches it never processed are back among the ready
+// records, before anything goes to the next instance. Only then does it
+// let the slot go of the dead instance, so that instance can start the
+// next one. It reports whether it settled a dead instance.
 func (w *worker) settleDead() bool {
 	w.mu.Lock()
 	inst := w.inst
@@ -590,25 +609,22 @@ func (w *worker) settleDead() bool {
 		return false
 	}
 	w.calls.Wait()
+	w.mu.Lock()
+	if w.inst == inst {
+		w.inst = nil
+		w.failures++
+	}
+	w.mu.Unlock()
 	return true
 }
 
-// unblocked parks the items whose lane is blocked and returns the rest.
-func (w *worker) unblocked(items []*item) []*item {
-	w.lmu.Lock()
-	defer w.lmu.Unlock()
-	keep := items[:0]
-	for _, it := range items {
-		if w.blockedLocked(it) {
-			w.parkLocked(it)
-			continue
-		}
-		keep = append(keep, it)
-	}
-	return keep
-}
+// errInstanceDied: the slot's instance died and settleDead has not yet
+// judged what it was sent.
+var errInstanceDied = errors.New("function instance died")
 
-// instance returns the live instance, (re)starting it with backoff.
+// instance returns the live instance, or starts one with backoff when the
+// slot has none. It returns errInstanceDied, without starting another, when
+// the instance died: settleDead must judge its answers first.
 func (w *worker) instance(ctx context.Context) (fnhost.Instance, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -617,8 +633,7 @@ func (w *worker) instance(ctx context.Context) (fnhost.Instance, error) {
 		if w.inst != nil {
 			select {
 			case <-w.inst.Dead():
-				w.failures++
-				w.inst = nil
+				return nil, errInstanceDied
 			default:
 				return w.inst, nil
 			}

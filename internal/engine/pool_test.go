@@ -520,3 +520,139 @@ routes:
 		t.Errorf("%d processes started under a backlog, want max 3", s.InstancesStarted)
 	}
 }
+
+// TestInstanceDeathKeepsKeyOrder: a function instance dies (it exits, or
+// hangs until its batch timeout kills it) on a chosen record while the
+// next batch is pipelined behind that record's batch and the slot has
+// gathered a third one. The dead batch's records are retried, the batch
+// queued behind it (never processed) is sent again, and every key's records
+// still come out in their input order, through one or two functions with
+// two instances each.
+//
+// Each slot of the failing function gets two keys, x and y (chosen with the
+// stage's own dispatch, so that they share their slot in every function of
+// the chain): x0 (which kills the instance on its first attempt, after a
+// pause in which the host fills the pipeline), x1..x3, then y0..y11, in
+// batches of 4. The dead batch holds x records only; the batch behind it
+// and the one gathered meanwhile both hold y records. Before the fix the
+// gathered batch went to the next instance ahead of the one sent back, and
+// y4 came out before y0.
+func TestInstanceDeathKeepsKeyOrder(t *testing.T) {
+	const crashy = `
+  crashy:
+    command: $TESTFN
+    args: [crash]
+    env: { TESTFN_SLEEP: 300ms, TESTFN_HANG: "%s" }
+    instances: 2
+    timeout: 500ms
+    batch: { size: 4, max_wait: 20ms }
+    retry: { max_attempts: 5, backoff: 10ms, max_backoff: 20ms }
+    restart: { backoff: 10ms, max_backoff: 20ms }`
+	const pass = `
+  pass: { command: $TESTFN, args: [to], instances: 2, batch: { size: 4, max_wait: 1ms } }`
+	tests := []struct {
+		name  string
+		hang  string
+		chain string
+		class string // of the instance failure, in the log
+	}{
+		{"exit", "", "[crashy]", "class=crash"},
+		{"batch timeout", "1", "[crashy]", "class=timeout"},
+		{"exit, second of two", "", "[pass, crashy]", "class=crash"},
+		{"exit, first of two", "", "[crashy, pass]", "class=crash"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			l := startLive(t, `
+version: 1
+name: death
+inputs: { in: { stdin: {} } }
+functions:`+fmt.Sprintf(crashy, tc.hang)+pass+`
+routes:
+  - { name: main, chain: `+tc.chain+`, outputs: [a], dead_letter: dlq }
+`+outputsYAML)
+			var input []*culvertv1.Record
+			for _, pair := range keysPerSlot(t, l.e.routes[0].stages, "crashy") {
+				for i := range 16 {
+					k, n := pair[0], i
+					if i >= 4 {
+						k, n = pair[1], i-4
+					}
+					v := fmt.Sprintf("%s %d", k, n)
+					if k == pair[0] && n == 0 {
+						v += " crash"
+					}
+					input = append(input, &culvertv1.Record{Id: fmt.Sprintf("%s-%d", k, n), Key: []byte(k), Value: []byte(v)})
+				}
+			}
+			l.send(input...)
+			l.waitFor("every record is settled", func() bool { return l.e.Stats().Acked == int64(len(input)) })
+			logs := l.logs.String()
+			if n := strings.Count(logs, "function instance failed"); n < 2 || !strings.Contains(logs, tc.class) {
+				t.Fatalf("%d instance failures, want one per slot, of %s: the test did not test anything", n, tc.class)
+			}
+			outs := parseNDJSON(t, l.out["a"].String())
+			if len(outs) != len(input) || l.out["dlq"].String() != "" {
+				t.Fatalf("%d outputs, want %d; dead letters %q", len(outs), len(input), l.out["dlq"].String())
+			}
+			checkKeyOrder(t, outs)
+			if s := l.e.Stats(); s.Retried == 0 {
+				t.Errorf("stats %+v: the dead batch was not retried", s)
+			}
+		})
+	}
+}
+
+// keysPerSlot picks, for each slot of the function named fn, two keys
+// that go to that slot and share their slot in every other function of
+// stages too.
+func keysPerSlot(t *testing.T, stages []*stage, fn string) [][2]string {
+	t.Helper()
+	var target *stage
+	for _, st := range stages {
+		if st.fn.Name == fn {
+			target = st
+		}
+	}
+	if target == nil {
+		t.Fatalf("no function %s in the chain", fn)
+	}
+	slotOf := func(st *stage, key string) int {
+		return slicesIndexWorker(st.workers, st.pick(&culvertv1.Record{Key: []byte(key)}))
+	}
+	first := map[string]string{} // slots in every stage -> the first key seen there
+	pairs := make([][2]string, len(target.workers))
+	found := 0
+	for i := 0; found < len(pairs) && i < 10000; i++ {
+		key := fmt.Sprint("k", i)
+		sig := ""
+		for _, st := range stages {
+			sig += fmt.Sprint(slotOf(st, key), ",")
+		}
+		s := slotOf(target, key)
+		if pairs[s][1] != "" {
+			continue
+		}
+		x, ok := first[sig]
+		if !ok {
+			first[sig] = key
+			continue
+		}
+		pairs[s] = [2]string{x, key}
+		found++
+	}
+	if found < len(pairs) {
+		t.Fatalf("found keys for %d of %d slots", found, len(pairs))
+	}
+	return pairs
+}
+
+func slicesIndexWorker(ws []*worker, w *worker) int {
+	for i, x := range ws {
+		if x == w {
+			return i
+		}
+	}
+	return -1
+}

@@ -13,12 +13,20 @@
 //	poison    when any record of a batch contains "poison", every record
 //	          of the batch fails (retryably); otherwise all are emitted.
 //	fail      every record fails permanently.
+//	crash     a record whose value contains "crash", in a batch's first
+//	          attempt, makes the process wait $TESTFN_SLEEP (so that the
+//	          host pipelines the next batch and gathers another) and exit
+//	          with status 3 without answering: the instance dies with
+//	          work queued behind it. With TESTFN_HANG=1 it never answers
+//	          instead, until the host's batch timeout kills it. On a retry
+//	          the record is emitted like the others.
 package main
 
 import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"time"
@@ -85,12 +93,32 @@ func main() {
 			}
 			return res
 		}, culvert.WithAgent("testfn/poison"))
+	case "crash":
+		d, _ := time.ParseDuration(os.Getenv("TESTFN_SLEEP"))
+		hang := os.Getenv("TESTFN_HANG") == "1"
+		culvert.RunBatch(func(ctx context.Context, recs []*culvert.Record) []culvert.Result {
+			b, _ := culvert.CurrentBatch(ctx)
+			res := make([]culvert.Result, len(recs))
+			for i, r := range recs {
+				if b.Attempt == 1 && bytes.Contains(r.Value, []byte("crash")) {
+					if hang {
+						fmt.Fprintf(os.Stderr, "testfn: hanging on record %s as asked\n", r.Id)
+						time.Sleep(math.MaxInt64)
+					}
+					time.Sleep(d)
+					fmt.Fprintf(os.Stderr, "testfn: crashing on record %s as asked\n", r.Id)
+					os.Exit(3)
+				}
+				res[i].Outputs = culvert.Emit(r)
+			}
+			return res
+		}, culvert.WithAgent("testfn/crash"))
 	case "fail":
 		culvert.Run(func(ctx context.Context, rec *culvert.Record) ([]culvert.Output, error) {
 			return nil, fmt.Errorf("record %s refused", rec.Id)
 		}, culvert.WithAgent("testfn/fail"))
 	default:
-		fmt.Fprintf(os.Stderr, "testfn: unknown mode %q (to, instance, sleep, flaky, poison, fail)\n", mode)
+		fmt.Fprintf(os.Stderr, "testfn: unknown mode %q (to, instance, sleep, flaky, poison, fail, crash)\n", mode)
 		os.Exit(2)
 	}
 }
