@@ -54,36 +54,92 @@ func main() {
 	batch := flag.Int("batch", 1000, "function batch size")
 	instances := flag.Int("instances", 2, "function instances")
 	noFn := flag.Bool("nofunction", false, "also measure the pipeline with an empty chain (connectors and engine only)")
-	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the Culvert side, the raw side and kfake) to this file")
+	fnBin := flag.String("function", "", "the function to run instead of examples/functions/passthrough (built afresh); it must pass every record through unchanged")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (kfake included) during the first measured run of -profile's side to this file")
+	memProfile := flag.String("memprofile", "", "write allocation profiles of this process taken before and after the first measured run of -profile's side to this file and this file + \".base\" (go tool pprof -sample_index=alloc_space -base FILE.base FILE)")
+	profSide := flag.String("profile", "culvert", "the side -cpuprofile covers: raw, culvert (with the function) or bare (empty chain)")
 	flag.Parse()
+	prof := &profiler{side: *profSide, mem: *memProfile}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
-		if err == nil {
-			err = pprof.StartCPUProfile(f)
-		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "kafkahop:", err)
 			os.Exit(1)
 		}
-		defer pprof.StopCPUProfile()
+		defer f.Close()
+		prof.f = f
 	}
-	if err := run(*records, *valueSize, *keys, *runs, *batch, *instances, *noFn); err != nil {
-		pprof.StopCPUProfile()
+	if err := run(*records, *valueSize, *keys, *runs, *batch, *instances, *noFn, *fnBin, prof); err != nil {
 		fmt.Fprintln(os.Stderr, "kafkahop:", err)
 		os.Exit(1)
 	}
 }
 
-func run(records, valueSize, keys, runs, batch, instances int, noFn bool) error {
+// profiler profiles the first measurement of one side.
+type profiler struct {
+	side string
+	f    *os.File // nil: done, or no profile asked for
+	mem  string   // "": done, or no profile asked for
+}
+
+func (p *profiler) around(side string, f func() (float64, error)) (float64, error) {
+	if side != p.side {
+		return f()
+	}
+	if p.mem != "" {
+		if err := writeAllocs(p.mem + ".base"); err != nil {
+			return 0, err
+		}
+		defer func() {
+			if err := writeAllocs(p.mem); err != nil {
+				fmt.Fprintln(os.Stderr, "kafkahop:", err)
+			}
+			p.mem = ""
+		}()
+	}
+	if p.f != nil {
+		if err := pprof.StartCPUProfile(p.f); err != nil {
+			return 0, err
+		}
+		defer func() { pprof.StopCPUProfile(); p.f = nil }()
+	}
+	return f()
+}
+
+func writeAllocs(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.Lookup("allocs").WriteTo(f, 0)
+}
+
+// measure runs f and returns its rate and the CPU time per record of this
+// process and of the function processes (children reaped meanwhile).
+func measure(n int, f func() (float64, error)) (rate, cpu, fnCPU float64, err error) {
+	c0, k0 := cpuNow(), cpuChildren()
+	rate, err = f()
+	cpu = float64((cpuNow() - c0).Nanoseconds()) / float64(n)
+	fnCPU = float64((cpuChildren() - k0).Nanoseconds()) / float64(n)
+	return rate, cpu, fnCPU, err
+}
+
+func run(records, valueSize, keys, runs, batch, instances int, noFn bool, fn string, prof *profiler) error {
 	dir, err := os.MkdirTemp("", "kafkahop")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	build := exec.Command("go", "build", "-o", dir, "github.com/culvert-dev/culvert/examples/functions/passthrough")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("building the passthrough function: %w", err)
+	if fn == "" {
+		fn = filepath.Join(dir, "passthrough")
+		build := exec.Command("go", "build", "-o", dir, "github.com/culvert-dev/culvert/examples/functions/passthrough")
+		build.Stderr = os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("building the passthrough function: %w", err)
+		}
+	} else if fn, err = filepath.Abs(fn); err != nil {
+		return err
 	}
 	c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(3, "in"), kfake.DefaultNumPartitions(3), kfake.AllowAutoTopicCreation())
 	if err != nil {
@@ -95,33 +151,39 @@ func run(records, valueSize, keys, runs, batch, instances int, noFn bool) error 
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "preloaded %d records of %d bytes (%d keys) into 3 partitions on 3 kfake brokers\n", records, valueSize, keys)
+	// The first pass over the input costs kfake and the Go runtime more
+	// (heap growth) than later ones, whoever makes it: an unmeasured raw
+	// pass takes it, so that every measured run finds the same state.
+	if _, err := rawHop(brokers, records, -1); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
 
 	var raw, cul, bare []float64
-	var rawCPU, culCPU, bareCPU []float64
+	var rawCPU, culCPU, bareCPU, fnCPU []float64
 	for i := range runs {
-		c0 := cpuNow()
-		r, err := rawHop(brokers, records, i)
+		r, rc, _, err := measure(records, func() (float64, error) {
+			return prof.around("raw", func() (float64, error) { return rawHop(brokers, records, i) })
+		})
 		if err != nil {
 			return fmt.Errorf("raw run %d: %w", i, err)
 		}
-		raw = append(raw, r)
-		rawCPU = append(rawCPU, float64((cpuNow()-c0).Nanoseconds())/float64(records))
-		c0 = cpuNow()
-		k, err := culvertHop(dir, brokers, records, i, batch, instances, true)
+		raw, rawCPU = append(raw, r), append(rawCPU, rc)
+		k, kc, fc, err := measure(records, func() (float64, error) {
+			return prof.around("culvert", func() (float64, error) { return culvertHop(dir, fn, brokers, records, i, batch, instances, true) })
+		})
 		if err != nil {
 			return fmt.Errorf("culvert run %d: %w", i, err)
 		}
-		cul = append(cul, k)
-		culCPU = append(culCPU, float64((cpuNow()-c0).Nanoseconds())/float64(records))
+		cul, culCPU, fnCPU = append(cul, k), append(culCPU, kc), append(fnCPU, fc)
 		fmt.Fprintf(os.Stderr, "run %d: raw %.0f records/s, culvert %.0f records/s\n", i+1, r, k)
 		if noFn {
-			c0 = cpuNow()
-			b, err := culvertHop(dir, brokers, records, i, batch, instances, false)
+			b, bc, _, err := measure(records, func() (float64, error) {
+				return prof.around("bare", func() (float64, error) { return culvertHop(dir, fn, brokers, records, i, batch, instances, false) })
+			})
 			if err != nil {
 				return fmt.Errorf("culvert run %d without function: %w", i, err)
 			}
-			bare = append(bare, b)
-			bareCPU = append(bareCPU, float64((cpuNow()-c0).Nanoseconds())/float64(records))
+			bare, bareCPU = append(bare, b), append(bareCPU, bc)
 			fmt.Fprintf(os.Stderr, "run %d: culvert without function %.0f records/s\n", i+1, b)
 		}
 	}
@@ -136,12 +198,12 @@ func run(records, valueSize, keys, runs, batch, instances int, noFn bool) error 
 		pairs[i] = cul[i] / raw[i]
 	}
 	defer fmt.Printf("median of the per-run ratios culvert/raw: %.2f (runs: %s)\n", median(pairs), fmtRatios(pairs))
-	fmt.Fprintf(tw, "path\trecords\tvalue B\trecords/s (median of %d)\tratio to raw\tCPU ns/record\tCPU ratio to raw\t\n", runs)
-	fmt.Fprintf(tw, "raw franz-go consume+produce\t%d\t%d\t%.0f\t1.00\t%.0f\t1.00\t\n", records, valueSize, mr, mrc)
-	fmt.Fprintf(tw, "culvert kafka -> passthrough (framed, batch %d, %d instances) -> kafka\t%d\t%d\t%.0f\t%.2f\t%.0f\t%.2f\t\n", batch, instances, records, valueSize, mc, mc/mr, mcc, mcc/mrc)
+	fmt.Fprintf(tw, "path\trecords\tvalue B\trecords/s (median of %d)\tratio to raw\tCPU ns/record\tCPU ratio to raw\tof which functions\t\n", runs)
+	fmt.Fprintf(tw, "raw franz-go consume+produce\t%d\t%d\t%.0f\t1.00\t%.0f\t1.00\t\t\n", records, valueSize, mr, mrc)
+	fmt.Fprintf(tw, "culvert kafka -> passthrough (framed, batch %d, %d instances) -> kafka\t%d\t%d\t%.0f\t%.2f\t%.0f\t%.2f\t%.0f\t\n", batch, instances, records, valueSize, mc, mc/mr, mcc, mcc/mrc, median(fnCPU))
 	if noFn {
 		mb, mbc := median(bare), median(bareCPU)
-		fmt.Fprintf(tw, "culvert kafka -> (empty chain) -> kafka\t%d\t%d\t%.0f\t%.2f\t%.0f\t%.2f\t\n", records, valueSize, mb, mb/mr, mbc, mbc/mrc)
+		fmt.Fprintf(tw, "culvert kafka -> (empty chain) -> kafka\t%d\t%d\t%.0f\t%.2f\t%.0f\t%.2f\t\t\n", records, valueSize, mb, mb/mr, mbc, mbc/mrc)
 	}
 	return tw.Flush()
 }
@@ -155,6 +217,14 @@ func cpuNow() time.Duration {
 	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &kids)
 	tv := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
 	return tv(self.Utime) + tv(self.Stime) + tv(kids.Utime) + tv(kids.Stime)
+}
+
+// cpuChildren is the CPU time of the reaped children: the function
+// processes of the pipelines that stopped.
+func cpuChildren() time.Duration {
+	var kids syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &kids)
+	return time.Duration(kids.Utime.Nano() + kids.Stime.Nano())
 }
 
 func fmtRatios(v []float64) string {
@@ -216,7 +286,7 @@ func createTopic(brokers []string, topic string) error {
 // them at the end: the work a consume-transform-produce loop must do at
 // least, with no function in between.
 func rawHop(brokers []string, n, run int) (float64, error) {
-	out := "raw-out-" + strconv.Itoa(run)
+	out := "raw-out-" + strconv.Itoa(run) // run -1: the warm-up
 	if err := createTopic(brokers, out); err != nil {
 		return 0, err
 	}
@@ -261,7 +331,7 @@ func rawHop(brokers []string, n, run int) (float64, error) {
 	return float64(n) / el.Seconds(), nil
 }
 
-func culvertHop(dir string, brokers []string, n, run, batch, instances int, withFn bool) (float64, error) {
+func culvertHop(dir, fn string, brokers []string, n, run, batch, instances int, withFn bool) (float64, error) {
 	out := "culvert-out-" + strconv.Itoa(run)
 	chain := "[pass]"
 	if !withFn {
@@ -285,7 +355,7 @@ routes:
 outputs:
   out: { kafka: { brokers: %s, topic: %s, encoding: value } }
 delivery: { max_in_flight: 20000 }
-`, bl, out, filepath.Join(dir, "passthrough"), instances, batch, chain, bl, out)
+`, bl, out, fn, instances, batch, chain, bl, out)
 	path := filepath.Join(dir, "pipeline.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		return 0, err

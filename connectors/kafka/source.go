@@ -584,12 +584,28 @@ func (l *lane) push(recs []*kgo.Record) {
 	}
 	l.queue = append(l.queue, recs...)
 	l.s.queued.Add(int64(len(recs)))
-	if !l.paused && len(l.queue) >= l.s.cfg.MaxQueued {
-		l.paused = true
-		l.s.cl.PauseFetchPartitions(map[string][]int32{l.tp.topic: {l.tp.partition}})
-		l.s.log.Debug("partition paused (back-pressure)", "partition", l.tp.String(), "queued", len(l.queue), "in_flight", l.unsettled)
-	}
+	l.maybePauseLocked()
 	l.signal()
+}
+
+// maybePauseLocked pauses the partition when it cannot hand records now
+// because its own in-flight bound is reached (its records are held up)
+// and its queue holds more than the resume mark (MaxQueued/2). A long
+// queue alone is no reason: polls bring one broker's fetch at a time, so
+// under a steady load the partitions take turns holding nearly all queued
+// records while the engine, not a partition, is what is slow, and the poll
+// gate already bounds the total. Pausing drops what kgo had buffered for
+// the partition, which is fetched and decoded again on resume: pausing on
+// queue length alone fetched every record several times.
+func (l *lane) maybePauseLocked() {
+	stuck := l.unsettled >= l.s.cfg.MaxInFlightPerPartition
+	if l.paused || !stuck || len(l.queue) <= l.s.cfg.MaxQueued/2 {
+		return
+	}
+	q := len(l.queue)
+	l.paused = true
+	l.s.cl.PauseFetchPartitions(map[string][]int32{l.tp.topic: {l.tp.partition}})
+	l.s.log.Debug("partition paused (back-pressure)", "partition", l.tp.String(), "queued", q, "in_flight", l.unsettled)
 }
 
 // next picks the next record to hand: a due retry first, else the queue
@@ -602,6 +618,7 @@ func (l *lane) next() (it *item, wake time.Time, dead bool) {
 		return nil, time.Time{}, l.dead
 	}
 	if l.unsettled >= l.s.cfg.MaxInFlightPerPartition {
+		l.maybePauseLocked()
 		return nil, time.Time{}, false
 	}
 	var now time.Time
