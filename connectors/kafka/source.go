@@ -39,12 +39,14 @@ type SourceConfig struct {
 	// MaxInFlightPerPartition bounds them per partition, so one busy
 	// partition cannot take every slot. Default MaxInFlight.
 	MaxInFlightPerPartition int
-	// MaxQueued is how many fetched records one partition may hold before
-	// it is paused (no more fetching for it until half of them were handed
-	// over). Polling as a whole also waits while the partitions hold more
-	// than half of this on average, so a pause, which drops what the client
-	// had buffered for the partition, is kept for a partition that falls
-	// behind the others. Default 4096.
+	// MaxQueued bounds fetched records waiting in the partitions' queues:
+	// polling waits while they hold more than half of this per partition
+	// on average, and one poll brings at most this many. A partition held
+	// up by its own in-flight bound (MaxInFlightPerPartition) with more
+	// than half of this queued is paused (no more fetching for it until
+	// its queue is down to half). A pause drops what the client had
+	// buffered for the partition, so it is kept for a partition that is
+	// stuck. Default 4096.
 	MaxQueued int
 	// CommitInterval between commits of the watermarks. Default 1s.
 	CommitInterval time.Duration
