@@ -55,7 +55,10 @@ type SourceConfig struct {
 	// abandoning the rest. Keep it below the rebalance timeout (60s).
 	// Default 10s.
 	RevokeGrace time.Duration
-	// SessionTimeout of the group member; default kgo's 45s.
+	// SessionTimeout of the group member; default kgo's 45s. The member
+	// heartbeats every tenth of it (at most every 3s, kgo's default), so
+	// that a late heartbeat cannot end a live member's session, and the
+	// members learn of a rebalance, and rejoin, well within it.
 	SessionTimeout time.Duration
 	// FetchMaxWait is the longest a fetch waits for data; default 100ms
 	// (a resumed partition is fetched again only after the fetch in flight
@@ -86,6 +89,20 @@ func (c *SourceConfig) defaults() error {
 		c.FetchMaxWait = 100 * time.Millisecond
 	}
 	return nil
+}
+
+// heartbeatInterval is the group heartbeat interval for a session
+// timeout: a tenth of it, at most kgo's default 3s, at least 100ms.
+//
+// kgo's default interval (3s) with a short session (the crash tests use
+// 3s) let a heartbeat that came a little late end a live member's
+// session, and a member learnt of a rebalance up to a whole session after
+// it began; on kfake, which expires members waiting in JoinGroup as if
+// idle (TestKfakeExpiresMembersAwaitingJoin), the member that had rejoined
+// first was then dropped while it waited for the slow one. Kafka's own
+// guidance is an interval of at most a third of the session timeout.
+func heartbeatInterval(session time.Duration) time.Duration {
+	return min(max(session/10, 100*time.Millisecond), 3*time.Second)
 }
 
 // ParseStart parses a start position: "earliest" (or ""), "latest", or an
@@ -191,7 +208,7 @@ func NewSource(cfg SourceConfig, logger *slog.Logger) (*Source, error) {
 		kgo.OnPartitionsLost(s.onLost),
 	)
 	if cfg.SessionTimeout > 0 {
-		opts = append(opts, kgo.SessionTimeout(cfg.SessionTimeout))
+		opts = append(opts, kgo.SessionTimeout(cfg.SessionTimeout), kgo.HeartbeatInterval(heartbeatInterval(cfg.SessionTimeout)))
 	}
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
