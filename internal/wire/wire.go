@@ -14,6 +14,7 @@ import (
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // ProtoOnly hides the vtprotobuf methods of a message from framing, which
@@ -76,7 +77,9 @@ func ValidString(s string) bool {
 // safe for concurrent use.
 type Records struct {
 	recs  []culvertv1.Record // records not yet used, allocated in chunks
-	arena []byte             // room for copies of encoded records
+	pos   []culvertv1.Position
+	times []timestamppb.Timestamp
+	arena []byte // room for copies of encoded records
 }
 
 // Records are allocated in chunks, and decoded with UnmarshalVTUnsafe from
@@ -91,12 +94,18 @@ const (
 
 // New returns a zero record from the current chunk.
 func (d *Records) New() *culvertv1.Record {
-	if len(d.recs) == 0 {
-		d.recs = make([]culvertv1.Record, recordChunk)
+	return take(&d.recs)
+}
+
+// take returns the first element of the chunk *c, allocating a chunk when
+// it is used up.
+func take[T any](c *[]T) *T {
+	if len(*c) == 0 {
+		*c = make([]T, recordChunk)
 	}
-	r := &d.recs[0]
-	d.recs = d.recs[1:]
-	return r
+	v := &(*c)[0]
+	*c = (*c)[1:]
+	return v
 }
 
 // Decode decodes b, an encoded Record, into a new record that does not
@@ -104,7 +113,8 @@ func (d *Records) New() *culvertv1.Record {
 // decode b the same way (invalid UTF-8, a malformed or unexpected field):
 // the caller then decodes with package proto, which decides.
 func (d *Records) Decode(b []byte) (*culvertv1.Record, bool) {
-	if !checkWire(b, wireRecord) {
+	seen, ok := checkWire(b, wireRecord)
+	if !ok {
 		return nil, false
 	}
 	var c []byte
@@ -120,6 +130,14 @@ func (d *Records) Decode(b []byte) (*culvertv1.Record, bool) {
 	}
 	copy(c, b)
 	r := d.New()
+	// The decoder merges into the event time and source it finds set, so
+	// those that b has come from chunks too instead of an allocation each.
+	if seen&(1<<6) != 0 {
+		r.EventTime = take(&d.times)
+	}
+	if seen&(1<<7) != 0 {
+		r.Source = take(&d.pos)
+	}
 	if r.UnmarshalVTUnsafe(c) != nil {
 		return nil, false
 	}
@@ -189,8 +207,9 @@ func wireField(m wireMessage, num protowire.Number) (protowire.Type, wireMessage
 // occurrence of every string valid UTF-8, known fields with their own wire
 // types, and unknown fields with tags in the shortest form (proto stores
 // those re-encoded, vtprotobuf as they come) and not in a Timestamp (whose
-// vtprotobuf decoder drops them).
-func checkWire(b []byte, m wireMessage) bool {
+// vtprotobuf decoder drops them). seen has bit n set for each field n < 64
+// that b holds.
+func checkWire(b []byte, m wireMessage) (seen uint64, ok bool) {
 	for len(b) > 0 {
 		// Tags and lengths are mostly one byte: decode those inline.
 		var num protowire.Number
@@ -199,21 +218,21 @@ func checkWire(b []byte, m wireMessage) bool {
 		if c := b[0]; c < 0x80 {
 			num, typ = protowire.Number(c>>3), protowire.Type(c&7)
 			if num == 0 {
-				return false
+				return 0, false
 			}
 		} else if num, typ, n = protowire.ConsumeTag(b); n < 0 || num > protowire.MaxValidNumber {
-			return false
+			return 0, false
 		}
 		b = b[n:]
 		want, sub := wireField(m, num)
 		switch {
 		case sub == wireUnknown:
 			if n != protowire.SizeTag(num) || m == wireTimestamp {
-				return false
+				return 0, false
 			}
 			n = protowire.ConsumeFieldValue(num, typ, b)
 		case typ != want:
-			return false
+			return 0, false
 		case typ == protowire.VarintType:
 			_, n = protowire.ConsumeVarint(b)
 		default:
@@ -221,30 +240,33 @@ func checkWire(b []byte, m wireMessage) bool {
 			if len(b) > 0 && b[0] < 0x80 {
 				l, n = uint64(b[0]), 1
 			} else if l, n = protowire.ConsumeVarint(b); n < 0 {
-				return false
+				return 0, false
 			}
 			if l > uint64(len(b)-n) {
-				return false
+				return 0, false
 			}
 			v := b[n : n+int(l)]
 			n += int(l)
 			switch sub {
 			case wireString:
 				if !ValidBytes(v) {
-					return false
+					return 0, false
 				}
 			case wireHeader, wirePosition, wireTimestamp:
-				if !checkWire(v, sub) {
-					return false
+				if _, ok := checkWire(v, sub); !ok {
+					return 0, false
 				}
 			}
 		}
 		if n < 0 {
-			return false
+			return 0, false
+		}
+		if num < 64 {
+			seen |= 1 << num
 		}
 		b = b[n:]
 	}
-	return true
+	return seen, true
 }
 
 // ValidBytes reports whether b is valid UTF-8, quickly if it is ASCII.
@@ -264,4 +286,7 @@ func ValidBytes(b []byte) bool {
 
 // CheckRecord reports whether b, an encoded Record, is one that package
 // proto decodes exactly as the vtprotobuf decoder does (see checkWire).
-func CheckRecord(b []byte) bool { return checkWire(b, wireRecord) }
+func CheckRecord(b []byte) bool {
+	_, ok := checkWire(b, wireRecord)
+	return ok
+}

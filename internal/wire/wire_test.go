@@ -3,10 +3,12 @@ package wire
 import (
 	"bytes"
 	"testing"
+	"time"
 
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func field(num protowire.Number, v []byte) []byte {
@@ -118,6 +120,99 @@ func TestValidRecord(t *testing.T) {
 			if (err == nil) != tc.ok {
 				t.Errorf("%s: ValidRecord disagrees with proto.Marshal (%v)", tc.name, err)
 			}
+		}
+	}
+}
+
+// decodeCases are encoded records that Decode must decode as proto does,
+// with the event time and source present exactly when proto's are.
+func decodeCases(t testing.TB) map[string][]byte {
+	t.Helper()
+	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	enc := func(r *culvertv1.Record) []byte {
+		b, err := proto.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	return map[string][]byte{
+		"empty":            nil,
+		"no source":        enc(&culvertv1.Record{Id: "a", Value: []byte("v")}),
+		"source":           enc(&culvertv1.Record{Id: "a", Source: &culvertv1.Position{Connector: "kafka", Partition: "2", Offset: 7}}),
+		"empty source":     field(7, nil),
+		"event time":       enc(&culvertv1.Record{EventTime: timestamppb.New(time.Unix(1700000000, 5))}),
+		"empty event time": field(6, nil),
+		"both, twice":      cat(field(7, field(1, []byte("x"))), field(6, nil), field(7, field(3, []byte("s")))),
+		"headers":          enc(&culvertv1.Record{Headers: []*culvertv1.Header{{Name: "h", Value: []byte("v")}}}),
+	}
+}
+
+// TestDecodeMatchesProto: records decoded into the shared chunks equal
+// proto's decoding, nil sub-messages included, and do not share chunk
+// slots with each other.
+func TestDecodeMatchesProto(t *testing.T) {
+	var d Records
+	var got []*culvertv1.Record
+	var wants []*culvertv1.Record
+	for name, b := range decodeCases(t) {
+		want := &culvertv1.Record{}
+		if err := proto.Unmarshal(b, want); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		r, ok := d.Decode(bytes.Clone(b))
+		if !ok {
+			t.Fatalf("%s: Decode refused %x", name, b)
+		}
+		if !proto.Equal(r, want) || (r.Source == nil) != (want.Source == nil) || (r.EventTime == nil) != (want.EventTime == nil) {
+			t.Errorf("%s: Decode gave %v (source %v, event time %v), proto %v", name, r, r.Source != nil, r.EventTime != nil, want)
+		}
+		got, wants = append(got, r), append(wants, want)
+	}
+	for i, r := range got { // none was overwritten by a later decode
+		if !proto.Equal(r, wants[i]) {
+			t.Errorf("record %d changed to %v, want %v", i, r, wants[i])
+		}
+	}
+}
+
+// FuzzDecode: whatever Decode accepts, proto decodes to an equal record
+// with the same optional sub-messages present.
+func FuzzDecode(f *testing.F) {
+	for _, b := range decodeCases(f) {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var d Records
+		r, ok := d.Decode(bytes.Clone(b))
+		if !ok {
+			return
+		}
+		want := &culvertv1.Record{}
+		if err := proto.Unmarshal(b, want); err != nil {
+			t.Fatalf("Decode accepted %x, proto refused it: %v", b, err)
+		}
+		if !proto.Equal(r, want) || (r.Source == nil) != (want.Source == nil) || (r.EventTime == nil) != (want.EventTime == nil) {
+			t.Fatalf("%x: Decode gave %v, proto %v", b, r, want)
+		}
+	})
+}
+
+// BenchmarkDecode measures decoding a Kafka-sourced record of 100 bytes
+// into the chunks.
+func BenchmarkDecode(b *testing.B) {
+	rec := &culvertv1.Record{Id: "kafka:in:2:123456", Key: []byte("key-42"), Value: bytes.Repeat([]byte{'x'}, 100),
+		EventTime: timestamppb.New(time.Unix(1700000000, 0)),
+		Source:    &culvertv1.Position{Connector: "kafka", Stream: "in", Subject: "in", Partition: "2", Offset: 123456}}
+	enc, err := proto.Marshal(rec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var d Records
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok := d.Decode(enc); !ok {
+			b.Fatal("refused")
 		}
 	}
 }
