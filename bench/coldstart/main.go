@@ -15,7 +15,11 @@
 //
 // Rows named "part:" time pieces of the cold path on their own (the
 // re-exec of the init binary, libseccomp compiling the profile), to show
-// where its time goes.
+// where its time goes. With -breakdown it prints instead when each step of
+// a cold and of a pre-created start happens (the runtime's steps and the
+// container init's, from libcontainer's debug log):
+//
+//	sudo go run -tags seccomp ./bench/coldstart -breakdown -n 30
 //
 // It runs itself in a private mount namespace with the hybrid host's
 // cgroup2 mount (/sys/fs/cgroup/unified, hugetlb only) unmounted there,
@@ -51,12 +55,16 @@ func init() { container.Init() }
 
 const reexecEnv = "CULVERT_COLDSTART_NS"
 
-var culvertBin *string
+var (
+	culvertBin *string
+	steps      *bool
+)
 
 func main() {
 	n := flag.Int("n", 100, "samples per row")
 	culvertBin = flag.String("culvert", "", "also time an exec of this culvert binary (its init cost)")
 	nop := flag.Bool("nop", false, "exit at once (used to time this binary's own start)")
+	steps = flag.Bool("breakdown", false, "instead of the table, time each step of n cold and n pre-created starts")
 	flag.Parse()
 	if *nop {
 		return
@@ -107,6 +115,9 @@ func run(n int) error {
 		return fmt.Errorf("building hello (run from the repository root): %w", err)
 	}
 	_ = os.Chmod(filepath.Dir(hello), 0o755)
+	if *steps {
+		return breakdown(work, hello, n)
+	}
 
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	limits := sandbox.Limits{MemoryBytes: 64 << 20, Pids: 32, CPU: 1}
@@ -161,6 +172,24 @@ func run(n int) error {
 		{name: "culvert sandbox, pre-created", isolation: "same; container created ahead, timed from exec",
 			prepare: func() { waitPool(warm) },
 			sample:  func(int) (func() error, error) { return culvertSample(warm, spec) }},
+		{name: "pre-created, creation alongside", isolation: "same, while another container is created (refill at exec, as before)",
+			prepare: func() { waitPool(warm) },
+			sample: func(i int) (func() error, error) {
+				other, err := container.New(container.Options{StateDir: filepath.Join(work, "alongside"), CgroupParent: "culvert-bench", Precreate: true, Logger: log})
+				if err != nil {
+					return nil, err
+				}
+				other.Precreate(spec)
+				finish, err := culvertSample(warm, spec)
+				return func() error {
+					waitPool(other)
+					_ = other.Close()
+					if finish == nil {
+						return err
+					}
+					return finish()
+				}, err
+			}},
 	}
 	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {

@@ -14,8 +14,8 @@ import (
 
 	"github.com/culvert-dev/culvert/internal/fnhost"
 	"github.com/culvert-dev/culvert/pipelines"
-	"github.com/culvert-dev/culvert/sandbox"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
+	"github.com/culvert-dev/culvert/sandbox"
 )
 
 // stage is one function of a route's chain, with its pool of instances.

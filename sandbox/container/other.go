@@ -22,6 +22,7 @@ type Options struct {
 	Network      func(ctx context.Context, tenant, instance string, n sandbox.Network) (path string, release func() error, err error)
 	Precreate    bool
 	Logger       *slog.Logger
+	Trace        func(step string)
 }
 
 // Runtime is not available on this operating system.

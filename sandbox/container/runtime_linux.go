@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/opencontainers/cgroups"
 	_ "github.com/opencontainers/cgroups/devices" // device cgroup rules
@@ -51,6 +52,11 @@ type Options struct {
 	// the function (see docs/sandbox.md, "Start time").
 	Precreate bool
 	Logger    *slog.Logger
+	// Trace, if set, is called at each step of a container's start (for
+	// bench/coldstart's breakdown), and the container init logs its own
+	// steps at libcontainer's debug level through its log pipe, which this
+	// process's logrus receives. Debug logging costs a little time itself.
+	Trace func(step string)
 }
 
 // Runtime runs function instances in libcontainer containers.
@@ -66,11 +72,13 @@ type Runtime struct {
 	slots   map[uint32]string
 
 	pmu     sync.Mutex
-	pool    map[string]*instance // pre-created, by spec key
-	filling map[string]bool
-	starts  map[string]int // starts per spec key
+	pool    map[string]*instance     // pre-created, by spec key
+	filling map[string]chan struct{} // closed when that creation is done
+	starts  map[string]int           // starts per spec key
 	closed  bool
 	bg      sync.WaitGroup
+
+	usedPool, coldStarts atomic.Uint64
 }
 
 var _ sandbox.Runtime = (*Runtime)(nil)
@@ -110,7 +118,7 @@ func New(opts Options) (*Runtime, error) {
 	return &Runtime{
 		opts: opts, log: opts.Logger, tag: hex.EncodeToString(tag[:]),
 		roots: map[string]*preparedRoot{}, tenants: map[string]*tenant{}, slots: map[uint32]string{},
-		pool: map[string]*instance{}, filling: map[string]bool{}, starts: map[string]int{},
+		pool: map[string]*instance{}, filling: map[string]chan struct{}{}, starts: map[string]int{},
 	}, nil
 }
 
@@ -186,6 +194,18 @@ func (r *Runtime) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process
 	key := specKey(tenantName, spec)
 	if r.opts.Precreate {
 		r.pmu.Lock()
+		if done := r.filling[key]; done != nil && r.pool[key] == nil {
+			// A container for this spec is on its way (the pipeline was
+			// just loaded, or the last start set it off): it is ready
+			// sooner than a new one would be.
+			r.pmu.Unlock()
+			select {
+			case <-done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			r.pmu.Lock()
+		}
 		inst := r.pool[key]
 		delete(r.pool, key)
 		if len(r.starts) >= maxKeys {
@@ -194,9 +214,10 @@ func (r *Runtime) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process
 		r.starts[key]++
 		r.pmu.Unlock()
 		if inst != nil {
+			r.usedPool.Add(1)
 			err := inst.exec(spec.Stderr)
-			r.refill(key, tenantName, spec)
 			if err == nil {
+				inst.afterUp(func() { r.refill(key, tenantName, spec) })
 				return inst, nil
 			}
 			r.log.Warn("pre-created container failed to exec; starting a new one", "instance", spec.Name, "error", err)
@@ -209,14 +230,34 @@ func (r *Runtime) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process
 	if err := inst.exec(spec.Stderr); err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
+	r.coldStarts.Add(1)
 	if r.opts.Precreate && r.repeats(key) {
-		r.refill(key, tenantName, spec)
+		inst.afterUp(func() { r.refill(key, tenantName, spec) })
 	}
 	return inst, nil
 }
 
+// upGrace bounds how long a refill waits for the instance that set it off
+// to answer (see instance.afterUp).
+const upGrace = 500 * time.Millisecond
+
+// Stats counts starts by the way they were served.
+type Stats struct {
+	// Precreated starts found a container waiting; Cold ones created
+	// theirs.
+	Precreated, Cold uint64
+}
+
+// Stats returns the runtime's start counters.
+func (r *Runtime) Stats() Stats {
+	return Stats{Precreated: r.usedPool.Load(), Cold: r.coldStarts.Load()}
+}
+
 // Precreate creates a waiting container for spec now, so that the first
-// Start of spec is fast too. It is a no-op unless Options.Precreate.
+// Start of spec is fast too, and keeps one waiting for it from then on:
+// each start that takes it sets off the next (for restarts, scale-ups and
+// the first start after scaling to zero). The engine calls it when a
+// pipeline is loaded. It is a no-op unless Options.Precreate.
 func (r *Runtime) Precreate(spec sandbox.Spec) {
 	if !r.opts.Precreate {
 		return
@@ -225,7 +266,14 @@ func (r *Runtime) Precreate(spec sandbox.Spec) {
 	if t == "" {
 		t = "default"
 	}
-	r.refill(specKey(t, spec), t, spec)
+	key := specKey(t, spec)
+	r.pmu.Lock()
+	if len(r.starts) >= maxKeys {
+		clear(r.starts)
+	}
+	r.starts[key] = max(r.starts[key], 2) // as if it had come back already
+	r.pmu.Unlock()
+	r.refill(key, t, spec)
 }
 
 // Bounds on pre-creation: distinct specs remembered, and containers kept
@@ -250,13 +298,15 @@ func (r *Runtime) repeats(key string) bool {
 func (r *Runtime) refill(key, tenantName string, spec sandbox.Spec) {
 	r.pmu.Lock()
 	defer r.pmu.Unlock()
-	if r.closed || r.pool[key] != nil || r.filling[key] || len(r.pool)+len(r.filling) >= maxPool {
+	if r.closed || r.pool[key] != nil || r.filling[key] != nil || len(r.pool)+len(r.filling) >= maxPool {
 		return
 	}
-	r.filling[key] = true
+	done := make(chan struct{})
+	r.filling[key] = done
 	r.bg.Add(1)
 	go func() {
 		defer r.bg.Done()
+		defer close(done)
 		inst, err := r.create(tenantName, spec)
 		r.pmu.Lock()
 		delete(r.filling, key)
@@ -288,6 +338,12 @@ func (r *Runtime) Close() error {
 	}
 	r.removeTenantCgroups() // those still in use by running instances stay
 	return nil
+}
+
+func (r *Runtime) trace(step string) {
+	if r.opts.Trace != nil {
+		r.opts.Trace(step)
+	}
 }
 
 func specKey(tenant string, spec sandbox.Spec) string {
@@ -326,16 +382,18 @@ func (r *Runtime) create(tenantName string, spec sandbox.Spec) (_ *instance, err
 	if err != nil {
 		return nil, err
 	}
+	r.trace("runtime: root and config ready")
 	c, err := libcontainer.Create(filepath.Join(r.opts.StateDir, "containers"), id, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating container: %w", err)
 	}
+	r.trace("runtime: libcontainer.Create returned (state dir, cgroup manager)")
 	defer func() {
 		if err != nil {
 			_ = c.Destroy()
 		}
 	}()
-	inst := &instance{c: c, cgroup: cfg.Cgroups, releaseNet: releaseNet, stderrTo: make(chan io.Writer, 1), drained: make(chan struct{})}
+	inst := &instance{c: c, cgroup: cfg.Cgroups, trace: r.trace, releaseNet: releaseNet, stderrTo: make(chan io.Writer, 1), drained: make(chan struct{})}
 	var inR, outW, errW *os.File
 	if inR, inst.stdin, err = os.Pipe(); err != nil {
 		return nil, err
@@ -358,10 +416,14 @@ func (r *Runtime) create(tenantName string, spec sandbox.Spec) (_ *instance, err
 		Args: args, Env: env, Cwd: "/", Init: true,
 		Stdin: inR, Stdout: outW, Stderr: errW,
 	}
+	if r.opts.Trace != nil {
+		inst.p.LogLevel = "5" // logrus.DebugLevel, for the init's own steps
+	}
 	if err := c.Start(inst.p); err != nil {
 		inst.closePipes()
 		return nil, fmt.Errorf("starting container: %w", err)
 	}
+	r.trace("runtime: Start returned (init waits on its exec fifo)")
 	go inst.copyStderr()
 	return inst, nil
 }
@@ -372,6 +434,8 @@ type instance struct {
 	p          *libcontainer.Process
 	cgroup     *cgroups.Cgroup
 	releaseNet func() error // egress namespace, after exit
+	trace      func(string)
+	up         func() // set by afterUp, before the instance is handed out
 
 	stdin          *os.File
 	stdout, stderr *os.File
@@ -386,11 +450,13 @@ func (i *instance) exec(stderr io.Writer) error {
 		stderr = io.Discard
 	}
 	i.stderrTo <- stderr
+	i.trace("runtime: Exec called")
 	if err := i.c.Exec(); err != nil {
 		_ = i.Kill()
 		i.Wait()
 		return fmt.Errorf("exec: %w", err)
 	}
+	i.trace("runtime: Exec returned (exec fifo read: the init is exec'ing the function)")
 	return nil
 }
 
@@ -416,8 +482,40 @@ func (i *instance) discard() {
 	_ = i.stdout.Close()
 }
 
+// afterUp runs fn once the instance is up: when the first read of its
+// stdout returns (the function has written its first bytes, or ended), or
+// after upGrace at the latest. Creating the next container for the same
+// spec right after the exec made the function's own start compete with
+// that creation for the CPU (measured: bench/coldstart -breakdown).
+func (i *instance) afterUp(fn func()) {
+	var once sync.Once
+	run := func() { once.Do(fn) }
+	t := time.AfterFunc(upGrace, run)
+	i.up = func() {
+		t.Stop()
+		run()
+	}
+}
+
 func (i *instance) Stdin() io.WriteCloser { return i.stdin }
-func (i *instance) Stdout() io.ReadCloser { return i.stdout }
+
+func (i *instance) Stdout() io.ReadCloser {
+	if i.up == nil {
+		return i.stdout
+	}
+	return upReader{i}
+}
+
+// upReader tells the instance it is up when the first read returns.
+type upReader struct{ i *instance }
+
+func (u upReader) Read(p []byte) (int, error) {
+	n, err := u.i.stdout.Read(p)
+	u.i.up()
+	return n, err
+}
+
+func (u upReader) Close() error { return u.i.stdout.Close() }
 
 func (i *instance) Pid() int {
 	pid, err := i.p.Pid()
