@@ -45,6 +45,7 @@ func applyDefaults(p *Pipeline) {
 			setStr(&js.Durable, "culvert-"+p.Name+"-"+name)
 			setStr(&js.DeliverPolicy, defaultDeliverPolicy)
 			setInt(&js.MaxInFlight, defaultJSMaxInFlight)
+			applyJetStreamGroupDefaults(js)
 			setDur(&js.AckWait, defaultAckWait)
 			setInt(&js.FetchBatch, defaultFetchBatch)
 		case in.File != nil:

@@ -99,9 +99,11 @@ type JetStreamInput struct {
 	// default 1024.
 	MaxInFlight int `yaml:"max_in_flight,omitempty" min:"1" doc:"Bound on un-acked messages (the consumer's MaxAckPending); default 1024."`
 	// AckWait before the server redelivers; default 30s.
-	AckWait Duration `yaml:"ack_wait,omitempty" doc:"Time before the server redelivers an un-acked message; default 30s."`
+	AckWait Duration `yaml:"ack_wait,omitempty" doc:"Time before the server redelivers an un-acked message; default 30s, or half the group ttl with a group."`
 	// FetchBatch is how many messages one pull requests; default 256.
 	FetchBatch int `yaml:"fetch_batch,omitempty" min:"1" doc:"Messages requested by one pull; default 256."`
+	// Group shares the durable among several processes (see jetstream.go).
+	Group *JetStreamGroup `yaml:"group,omitempty" doc:"Share the durable among several processes through a server priority group (nats-server 2.11+), keeping per-key order."`
 }
 
 // FileInput reads records from a file.

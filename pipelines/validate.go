@@ -84,6 +84,7 @@ func (d *decoder) validate(p *Pipeline) {
 
 	d.validateKafka(p)
 	d.validateKinesis(p)
+	d.validateJetStream(p)
 	d.validateSandbox(p)
 	d.validateScale(p)
 

@@ -1,5 +1,6 @@
 // Package jetstream is the NATS JetStream connector: a Source reading a
-// durable pull consumer with explicit acks, and a Sink publishing
+// durable pull consumer with explicit acks (optionally shared by several
+// processes through a pinned-client priority group), and a Sink publishing
 // asynchronously and confirming each record with its publish ack. It owns
 // stream and consumer provisioning and the ack/nak mechanics; the Record
 // mapping lives in natsmsg, and the connection belongs to the caller (it is
@@ -62,6 +63,20 @@ type SourceConfig struct {
 	// It costs a round trip per message; the default fire-and-forget ack
 	// can be lost, and the message is then redelivered after AckWait.
 	AckSync bool
+	// Group, when set, makes the consumer a pinned-client priority group
+	// of that name (nats-server 2.11+): of the processes reading the
+	// durable, the server hands messages to one at a time (the pinned
+	// client), and pins another once the holder sent no pull request for
+	// PinnedTTL. One key's messages are then never processed by two
+	// processes at once.
+	Group string
+	// PinnedTTL is the consumer's PinnedTTL; default 10s, at least 3s.
+	// The holder sends a pull request at least every third of it, so it is
+	// unpinned no sooner than two thirds of it after it died; AckWait must
+	// be at most that, so that what a dead holder had not acked is due for
+	// redelivery before another process is pinned, and is handed to it
+	// ahead of newer messages.
+	PinnedTTL time.Duration
 }
 
 // Source reads a durable pull consumer. Handle is called from one
@@ -76,6 +91,7 @@ type Source struct {
 	mu     sync.Mutex
 	run    context.CancelFunc    // non-nil while Run runs
 	out    map[*settler]struct{} // handed over, not settled
+	pin    string                // the pin id of the last message (pinned group only)
 }
 
 var _ connectors.Source = (*Source)(nil)
@@ -95,6 +111,16 @@ func NewSource(ctx context.Context, nc *nats.Conn, cfg SourceConfig, logger *slo
 		cfg.FetchBatch = 256
 	}
 	cfg.FetchBatch = min(cfg.FetchBatch, cfg.MaxInFlight)
+	if cfg.Group != "" {
+		if cfg.PinnedTTL <= 0 {
+			cfg.PinnedTTL = 10 * time.Second
+		}
+		// The holder pulls every third of the ttl (pullExpiry), so it is
+		// unpinned no sooner than two thirds of the ttl after it died.
+		if cfg.PinnedTTL < 3*time.Second || 3*cfg.AckWait > 2*cfg.PinnedTTL {
+			return nil, fmt.Errorf("jetstream source: stream %q consumer %q: group %q: pinned ttl %s must be at least 3s and ack_wait %s at most two thirds of it, or a dead holder's un-acked messages may be handed to the next holder after newer ones", cfg.Stream, cfg.Durable, cfg.Group, cfg.PinnedTTL, cfg.AckWait)
+		}
+	}
 	maxDeliver := cfg.MaxDeliver
 	if maxDeliver <= 0 {
 		maxDeliver = -1
@@ -121,6 +147,11 @@ func NewSource(ctx context.Context, nc *nats.Conn, cfg SourceConfig, logger *slo
 		MaxDeliver:     maxDeliver,
 		DeliverPolicy:  policy,
 		FilterSubjects: cfg.FilterSubjects,
+	}
+	if cfg.Group != "" {
+		ccfg.PriorityPolicy = jetstream.PriorityPolicyPinned
+		ccfg.PriorityGroups = []string{cfg.Group}
+		ccfg.PinnedTTL = cfg.PinnedTTL
 	}
 	if len(ccfg.FilterSubjects) == 1 {
 		ccfg.FilterSubject, ccfg.FilterSubjects = ccfg.FilterSubjects[0], nil
@@ -211,7 +242,14 @@ func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
 		s.mu.Unlock()
 	}()
 
-	it, err := s.cons.Messages(jetstream.PullMaxMessages(s.cfg.FetchBatch))
+	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(s.cfg.FetchBatch)}
+	if s.cfg.Group != "" {
+		// The server keeps the pin while the holder's pull requests keep
+		// coming: an expiring request is renewed at least every third of
+		// the ttl, also while the consumer has nothing to deliver.
+		opts = append(opts, jetstream.PullPriorityGroup(s.cfg.Group), jetstream.PullExpiry(pullExpiry(s.cfg.PinnedTTL)))
+	}
+	it, err := s.cons.Messages(opts...)
 	if err != nil {
 		return fmt.Errorf("jetstream source: stream %q consumer %q: %w", s.cfg.Stream, s.cfg.Durable, err)
 	}
@@ -225,6 +263,9 @@ func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
 			it.Stop()
 			return fmt.Errorf("jetstream source: stream %q consumer %q: %w", s.cfg.Stream, s.cfg.Durable, err)
 		}
+		if s.cfg.Group != "" {
+			s.pinned(m)
+		}
 		st, msg := s.message(m)
 		if err := h.Handle(ctx, msg); err != nil {
 			// Not taken: give it back now.
@@ -235,6 +276,63 @@ func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
 			return nil
 		}
 	}
+}
+
+// pullExpiry is how long a pull request of a pinned group lives: a third
+// of the pin's ttl (at least 3s, so at least nats.go's minimum of 1s).
+func pullExpiry(ttl time.Duration) time.Duration { return ttl / 3 }
+
+// pinHeader carries the pin id on the messages of a pinned group.
+const pinHeader = "Nats-Pin-Id"
+
+// pinned logs when this process becomes the group's pinned client.
+func (s *Source) pinned(m jetstream.Msg) {
+	id := m.Headers().Get(pinHeader)
+	if id == "" {
+		return
+	}
+	s.mu.Lock()
+	changed := id != s.pin
+	s.pin = id
+	s.mu.Unlock()
+	if changed {
+		s.log.Info("pinned: this process now gets the consumer's messages", "group", s.cfg.Group, "pin_id", id)
+	}
+}
+
+// unpin releases the pin when this process still holds it, so that a
+// waiting process is pinned at once instead of after the ttl.
+func (s *Source) unpin() {
+	s.mu.Lock()
+	pin := s.pin
+	s.pin = ""
+	s.mu.Unlock()
+	if pin == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	info, err := s.cons.Info(ctx)
+	if err != nil {
+		s.log.Debug("consumer info for unpinning failed; the pin moves after its ttl", "error", err)
+		return
+	}
+	held := false
+	for _, g := range info.PriorityGroups {
+		held = held || (g.Group == s.cfg.Group && g.PinnedClientID == pin)
+	}
+	if !held {
+		return
+	}
+	st, err := s.js.Stream(ctx, s.cfg.Stream)
+	if err == nil {
+		err = st.UnpinConsumer(ctx, s.cfg.Durable, s.cfg.Group)
+	}
+	if err != nil {
+		s.log.Debug("unpin failed; the pin moves after its ttl", "error", err)
+		return
+	}
+	s.log.Info("unpinned: another process may take the consumer", "group", s.cfg.Group)
 }
 
 // message builds the Message for m and tracks its settler.
@@ -318,6 +416,9 @@ func (s *Source) Close() error {
 		if st.claim() {
 			s.nak(st.m, 0)
 		}
+	}
+	if s.cfg.Group != "" {
+		s.unpin()
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package crashtest
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -14,34 +15,45 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/culvert-dev/culvert/connectors/natsmsg"
+	"github.com/culvert-dev/culvert/internal/testbin"
 )
 
 // scaleOut runs three culvert processes on one pipeline file, kills one
 // with SIGKILL once about a third of the outputs are stored, and lets the
-// two others finish. windows reads the committed positions right after
-// the kill; finished says whether every record is committed. It returns
-// the kill and how long after it the survivors had committed everything
-// the dead one left (the takeover, bounded by the session or lease timeout
-// plus the time to process the rest).
-func scaleOut(ctx context.Context, t *testing.T, r *run, pipeline string, n int, out *OutStream, ready func(), windows func() []Window, finished func() bool) (Kill, time.Duration) {
+// two others finish. victim picks the process to kill from what each has
+// logged so far (nil: any). windows reads the committed positions right
+// after the kill; finished says whether every record is committed. It
+// returns the kill and how long after it the survivors had committed
+// everything the dead one left (the takeover, bounded by the session,
+// lease or pin timeout plus the time to process the rest).
+func scaleOut(ctx context.Context, t *testing.T, r *run, pipeline string, n int, out *OutStream, ready func(), victim func(logs []*testbin.Buffer) int, windows func() []Window, finished func() bool) (Kill, time.Duration) {
 	t.Helper()
 	stored := func() int { return out.Stored(ctx) }
-	procs := []*Proc{r.culvert(t, pipeline), r.culvert(t, pipeline), r.culvert(t, pipeline)}
+	var procs []*Proc
+	var logs []*testbin.Buffer
+	for range 3 {
+		buf := &testbin.Buffer{}
+		procs = append(procs, Start(t, io.MultiWriter(r.log, buf), filepath.Join(bins, "culvert"), "run", pipeline))
+		logs = append(logs, buf)
+	}
 	if ready != nil {
 		ready()
 	}
 	target := n/4 + rand.IntN(n/6+1)
 	WaitFor(ctx, t, 60*time.Second, r.log.Name(), stored, func() bool { return stored() >= target })
-	victim := rand.IntN(len(procs))
-	procs[victim].Kill()
+	v := rand.IntN(len(procs))
+	if victim != nil {
+		v = victim(logs)
+	}
+	procs[v].Kill()
 	killed := time.Now()
 	time.Sleep(200 * time.Millisecond)
 	kill := Kill{Stored: stored(), Windows: windows()}
-	t.Logf("SIGKILL to process %d (pid %d) with %d outputs stored; windows %v", victim, procs[victim].Pid(), kill.Stored, kill.Windows)
+	t.Logf("SIGKILL to process %d (pid %d) with %d outputs stored; windows %v", v, procs[v].Pid(), kill.Stored, kill.Windows)
 	WaitFor(ctx, t, 60*time.Second, r.log.Name(), stored, func() bool { return stored() >= n && finished() })
 	took := time.Since(killed)
 	for i, p := range procs {
-		if i == victim {
+		if i == v {
 			continue
 		}
 		if err := p.Stop(30 * time.Second); err != nil {
@@ -69,7 +81,7 @@ func TestScaleOutKafka(t *testing.T) {
 	r := newRun(t)
 	kf, out, ins, pipeline := kafkaSetup(ctx, t, r, n, partitions, session)
 	ends := partitionEnds(ins)
-	kill, took := scaleOut(ctx, t, r, pipeline, n, out, nil,
+	kill, took := scaleOut(ctx, t, r, pipeline, n, out, nil, nil,
 		func() []Window {
 			var ws []Window
 			for p, off := range committed(ctx, t, kf.Brokers, "crash", partitions) {
@@ -124,7 +136,7 @@ func TestScaleOutKinesis(t *testing.T) {
 		WaitFor(ctx, t, 60*time.Second, r.log.Name(), func() int { return 0 }, balanced)
 		g.put(ctx, t, n)
 	}
-	kill, took := scaleOut(ctx, t, r, g.pipeline, n, g.out, ready,
+	kill, took := scaleOut(ctx, t, r, g.pipeline, n, g.out, ready, nil,
 		func() []Window {
 			ws, owners := g.windows(ctx, t, 1)
 			t.Logf("lease owners at the kill: %v", owners)
@@ -142,6 +154,8 @@ func TestScaleOutKinesis(t *testing.T) {
 	}
 }
 
+// jetstreamPipeline reads the stream IN through a durable pull consumer
+// with the two-function chain of the other crash pipelines.
 const jetstreamPipeline = `
 version: 1
 name: crash
@@ -160,19 +174,37 @@ outputs:
 delivery: { max_in_flight: %d, shutdown_grace: 10s }
 `
 
-// TestScaleOutJetStream: three culvert processes pull from one durable
-// JetStream consumer; one is killed with SIGKILL mid-stream. The server
-// redelivers what the dead process had not acked after ack_wait (2s) to
-// the two others: 0 lost, every record processed, duplicates only from
-// records not acked at the kill (after the consumer's ack floor).
-//
-// Per-key order is NOT guaranteed here and not asserted: a shared pull
-// consumer hands a key's messages to whichever process pulls next, so two
-// processes can process records of one key at the same time. The test
-// counts such order inversions and logs them (docs/delivery.md).
+// jetstreamGroupPipeline is jetstreamPipeline with the consumer shared by
+// a pinned-client priority group.
+const jetstreamGroupPipeline = `
+version: 1
+name: crash
+sandbox: none
+broker: { url: "%s" }
+inputs:
+  in:
+    jetstream: { stream: IN, subjects: ["in.>"], ack_wait: %s, max_in_flight: %d, fetch_batch: 64, group: { policy: pinned, ttl: %s } }
+functions:
+  pass: { command: %s, instances: 2, batch: { size: 100, max_wait: 2ms } }
+  mark: { command: sed, args: ["-u", "s/$/ ok/"], mode: lines }
+routes:
+  - { name: main, chain: pass | mark, outputs: [out] }
+outputs:
+  out: { jetstream: { subject: out.x, stream: OUT, subjects: ["out.>"] } }
+delivery: { max_in_flight: %d, shutdown_grace: 10s }
+`
+
+// TestScaleOutJetStream: three culvert processes read one durable JetStream
+// consumer through a pinned-client priority group (group: {policy: pinned,
+// ttl: 5s}, ack_wait 2s): the server hands the messages to one process at a
+// time. The pinned process is killed with SIGKILL mid-stream. Once it has
+// not pulled for the ttl, the server pins one of the two others, which gets
+// the dead holder's un-acked messages (due for redelivery after ack_wait)
+// ahead of newer ones: 0 lost, duplicates only after the consumer's ack
+// floor at the kill, and per-key order holds outside that crash window.
 func TestScaleOutJetStream(t *testing.T) {
 	n := records()
-	const ackWait = 2 * time.Second
+	const ackWait, ttl = 2 * time.Second, 5 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	r := newRun(t)
@@ -204,7 +236,7 @@ func TestScaleOutJetStream(t *testing.T) {
 		ins[fmt.Sprint("js:IN:", ack.Sequence)] = in
 	}
 	pipeline := filepath.Join(r.dir, "pipeline.yaml")
-	if err := os.WriteFile(pipeline, fmt.Appendf(nil, jetstreamPipeline, url, ackWait, kafkaWindow, filepath.Join(bins, "passthrough"), kafkaWindow), 0o644); err != nil {
+	if err := os.WriteFile(pipeline, fmt.Appendf(nil, jetstreamGroupPipeline, url, ackWait, kafkaWindow, ttl, filepath.Join(bins, "passthrough"), kafkaWindow), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	consumer := func() *jetstream.ConsumerInfo {
@@ -218,7 +250,29 @@ func TestScaleOutJetStream(t *testing.T) {
 		}
 		return info
 	}
-	kill, took := scaleOut(ctx, t, r, pipeline, n, out, nil,
+	// The victim is the pinned process: the one that logged the pin id
+	// the consumer reports.
+	pinned := func(logs []*testbin.Buffer) int {
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if info := consumer(); info != nil {
+				for _, g := range info.PriorityGroups {
+					if g.PinnedClientID == "" {
+						continue
+					}
+					for i, l := range logs {
+						if strings.Contains(l.String(), "pin_id="+g.PinnedClientID) {
+							return i
+						}
+					}
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatal("no process logged the consumer's pin id")
+		return 0
+	}
+	kill, took := scaleOut(ctx, t, r, pipeline, n, out, nil, pinned,
 		func() []Window {
 			info := consumer()
 			if info == nil {
@@ -231,14 +285,10 @@ func TestScaleOutJetStream(t *testing.T) {
 			return info != nil && info.NumPending == 0 && info.NumAckPending == 0
 		})
 	rep := Audit(ins, out.Read(ctx, t), []Kill{kill})
-	t.Logf("jetstream scale-out, 3 processes, 1 killed: %s; consumer drained %s after the kill (ack_wait %s)", rep, took.Round(100*time.Millisecond), ackWait)
-	// Order across processes sharing a pull consumer is not guaranteed.
-	violations := rep.Violations
-	rep.Violations = 0
+	t.Logf("jetstream scale-out, 3 processes, pinned group, the pinned one killed: %s; consumer drained %s after the kill (ttl %s, ack_wait %s)", rep, took.Round(100*time.Millisecond), ttl, ackWait)
 	rep.Check(t)
-	t.Logf("per-key order inversions across the three processes (not guaranteed, not asserted): %d", violations)
-	if took > ackWait+20*time.Second {
-		t.Errorf("the survivors needed %s after the kill to drain the consumer; ack_wait is %s", took, ackWait)
+	if took > ttl+20*time.Second {
+		t.Errorf("the survivors needed %s after the kill to drain the consumer; the pin's ttl is %s", took, ttl)
 	}
 	if t.Failed() {
 		t.Log(r.tail())

@@ -241,10 +241,14 @@ func newSource(ctx context.Context, nc *nats.Conn, p *pipelines.Pipeline, name s
 		return newKinesisSource(ctx, nc, p, name, in.Kinesis, o, log)
 	case in.JetStream != nil:
 		c := in.JetStream
-		return jetstream.NewSource(ctx, nc, jetstream.SourceConfig{
+		cfg := jetstream.SourceConfig{
 			Stream: c.Stream, Subjects: c.Subjects, Durable: c.Durable, FilterSubjects: c.FilterSubjects,
 			DeliverPolicy: c.DeliverPolicy, MaxInFlight: c.MaxInFlight, AckWait: time.Duration(c.AckWait), FetchBatch: c.FetchBatch,
-		}, log)
+		}
+		if g := c.Group; g != nil {
+			cfg.Group, cfg.PinnedTTL = g.Name, g.TTL.Std()
+		}
+		return jetstream.NewSource(ctx, nc, cfg, log)
 	case in.NATS != nil:
 		return natsconn.NewSource(nc, natsconn.SourceConfig{Subjects: in.NATS.Subjects, QueueGroup: in.NATS.QueueGroup, MaxInFlight: p.Delivery.MaxInFlight}, log)
 	case in.File != nil:
