@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/culvert-dev/culvert/connectors"
 	"github.com/culvert-dev/culvert/connectors/kafka"
@@ -442,4 +443,62 @@ func testCA(t *testing.T) (string, *tls.Config) {
 		t.Fatal(err)
 	}
 	return path, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{{Certificate: [][]byte{srvDER}, PrivateKey: srvKey}}}
+}
+
+// TestHeartbeatsWithinSession: with a short session timeout, every member
+// of the group heartbeats well within it (the source sets the heartbeat
+// interval to a tenth of the session), so a live member's session never
+// ends for want of a heartbeat. The gaps are measured at the broker, from
+// the moment both members hold their partitions. With kgo's default 3s
+// interval a 1s session was refused by kgo, and a 3s one let a late
+// heartbeat end a live member's session (docs/delivery.md, scale-out).
+func TestHeartbeatsWithinSession(t *testing.T) {
+	const session = time.Second
+	c := kafkatest.Start(t, kafkatest.Options{Extra: []kfake.Opt{kfake.GroupMinSessionTimeout(100 * time.Millisecond)}})
+	c.CreateTopic(t, "hb", 4)
+	kc := c.Kfake()
+	var mu sync.Mutex
+	last := map[string]time.Time{}
+	gaps := map[string]time.Duration{}
+	kc.ControlKey(int16(kmsg.Heartbeat), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		kc.KeepControl()
+		hb := req.(*kmsg.HeartbeatRequest)
+		now := time.Now()
+		mu.Lock()
+		if l, ok := last[hb.MemberID]; ok {
+			gaps[hb.MemberID] = max(gaps[hb.MemberID], now.Sub(l))
+		}
+		last[hb.MemberID] = now
+		mu.Unlock()
+		return nil, nil, false // the cluster handles it as usual
+	})
+	hs := []*handler{{on: func(connectors.Message) {}}, {on: func(connectors.Message) {}}}
+	for _, h := range hs {
+		src := newSource(t, c, kafka.SourceConfig{Topics: []string{"hb"}, Group: "hb", SessionTimeout: session})
+		run(t, src, h)
+	}
+	// Both members in the group: the first one gave up half its partitions.
+	waitFor(t, "the second member's partitions", func() bool { return len(hs[0].revokedList())+len(hs[1].revokedList()) >= 2 })
+	time.Sleep(session)
+	mu.Lock()
+	clear(last)
+	clear(gaps)
+	mu.Unlock()
+	time.Sleep(3 * session)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(gaps) != 2 {
+		t.Fatalf("heartbeats from %d members, want 2 (%v)", len(gaps), gaps)
+	}
+	for m, g := range gaps {
+		if g >= session*3/4 {
+			t.Errorf("member %s went %s between heartbeats; the session timeout is %s", m, g, session)
+		}
+	}
+	t.Logf("longest gap between heartbeats per member: %v (session %s)", gaps, session)
+	for _, h := range hs {
+		if r := h.revokedList(); len(r) > 2 {
+			t.Errorf("partitions revoked after the group settled: %v", r)
+		}
+	}
 }

@@ -76,6 +76,14 @@ func (c *Cluster) start(n int) error {
 	return nil
 }
 
+// Kfake is the running kfake cluster, for tests that watch or steer its
+// requests (ControlKey).
+func (c *Cluster) Kfake() *kfake.Cluster {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.c
+}
+
 // Stop stops the cluster (its state stays on disk when Persist).
 func (c *Cluster) Stop() {
 	c.mu.Lock()
