@@ -1,10 +1,14 @@
 package fnhost
 
 import (
+	"bytes"
+	"io"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/culvert-dev/culvert/internal/wire"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
+	"github.com/culvert-dev/culvert/proto/framing"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
@@ -35,6 +39,7 @@ type resultDecoder struct {
 	outs    []Output     // handed on with each batch, then replaced
 	last    int          // len(outs) of the last batch
 	recs    wire.Records // where decoded records live
+	sent    *sentBatch   // the batch being answered, if known (decodeAnswer)
 }
 
 type recordResult struct {
@@ -169,6 +174,9 @@ func (d *resultDecoder) output(b []byte) bool {
 		b = b[n:]
 		switch {
 		case num == 1 && rec == nil: // record
+			if rec = d.unchanged(len(d.results), v); rec != nil {
+				continue
+			}
 			var ok bool
 			if rec, ok = d.recs.Decode(v); !ok {
 				return false
@@ -214,4 +222,168 @@ func decodeFailure(b []byte, r *recordResult) bool {
 		}
 	}
 	return true
+}
+
+// sentBatches keeps the encodings of the batches sent to an instance and
+// not answered yet, oldest first. An output that is, byte for byte, the
+// input record it answers (a function passing records on unchanged: a
+// filter, a router, a passthrough) is then taken as a copy of that record
+// instead of being decoded: same fields, the same byte slices and
+// sub-messages (which the host never modifies; fillOutputs already shares
+// the input's source and event time). It is safe for one writer and one
+// reader.
+type sentBatches struct {
+	mu   sync.Mutex
+	q    []*sentBatch // sent, oldest first
+	free []*sentBatch
+}
+
+// sentBatch is one Batch frame as written, and where each record's
+// encoding is in it.
+type sentBatch struct {
+	id    uint64
+	buf   []byte
+	recs  []*culvertv1.Record
+	spans []span // recs[i] is buf[spans[i].start:spans[i].end]
+}
+
+type span struct{ start, end int }
+
+// write encodes m (a HostMessage holding the Batch of call) as one frame
+// and writes it with one call to w, keeping the encoding until the answer.
+func (s *sentBatches) write(w io.Writer, m *culvertv1.HostMessage, maxFrame int, call *Call) error {
+	s.mu.Lock()
+	var sb *sentBatch
+	if n := len(s.free); n > 0 {
+		sb, s.free = s.free[n-1], s.free[:n-1]
+	} else {
+		sb = &sentBatch{}
+	}
+	s.mu.Unlock()
+	b, err := framing.Append(sb.buf[:0], m, maxFrame)
+	if err != nil {
+		s.release(sb)
+		return err
+	}
+	sb.buf, sb.id, sb.recs = b, call.id, call.Records
+	if !sb.index() {
+		sb.recs = nil // not as expected: no record is taken from it
+	}
+	s.mu.Lock()
+	s.q = append(s.q, sb)
+	s.mu.Unlock()
+	_, err = w.Write(b)
+	return err
+}
+
+// index finds the records in the frame: a varint length, then the
+// HostMessage's batch field (17) and its records (field 2), in order.
+func (sb *sentBatch) index() bool {
+	sb.spans = sb.spans[:0]
+	_, n := protowire.ConsumeVarint(sb.buf)
+	if n < 0 || len(sb.buf) < n+2 || sb.buf[n] != 0x8a || sb.buf[n+1] != 0x01 {
+		return false
+	}
+	off := n + 2
+	l, n := protowire.ConsumeVarint(sb.buf[off:])
+	if n < 0 || uint64(len(sb.buf)-off-n) != l {
+		return false
+	}
+	off += n
+	for off < len(sb.buf) {
+		num, typ, n := protowire.ConsumeTag(sb.buf[off:])
+		if n < 0 {
+			return false
+		}
+		off += n
+		if num == 2 && typ == protowire.BytesType {
+			l, n := protowire.ConsumeVarint(sb.buf[off:])
+			if n < 0 || l > uint64(len(sb.buf)-off-n) {
+				return false
+			}
+			sb.spans = append(sb.spans, span{off + n, off + n + int(l)})
+			off += n + int(l)
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, sb.buf[off:])
+		if n < 0 {
+			return false
+		}
+		off += n
+	}
+	return len(sb.spans) == len(sb.recs)
+}
+
+// head is the oldest batch not answered, or nil.
+func (s *sentBatches) head() *sentBatch {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.q) == 0 {
+		return nil
+	}
+	return s.q[0]
+}
+
+// answered drops the batches up to id, once their answer was decoded and
+// handed on.
+func (s *sentBatches) answered(id uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.q) > 0 && s.q[0].id <= id {
+		sb := s.q[0]
+		s.q[0] = nil
+		s.q = s.q[1:]
+		s.releaseLocked(sb)
+	}
+}
+
+func (s *sentBatches) release(sb *sentBatch) {
+	s.mu.Lock()
+	s.releaseLocked(sb)
+	s.mu.Unlock()
+}
+
+func (s *sentBatches) releaseLocked(sb *sentBatch) {
+	sb.recs = nil
+	if cap(sb.buf) > 16<<20 {
+		sb.buf = nil // do not keep a huge buffer after one large frame
+	}
+	if len(s.free) < 4 {
+		s.free = append(s.free, sb)
+	}
+}
+
+// decodeAnswer decodes b like decode, taking outputs that repeat their
+// input record from sent (the batch b should answer; nil: none). If b
+// turns out to answer another batch, it decodes b again without it.
+func (d *resultDecoder) decodeAnswer(b []byte, sent *sentBatch) bool {
+	if sent == nil || sent.recs == nil {
+		return d.decode(b)
+	}
+	d.sent = sent
+	ok := d.decode(b)
+	d.sent = nil
+	if ok && d.id != sent.id {
+		ok = d.decode(b)
+	}
+	return ok
+}
+
+// unchanged returns a copy of input record i of d.sent if v is its
+// encoding, and nil otherwise. A record with unknown fields is decoded
+// instead (proto re-encodes some of those).
+func (d *resultDecoder) unchanged(i int, v []byte) *culvertv1.Record {
+	sb := d.sent
+	if sb == nil || i >= len(sb.spans) {
+		return nil
+	}
+	sp := sb.spans[i]
+	in := sb.recs[i]
+	if !bytes.Equal(v, sb.buf[sp.start:sp.end]) || len(in.ProtoReflect().GetUnknown()) > 0 {
+		return nil
+	}
+	r := d.recs.New()
+	r.Id, r.Key, r.Value, r.ContentType = in.Id, in.Key, in.Value, in.ContentType
+	r.Headers, r.EventTime, r.Source = in.Headers, in.EventTime, in.Source
+	return r
 }

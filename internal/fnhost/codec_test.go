@@ -3,8 +3,10 @@ package fnhost
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/culvert-dev/culvert/internal/wire"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
@@ -195,4 +197,165 @@ func BenchmarkResultDecode(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/record")
+}
+
+// sent encodes a Batch of recs as Submit does and returns its sentBatch.
+func sent(t testing.TB, id uint64, recs []*culvertv1.Record) *sentBatch {
+	t.Helper()
+	var s sentBatches
+	m := &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Batch{Batch: &culvertv1.Batch{Id: id, Records: recs, DeadlineUnixMs: 1 << 41, Attempt: 2}}}
+	if err := s.write(io.Discard, m, 0, &Call{Records: recs, id: id}); err != nil {
+		t.Fatal(err)
+	}
+	sb := s.head()
+	if sb == nil || sb.recs == nil {
+		t.Fatal("the batch was not indexed")
+	}
+	return sb
+}
+
+// TestUnchangedOutputs: outputs that repeat their input record are taken
+// from it, and the decoding still equals proto's, whatever the answer
+// holds: changed records, records answering another input, fan-out,
+// unknown fields, or an answer to another batch.
+func TestUnchangedOutputs(t *testing.T) {
+	unknown := &culvertv1.Record{Id: "u"}
+	unknown.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1))
+	in := []*culvertv1.Record{
+		{Id: "kafka:in:0:1", Key: []byte("k1"), Value: []byte("v1"), EventTime: timestamppb.New(time.Unix(5, 6)),
+			Source: &culvertv1.Position{Connector: "kafka", Stream: "in", Partition: "0", Offset: 1}},
+		{Id: "kafka:in:0:2", Value: []byte("v2"), Headers: []*culvertv1.Header{{Name: "h", Value: []byte("x")}}},
+		unknown,
+	}
+	changed := proto.Clone(in[0]).(*culvertv1.Record)
+	changed.Value = []byte("other")
+	answer := func(id uint64, outs ...[]*culvertv1.Record) []byte {
+		br := &culvertv1.BatchResult{BatchId: id}
+		for _, o := range outs {
+			rr := &culvertv1.RecordResult{}
+			for _, r := range o {
+				rr.Outputs = append(rr.Outputs, &culvertv1.Output{Record: r})
+			}
+			br.Results = append(br.Results, rr)
+		}
+		return resultFrame(t, &culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Result{Result: br}})
+	}
+	one := func(r ...*culvertv1.Record) []*culvertv1.Record { return r }
+	tests := []struct {
+		name  string
+		frame []byte
+		taken []bool // per output: taken from its input record
+	}{
+		{"passthrough", answer(9, one(in[0]), one(in[1]), one(in[2])), []bool{true, true, false}},
+		{"changed", answer(9, one(changed), one(in[1]), nil), []bool{false, true}},
+		{"fan-out", answer(9, one(in[0], in[0]), nil, nil), []bool{true, true}},
+		{"another input's record", answer(9, one(in[1]), one(in[0]), nil), []bool{false, false}},
+		{"another batch", answer(8, one(in[0]), one(in[1]), one(in[2])), []bool{false, false, false}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sb := sent(t, 9, in)
+			var d resultDecoder
+			if !d.decodeAnswer(bytes.Clone(tc.frame), sb) {
+				t.Fatal("the fast path refused the answer")
+			}
+			want, ok := viaProto(tc.frame)
+			if !ok {
+				t.Fatal("proto refused the answer")
+			}
+			sameDecoding(t, tc.frame, &d, want)
+			if len(d.outs) != len(tc.taken) {
+				t.Fatalf("%d outputs, want %d", len(d.outs), len(tc.taken))
+			}
+			for i, o := range d.outs {
+				shared := false
+				for _, r := range in {
+					shared = shared || len(r.Value) > 0 && len(o.Record.Value) > 0 && &r.Value[0] == &o.Record.Value[0]
+				}
+				if shared != tc.taken[i] {
+					t.Errorf("output %d: taken from its input %v, want %v", i, shared, tc.taken[i])
+				}
+				for _, r := range in {
+					if o.Record == r {
+						t.Errorf("output %d is the input record itself, not a copy", i)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestSentBatchesRelease: answered batches leave the queue and their
+// buffers are reused; an unindexable frame is never used for outputs.
+func TestSentBatchesRelease(t *testing.T) {
+	var s sentBatches
+	recs := []*culvertv1.Record{{Id: "a"}}
+	m := &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Batch{Batch: &culvertv1.Batch{Id: 1, Records: recs}}}
+	for id := uint64(1); id <= 3; id++ {
+		if err := s.write(io.Discard, m, 0, &Call{Records: recs, id: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.answered(2)
+	if h := s.head(); h == nil || h.id != 3 {
+		t.Fatalf("head after answering 2: %+v, want batch 3", h)
+	}
+	s.answered(3)
+	if h := s.head(); h != nil {
+		t.Fatalf("head after answering 3: %+v, want none", h)
+	}
+	if len(s.free) != 3 {
+		t.Errorf("%d buffers kept for reuse, want 3", len(s.free))
+	}
+	// A call whose records are not the batch's: not indexed.
+	if err := s.write(io.Discard, m, 0, &Call{Records: append(recs, recs...), id: 4}); err != nil {
+		t.Fatal(err)
+	}
+	if h := s.head(); h == nil || h.recs != nil {
+		t.Errorf("a frame that does not match its call was indexed: %+v", h)
+	}
+}
+
+// BenchmarkResultDecodeUnchanged is BenchmarkResultDecode for a function
+// that passes its input records on unchanged.
+func BenchmarkResultDecodeUnchanged(b *testing.B) {
+	const n = 1000
+	in := make([]*culvertv1.Record, n)
+	for i := range in {
+		in[i] = &culvertv1.Record{Id: fmt.Sprintf("kafka:in:0:%d", i), Key: []byte("key-42"), Value: bytes.Repeat([]byte{'x'}, 100),
+			EventTime: timestamppb.New(time.Unix(1700000000, 0)), Source: &culvertv1.Position{Connector: "kafka", Stream: "in", Subject: "in", Partition: "0", Offset: uint64(i)}}
+	}
+	br := &culvertv1.BatchResult{BatchId: 1}
+	for _, r := range in {
+		br.Results = append(br.Results, &culvertv1.RecordResult{Outputs: []*culvertv1.Output{{Record: r}}})
+	}
+	frame := resultFrame(b, &culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Result{Result: br}})
+	for _, tc := range []struct {
+		name string
+		hint bool
+	}{{"decoded", false}, {"taken", true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			c := &conn{cfg: Config{Function: "fn"}, slots: make(chan struct{}, 1), dead: make(chan struct{})}
+			f := &framed{conn: c}
+			call := &Call{Records: in, Done: func([]Result, error) {}}
+			sb := sent(b, 1, in)
+			b.ReportAllocs()
+			for b.Loop() {
+				var hint *sentBatch
+				if tc.hint {
+					hint = sb
+				}
+				if !f.dec.decodeAnswer(frame, hint) {
+					b.Fatal("fast path refused the frame")
+				}
+				c.slots <- struct{}{}
+				call.id = 1
+				c.pending = append(c.pending, entry{call: call})
+				if err := f.result(&f.dec); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/record")
+		})
+	}
 }

@@ -28,7 +28,8 @@ type framed struct {
 	batch culvertv1.Batch
 	nonce uint64
 
-	dec resultDecoder // owned by readLoop
+	dec  resultDecoder // owned by readLoop
+	sent sentBatches   // batches written (under wmu) and not answered
 
 	stopPing chan struct{}
 }
@@ -106,7 +107,7 @@ func (f *framed) Submit(ctx context.Context, call *Call) error {
 	f.msg.Msg = &culvertv1.HostMessage_Batch{Batch: &f.batch}
 	var err error
 	if validRecords(call.Records) {
-		err = f.w.Write(&f.msg)
+		err = f.sent.write(f.proc.Stdin(), &f.msg, f.cfg.MaxFrame, call)
 	} else {
 		// Package proto refuses invalid UTF-8 with its own error.
 		err = f.w.Write(wire.ProtoOnly{Message: &f.msg})
@@ -150,7 +151,7 @@ func (f *framed) readLoop(ready chan<- error) {
 			f.readError(err)
 			return
 		}
-		if !first && f.dec.decode(b) { // the common case, without proto
+		if !first && f.dec.decodeAnswer(b, f.sent.head()) { // the common case, without proto
 			if err = f.result(&f.dec); err != nil {
 				return
 			}
@@ -251,6 +252,7 @@ func (f *framed) result(br *resultDecoder) error {
 		res[i].Outputs = outs
 	}
 	br.handedOn()
+	f.sent.answered(br.id)
 	f.complete(e.call, res)
 	f.answerMu.Unlock()
 	return nil
