@@ -304,6 +304,25 @@ func (w *worker) parkLocked(it *item) {
 func (w *worker) arrive(it *item) {
 	w.lmu.Lock()
 	defer w.lmu.Unlock()
+	w.arriveLocked(it)
+}
+
+// arriveQueued takes it and then whatever else is queued, up to n items
+// in all, under one lock.
+func (w *worker) arriveQueued(it *item, n int) {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	w.arriveLocked(it)
+	for ; n > 1; n-- {
+		more, ok := w.tryReceive()
+		if !ok {
+			return
+		}
+		w.arriveLocked(more)
+	}
+}
+
+func (w *worker) arriveLocked(it *item) {
 	if it.seq == 0 {
 		w.seq++
 		it.seq = w.seq
@@ -457,16 +476,9 @@ func (w *worker) run() {
 		for len(batch) < size {
 			select {
 			case it := <-w.queue:
-				w.arrive(it)
 				// Take what else is queued without another select, then
 				// batch it all under one lock.
-				for n := len(batch) + 1; n < size; n++ {
-					more, ok := w.tryReceive()
-					if !ok {
-						break
-					}
-					w.arrive(more)
-				}
+				w.arriveQueued(it, size-len(batch))
 				batch = w.takeReady(batch, size)
 			case <-w.wake:
 				if w.hasUnits() {
@@ -750,12 +762,23 @@ func (w *worker) done(items []*item, res []fnhost.Result, err error) {
 			it.solo = it.solo || len(items) > 1
 		}
 	} else {
+		failed := false
 		for i := range items {
 			if r := res[i].Failure; r != nil {
 				fails[i] = &failure{class: fnhost.ClassFunction, msg: r.Message, retryable: r.Retryable}
+				failed = true
 			} else {
 				all = false
 			}
+		}
+		if !failed && w.noHeads(items) {
+			// The common case: every record succeeded and no lane waits
+			// for a retry, so none is parked or unblocked; the lanes are
+			// checked under one lock instead of one per record.
+			for i, it := range items {
+				st.rt.deliver(it, res[i].Outputs, st)
+			}
+			return
 		}
 	}
 	if all && len(items) > 1 && st.fn.Retry.BatchFailure == "bisect" {
@@ -793,6 +816,20 @@ func (w *worker) done(items []*item, res []fnhost.Result, err error) {
 	if released {
 		w.notify()
 	}
+}
+
+// noHeads reports whether no lane waits for a retry, and if so clears
+// the items' solo marks (as done does for records that succeed).
+func (w *worker) noHeads(items []*item) bool {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	if len(w.heads) > 0 {
+		return false
+	}
+	for _, it := range items {
+		it.solo = false
+	}
+	return true
 }
 
 // bisect halves a batch whose every record failed, and resends each half
