@@ -261,3 +261,97 @@ func TestPinnedGroupConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestPartitionedDurables: the stream splits its subjects into two
+// partitions by key (a subject transform with partition(2, 1)); one durable
+// per partition, each filtered to its partition and each a pinned group,
+// read by two sources. Each source gets only its partition, every key lands
+// in one partition, and each key's records come in publish order. This is
+// the layout that spreads a stream over processes with per-key order.
+func TestPartitionedDurables(t *testing.T) {
+	s := natstest.Server(t)
+	pub := natstest.Connect(t, s)
+	js, err := gojs.New(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, gojs.StreamConfig{
+		Name: "P", Subjects: []string{"orders.*"},
+		SubjectTransform: &gojs.SubjectTransformConfig{Source: "orders.*", Destination: "orders.{{partition(2,1)}}.{{wildcard(1)}}"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	const keys, per = 20, 30
+	for i := range per {
+		for k := range keys {
+			if _, err := js.Publish(ctx, fmt.Sprintf("orders.k%d", k), []byte(fmt.Sprint(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	type got struct {
+		part string
+		n    int
+	}
+	var mu sync.Mutex
+	seen := map[string][]got{} // key -> deliveries
+	total := 0
+	for p := range 2 {
+		part := fmt.Sprint(p)
+		cfg := jetstream.SourceConfig{
+			Stream: "P", Durable: "part-" + part, FilterSubjects: []string{"orders." + part + ".*"},
+			MaxInFlight: 16, FetchBatch: 8, AckWait: 2 * time.Second, Group: "culvert", PinnedTTL: 3 * time.Second,
+		}
+		src, err := jetstream.NewSource(ctx, natstest.Connect(t, s), cfg, natstest.Logger(t, slog.LevelWarn))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { src.Close() })
+		stop := run(t, src, func(ctx context.Context, m connectors.Message) error {
+			subj := strings.Split(m.Record.Source.Subject, ".") // orders.<partition>.<key>
+			var n int
+			fmt.Sscan(string(m.Record.Value), &n)
+			mu.Lock()
+			seen[subj[2]] = append(seen[subj[2]], got{subj[1] + "/" + part, n})
+			total++
+			mu.Unlock()
+			return m.Settler.Ack(ctx)
+		})
+		t.Cleanup(stop)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := total
+		mu.Unlock()
+		if n == keys*per {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d records after 10s", n, keys*per)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	parts := map[string]int{}
+	for k, ds := range seen {
+		for i, d := range ds {
+			if d.part != ds[0].part {
+				t.Errorf("key %s in %s and %s (subject partition/source partition)", k, ds[0].part, d.part)
+			}
+			if d.n != i {
+				t.Errorf("key %s: record %d came as the %dth", k, d.n, i)
+			}
+		}
+		if p, src, _ := strings.Cut(ds[0].part, "/"); p != src {
+			t.Errorf("key %s: subject partition %s read by the durable of partition %s", k, p, src)
+		}
+		parts[ds[0].part]++
+	}
+	if len(seen) != keys || len(parts) != 2 {
+		t.Fatalf("%d keys over partitions %v, want %d keys over 2", len(seen), parts, keys)
+	}
+	t.Logf("keys per partition: %v", parts)
+}

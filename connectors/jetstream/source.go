@@ -247,7 +247,11 @@ func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
 		// The server keeps the pin while the holder's pull requests keep
 		// coming: an expiring request is renewed at least every third of
 		// the ttl, also while the consumer has nothing to deliver.
-		opts = append(opts, jetstream.PullPriorityGroup(s.cfg.Group), jetstream.PullExpiry(pullExpiry(s.cfg.PinnedTTL)))
+		// Those short-lived requests have heartbeats at half their life
+		// (500ms for a 3s ttl): a missed one is not an error that stops
+		// the input; the iterator just sends a new pull request.
+		opts = append(opts, jetstream.PullPriorityGroup(s.cfg.Group), jetstream.PullExpiry(pullExpiry(s.cfg.PinnedTTL)),
+			jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	}
 	it, err := s.cons.Messages(opts...)
 	if err != nil {
