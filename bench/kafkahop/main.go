@@ -54,6 +54,7 @@ func main() {
 	batch := flag.Int("batch", 1000, "function batch size")
 	instances := flag.Int("instances", 2, "function instances")
 	noFn := flag.Bool("nofunction", false, "also measure the pipeline with an empty chain (connectors and engine only)")
+	fnEnv := flag.String("fnenv", "", "environment of the function processes, as KEY=VALUE[,KEY=VALUE...] (e.g. GOGC=400)")
 	fnBin := flag.String("function", "", "the function to run instead of examples/functions/passthrough (built afresh); it must pass every record through unchanged")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (kfake included) during the first measured run of -profile's side to this file")
 	memProfile := flag.String("memprofile", "", "write allocation profiles of this process taken before and after the first measured run of -profile's side to this file and this file + \".base\" (go tool pprof -sample_index=alloc_space -base FILE.base FILE)")
@@ -69,7 +70,7 @@ func main() {
 		defer f.Close()
 		prof.f = f
 	}
-	if err := run(*records, *valueSize, *keys, *runs, *batch, *instances, *noFn, *fnBin, prof); err != nil {
+	if err := run(*records, *valueSize, *keys, *runs, *batch, *instances, *noFn, fnSpec{*fnBin, *fnEnv}, prof); err != nil {
 		fmt.Fprintln(os.Stderr, "kafkahop:", err)
 		os.Exit(1)
 	}
@@ -125,7 +126,12 @@ func measure(n int, f func() (float64, error)) (rate, cpu, fnCPU float64, err er
 	return rate, cpu, fnCPU, err
 }
 
-func run(records, valueSize, keys, runs, batch, instances int, noFn bool, fn string, prof *profiler) error {
+// fnSpec is the function the Culvert side runs: its binary ("": build
+// examples/functions/passthrough) and its env (KEY=VALUE,...).
+type fnSpec struct{ bin, env string }
+
+func run(records, valueSize, keys, runs, batch, instances int, noFn bool, spec fnSpec, prof *profiler) error {
+	fn := spec.bin
 	dir, err := os.MkdirTemp("", "kafkahop")
 	if err != nil {
 		return err
@@ -169,7 +175,9 @@ func run(records, valueSize, keys, runs, batch, instances int, noFn bool, fn str
 		}
 		raw, rawCPU = append(raw, r), append(rawCPU, rc)
 		k, kc, fc, err := measure(records, func() (float64, error) {
-			return prof.around("culvert", func() (float64, error) { return culvertHop(dir, fn, brokers, records, i, batch, instances, true) })
+			return prof.around("culvert", func() (float64, error) {
+				return culvertHop(dir, fnSpec{fn, spec.env}, brokers, records, i, batch, instances, true)
+			})
 		})
 		if err != nil {
 			return fmt.Errorf("culvert run %d: %w", i, err)
@@ -178,7 +186,9 @@ func run(records, valueSize, keys, runs, batch, instances int, noFn bool, fn str
 		fmt.Fprintf(os.Stderr, "run %d: raw %.0f records/s, culvert %.0f records/s\n", i+1, r, k)
 		if noFn {
 			b, bc, _, err := measure(records, func() (float64, error) {
-				return prof.around("bare", func() (float64, error) { return culvertHop(dir, fn, brokers, records, i, batch, instances, false) })
+				return prof.around("bare", func() (float64, error) {
+					return culvertHop(dir, fnSpec{fn, spec.env}, brokers, records, i, batch, instances, false)
+				})
 			})
 			if err != nil {
 				return fmt.Errorf("culvert run %d without function: %w", i, err)
@@ -225,6 +235,17 @@ func cpuChildren() time.Duration {
 	var kids syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &kids)
 	return time.Duration(kids.Utime.Nano() + kids.Stime.Nano())
+}
+
+// envYAML turns KEY=VALUE,KEY=VALUE into the body of a YAML flow map.
+func envYAML(env string) string {
+	var parts []string
+	for kv := range strings.SplitSeq(env, ",") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			parts = append(parts, strconv.Quote(k)+": "+strconv.Quote(v))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 func fmtRatios(v []float64) string {
@@ -331,7 +352,7 @@ func rawHop(brokers []string, n, run int) (float64, error) {
 	return float64(n) / el.Seconds(), nil
 }
 
-func culvertHop(dir, fn string, brokers []string, n, run, batch, instances int, withFn bool) (float64, error) {
+func culvertHop(dir string, fn fnSpec, brokers []string, n, run, batch, instances int, withFn bool) (float64, error) {
 	out := "culvert-out-" + strconv.Itoa(run)
 	chain := "[pass]"
 	if !withFn {
@@ -347,7 +368,7 @@ name: kafkahop
 inputs:
   in: { kafka: { brokers: %s, topics: [in], group: %s, max_in_flight: 20000 } }
 functions:
-  pass: { command: %s, mode: framed, instances: %d, batch: { size: %d, max_wait: 1ms } }
+  pass: { command: %s, mode: framed, instances: %d, batch: { size: %d, max_wait: 1ms }, env: { %s } }
 routes:
   - name: hop
     chain: %s
@@ -355,7 +376,7 @@ routes:
 outputs:
   out: { kafka: { brokers: %s, topic: %s, encoding: value } }
 delivery: { max_in_flight: 20000 }
-`, bl, out, fn, instances, batch, chain, bl, out)
+`, bl, out, fn.bin, instances, batch, envYAML(fn.env), chain, bl, out)
 	path := filepath.Join(dir, "pipeline.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		return 0, err

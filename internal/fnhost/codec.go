@@ -370,8 +370,9 @@ func (d *resultDecoder) decodeAnswer(b []byte, sent *sentBatch) bool {
 }
 
 // unchanged returns a copy of input record i of d.sent if v is its
-// encoding, and nil otherwise. A record with unknown fields is decoded
-// instead (proto re-encodes some of those).
+// encoding, and nil otherwise. A record with unknown fields of its own is
+// decoded instead (the copy would not have them; those of its headers,
+// source and event time are shared with them).
 func (d *resultDecoder) unchanged(i int, v []byte) *culvertv1.Record {
 	sb := d.sent
 	if sb == nil || i >= len(sb.spans) {
@@ -379,11 +380,24 @@ func (d *resultDecoder) unchanged(i int, v []byte) *culvertv1.Record {
 	}
 	sp := sb.spans[i]
 	in := sb.recs[i]
-	if !bytes.Equal(v, sb.buf[sp.start:sp.end]) || len(in.ProtoReflect().GetUnknown()) > 0 {
+	if !bytes.Equal(v, sb.buf[sp.start:sp.end]) || !knownFields(v) {
 		return nil
 	}
 	r := d.recs.New()
 	r.Id, r.Key, r.Value, r.ContentType = in.Id, in.Key, in.Value, in.ContentType
 	r.Headers, r.EventTime, r.Source = in.Headers, in.EventTime, in.Source
 	return r
+}
+
+// knownFields reports whether b, an encoded Record, holds only fields that
+// Record declares (1 to 7).
+func knownFields(b []byte) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeField(b)
+		if n < 0 || num < 1 || num > 7 || typ != protowire.BytesType {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
 }
