@@ -33,8 +33,13 @@ type groupLog struct {
 	hold map[int]bool // sources whose handler keeps messages without settling them
 }
 
-func (g *groupLog) handler(src int) handlerFunc {
+func (g *groupLog) handler(t *testing.T, src int) handlerFunc {
 	return func(ctx context.Context, m connectors.Message) error {
+		for _, h := range m.Record.Headers {
+			if strings.EqualFold(h.Name, "Nats-Pin-Id") {
+				t.Errorf("record %s carries the broker's %s header", m.Record.Id, h.Name)
+			}
+		}
 		g.mu.Lock()
 		g.all = append(g.all, delivery{src, m.Record.Source.Offset, m.Delivery, time.Now()})
 		hold := g.hold[src]
@@ -125,7 +130,7 @@ func TestPinnedGroup(t *testing.T) {
 		conns, srcs = append(conns, nc), append(srcs, src)
 		rctx, cancel := context.WithCancel(ctx)
 		t.Cleanup(cancel)
-		go src.Run(rctx, log.handler(i)) //nolint:errcheck // the killed one's Run fails with its connection
+		go src.Run(rctx, log.handler(t, i)) //nolint:errcheck // the killed one's Run fails with its connection
 	}
 	cons, err := js.Consumer(ctx, "G", "shared")
 	if err != nil {

@@ -289,12 +289,14 @@ func pullExpiry(ttl time.Duration) time.Duration { return ttl / 3 }
 // pinHeader carries the pin id on the messages of a pinned group.
 const pinHeader = "Nats-Pin-Id"
 
-// pinned logs when this process becomes the group's pinned client.
+// pinned logs when this process becomes the group's pinned client, and
+// takes the pin id off the message: it is the broker's, not the record's.
 func (s *Source) pinned(m jetstream.Msg) {
 	id := m.Headers().Get(pinHeader)
 	if id == "" {
 		return
 	}
+	m.Headers().Del(pinHeader)
 	s.mu.Lock()
 	changed := id != s.pin
 	s.pin = id
