@@ -245,7 +245,7 @@ type worker struct {
 
 	lmu    sync.Mutex
 	seq    uint64
-	ready  itemHeap           // sendable, by seq
+	ready  readyQueue         // sendable, by seq
 	units  [][]*item          // batches to send as they are (retries, bisected halves)
 	held   map[uint64][]*item // parked records by lane, in seq order
 	heads  map[uint64]*item   // lane -> head waiting for its retry
@@ -259,6 +259,62 @@ type worker struct {
 	inst     fnhost.Instance
 	failures int // consecutive failed starts or crashes
 	lastUse  time.Time
+}
+
+// readyQueue holds sendable items in seq order: those pushed in order
+// (records as they arrive, the common case) in a FIFO, the others
+// (requeued, or released from a lane) in a heap, so that most records
+// cost no heap operation.
+type readyQueue struct {
+	fifo []*item // fifo[head:], ascending seq
+	head int
+	late itemHeap
+}
+
+func (q *readyQueue) Len() int { return len(q.fifo) - q.head + len(q.late) }
+
+func (q *readyQueue) push(it *item) {
+	n := len(q.fifo)
+	if n == q.head {
+		q.fifo, q.head = q.fifo[:0], 0
+		q.fifo = append(q.fifo, it)
+		return
+	}
+	if q.fifo[n-1].seq < it.seq {
+		if q.head > 1024 && q.head > n/2 {
+			// Reuse the consumed front of the array.
+			m := copy(q.fifo, q.fifo[q.head:])
+			clear(q.fifo[m:n])
+			q.fifo, q.head = q.fifo[:m], 0
+		}
+		q.fifo = append(q.fifo, it)
+		return
+	}
+	heap.Push(&q.late, it)
+}
+
+// peek returns the item with the lowest seq; the queue must not be empty.
+func (q *readyQueue) peek() *item {
+	if len(q.late) > 0 && (q.head == len(q.fifo) || q.late[0].seq < q.fifo[q.head].seq) {
+		return q.late[0]
+	}
+	return q.fifo[q.head]
+}
+
+// pop removes and returns the item with the lowest seq.
+func (q *readyQueue) pop() *item {
+	if len(q.late) > 0 && (q.head == len(q.fifo) || q.late[0].seq < q.fifo[q.head].seq) {
+		return heap.Pop(&q.late).(*item)
+	}
+	it := q.fifo[q.head]
+	q.fifo[q.head] = nil
+	q.head++
+	return it
+}
+
+// all returns every item, in no particular order.
+func (q *readyQueue) all() []*item {
+	return append(append([]*item(nil), q.fifo[q.head:]...), q.late...)
 }
 
 // itemHeap orders items by seq.
@@ -332,7 +388,7 @@ func (w *worker) arriveLocked(it *item) {
 		w.parkLocked(it)
 		return
 	}
-	heap.Push(&w.ready, it)
+	w.ready.push(it)
 }
 
 // takeReady pops up to n sendable items in seq order, parking those whose
@@ -345,16 +401,16 @@ func (w *worker) takeReady(batch []*item, n int) []*item {
 		if len(batch) > 0 && batch[0].solo {
 			break
 		}
-		it := w.ready[0]
+		it := w.ready.peek()
 		if w.blockedLocked(it) {
-			heap.Pop(&w.ready)
+			w.ready.pop()
 			w.parkLocked(it)
 			continue
 		}
 		if it.solo && len(batch) > 0 {
 			break
 		}
-		heap.Pop(&w.ready)
+		w.ready.pop()
 		batch = append(batch, it)
 	}
 	return batch
@@ -399,7 +455,7 @@ func (w *worker) requeue(items []*item) {
 		return
 	}
 	for _, it := range items {
-		heap.Push(&w.ready, it)
+		w.ready.push(it)
 	}
 	w.lmu.Unlock()
 	w.notify()
@@ -414,7 +470,7 @@ func (w *worker) unblockLocked(it *item) bool {
 	delete(w.heads, it.lane)
 	held := w.held[it.lane]
 	for _, p := range held {
-		heap.Push(&w.ready, p)
+		w.ready.push(p)
 	}
 	delete(w.held, it.lane)
 	return len(held) > 0
@@ -704,8 +760,8 @@ func (w *worker) abandon() {
 	w.lmu.Lock()
 	w.closed = true
 	var left []*item
-	left = append(left, w.ready...)
-	w.ready = nil
+	left = append(left, w.ready.all()...)
+	w.ready = readyQueue{}
 	for _, u := range w.units {
 		left = append(left, u...)
 	}
