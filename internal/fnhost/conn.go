@@ -31,6 +31,12 @@ type conn struct {
 	failOnce sync.Once
 	err      error
 
+	// readDone is closed once the mode's reader stops reading stdout
+	// (stopReading): failWith waits for it before reaping the process,
+	// which closes stdout.
+	readDone chan struct{}
+	readOnce sync.Once
+
 	// answerMu makes taking a call off pending and answering it one step
 	// with respect to a failing instance answering the calls still
 	// pending: without it a timer's failure could answer a later batch
@@ -48,11 +54,12 @@ type entry struct {
 
 func newConn(ctx context.Context, cfg Config) (*conn, error) {
 	c := &conn{
-		cfg:     cfg,
-		stderr:  newLogTail(cfg.Logger),
-		slots:   make(chan struct{}, cfg.MaxInflight),
-		dead:    make(chan struct{}),
-		lastUse: time.Now(),
+		cfg:      cfg,
+		stderr:   newLogTail(cfg.Logger),
+		slots:    make(chan struct{}, cfg.MaxInflight),
+		dead:     make(chan struct{}),
+		readDone: make(chan struct{}),
+		lastUse:  time.Now(),
 	}
 	proc, err := cfg.Runtime.Start(ctx, cfg.spec(c.stderr))
 	if err != nil {
@@ -150,6 +157,18 @@ func (c *conn) failWith(ie *InstanceError, culprit *Call) {
 		c.mu.Unlock()
 		if ie.Class != ClassShutdown {
 			_ = c.proc.Kill()
+			// Reaping the process closes its stdout, and what it wrote
+			// before it died would be lost with the pipe: answers to
+			// batches it did finish, which would then be failed and
+			// blamed in place of the one it died on. Let the reader take
+			// them in first; it stops at the end of the output, which
+			// the kill brings at once.
+			t := time.NewTimer(readDrain)
+			select {
+			case <-c.readDone:
+			case <-t.C:
+			}
+			t.Stop()
 		}
 		exited := make(chan sandbox.Exit, 1)
 		go func() { exited <- c.proc.Wait() }()
@@ -273,8 +292,17 @@ func (c *conn) close(ctx context.Context, shutdown func(deadline time.Time) erro
 	return errors.New("function " + c.cfg.Name() + " killed after the shutdown deadline")
 }
 
+// readDrain bounds how long a failing instance waits for its reader to
+// take in the output of the killed process (see failWith).
+const readDrain = 2 * time.Second
+
+// stopReading tells failWith that the reader reads no more. The reader
+// calls it before it fails the instance itself, and when it returns.
+func (c *conn) stopReading() { c.readOnce.Do(func() { close(c.readDone) }) }
+
 // readerFailed turns the error that ended the read loop into a failure.
 func (c *conn) readerFailed(err error, class Class, msg string) {
+	c.stopReading()
 	c.mu.Lock()
 	closing, idle := c.closing, len(c.pending) == 0
 	c.mu.Unlock()

@@ -400,3 +400,98 @@ func BenchmarkFramedHop(b *testing.B) {
 		})
 	}
 }
+
+// TestDeathBlamesTheBatchItDiedOn: a process answers batch a, then dies on
+// batch b while the host's reader is still busy handing on the answer
+// before a (as when the next stage's queue is full), and the host's next
+// write, of batch c, finds the pipe broken. a's answer is in the pipe: the
+// host must take it in before it reaps the process (which closes the
+// pipe), so that a succeeds, b is the batch blamed (an attempt), and c a
+// bystander.
+func TestDeathBlamesTheBatchItDiedOn(t *testing.T) {
+	tests := []struct {
+		mode fnhost.Mode
+		path string
+		args []string
+		env  string
+	}{
+		{fnhost.Framed, "faulty", nil, "CULVERT_FAULT=exit-mid-batch"},
+		{fnhost.Lines, "sh", []string{"-c", `while IFS= read -r l; do case "$l" in *crash*) echo "crashing on $l" >&2; exit 3;; esac; printf '%s\n' "$l"; done`}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(string(tc.mode), func(t *testing.T) {
+			t.Parallel()
+			path := tc.path
+			if tc.mode == fnhost.Framed {
+				path = filepath.Join(bins, tc.path)
+			}
+			cfg := config(tc.mode, path, tc.args...)
+			if tc.env != "" {
+				cfg.Env = append(cfg.Env, tc.env)
+			}
+			logs := &testbin.Buffer{}
+			cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+			cfg.MaxInflight = 3
+			inst := start(t, cfg)
+
+			type answer struct {
+				res []fnhost.Result
+				err error
+			}
+			answers := map[string]chan answer{}
+			entered, release := make(chan struct{}), make(chan struct{})
+			submit := func(name, value string) {
+				t.Helper()
+				ch := make(chan answer, 1)
+				answers[name] = ch
+				c := &fnhost.Call{Records: records(value), Attempt: 1, Done: func(res []fnhost.Result, err error) {
+					if name == "z" {
+						close(entered)
+						<-release // the reader is busy handing z's answer on
+					}
+					ch <- answer{res, err}
+				}}
+				if err := inst.Submit(context.Background(), c); err != nil {
+					t.Fatalf("submit %s: %v", name, err)
+				}
+			}
+			submit("z", "z")
+			<-entered // a is sent, and answered, after the reader took z's answer
+			submit("a", "a")
+			submit("b", "b crash")
+			deadline := time.Now().Add(10 * time.Second)
+			for !strings.Contains(logs.String(), "crashing on") {
+				if time.Now().After(deadline) {
+					t.Fatalf("the function did not crash; log:\n%s", logs)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(300 * time.Millisecond) // the process is gone: writing c breaks the pipe
+			submit("c", "c")
+			time.Sleep(300 * time.Millisecond) // the host noticed the broken pipe
+			close(release)
+
+			get := func(name string) answer {
+				select {
+				case a := <-answers[name]:
+					return a
+				case <-time.After(20 * time.Second):
+					t.Fatalf("no answer for %s", name)
+					return answer{}
+				}
+			}
+			for _, name := range []string{"z", "a"} {
+				if a := get(name); a.err != nil || len(a.res) != 1 || a.res[0].Failure != nil {
+					t.Errorf("batch %s, answered before the crash: got %+v, %v; want its result", name, a.res, a.err)
+				}
+			}
+			var ie *fnhost.InstanceError
+			if a := get("b"); !errors.As(a.err, &ie) || ie.Bystander || ie.Class != fnhost.ClassCrash {
+				t.Errorf("batch b, which the process died on: got %v, want the crash, not as a bystander", a.err)
+			}
+			if a := get("c"); !errors.As(a.err, &ie) || !ie.Bystander {
+				t.Errorf("batch c, never processed: got %v, want a bystander", a.err)
+			}
+		})
+	}
+}

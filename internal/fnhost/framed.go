@@ -134,6 +134,7 @@ func (f *framed) Close(ctx context.Context) error {
 
 // readLoop owns stdout: the handshake answer, then one frame after another.
 func (f *framed) readLoop(ready chan<- error) {
+	defer f.stopReading()
 	var err error
 	defer func() {
 		if err != nil {
@@ -207,6 +208,7 @@ func (f *framed) handshake(m *culvertv1.FunctionMessage) error {
 		f.cfg.Logger.Debug("function ready", "agent", x.Ready.Agent, "version", x.Ready.Version)
 		return nil
 	case *culvertv1.FunctionMessage_InitError:
+		f.stopReading()
 		f.fail(&InstanceError{Class: ClassInit, Function: f.cfg.Name(), Msg: x.InitError.Message})
 		return errors.New("init error")
 	default:
@@ -261,10 +263,13 @@ func (f *framed) result(br *resultDecoder) error {
 // failPopped fails a call that was already taken off the queue, then the
 // instance.
 func (f *framed) failPopped(call *Call, msg string) {
+	f.stopReading()
 	f.failWith(&InstanceError{Class: ClassProtocol, Function: f.cfg.Name(), Msg: msg}, call)
 }
 
+// violation fails the instance for what the reader read.
 func (f *framed) violation(msg string) {
+	f.stopReading()
 	f.fail(&InstanceError{Class: ClassProtocol, Function: f.cfg.Name(), Msg: msg})
 }
 

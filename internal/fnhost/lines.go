@@ -100,6 +100,7 @@ func (l *lines) readLine() ([]byte, error) {
 }
 
 func (l *lines) readLoop() {
+	defer l.stopReading()
 	for {
 		// Wait for the first line before taking a call off the queue, so
 		// that unprompted output is caught as such.
@@ -110,6 +111,7 @@ func (l *lines) readLoop() {
 		e, ok := l.pop()
 		if !ok || e.call == nil {
 			peek, _ := l.r.Peek(min(l.r.Buffered(), 64))
+			l.stopReading()
 			l.fail(&InstanceError{Class: ClassProtocol, Function: l.cfg.Name(),
 				Msg: fmt.Sprintf("output %q while no input line was outstanding; did the function print more than one line per input?", peek)})
 			return
@@ -127,6 +129,7 @@ func (l *lines) readLoop() {
 			}
 			line, err := l.readLine()
 			if err != nil {
+				l.stopReading()
 				l.failWith(&InstanceError{Class: ClassCrash, Function: l.cfg.Name(),
 					Msg: fmt.Sprintf("reading the output line for record %s: %v", in.Id, err), Err: err}, call)
 				return
