@@ -160,7 +160,14 @@ func (st *stage) dispatch(it *item) {
 		it.tr.release(errAbandoned)
 		return
 	}
-	w := st.pick(it.rec)
+	var w *worker
+	if st.byKey() {
+		// The lane (laneOf) is this hash too: compute it once.
+		it.hash, it.hashed = st.keyHash(it.rec), true
+		w = st.workers[it.hash%uint64(len(st.workers))]
+	} else {
+		w = st.pick(it.rec)
+	}
 	select {
 	case w.queue <- it:
 	case <-st.rt.e.workCtx.Done():
@@ -203,6 +210,19 @@ func (st *stage) pick(rec *culvertv1.Record) *worker {
 	}
 }
 
+// byKey reports whether records go to the slot of their key's hash.
+func (st *stage) byKey() bool {
+	return st.fn.Dispatch != "partition" && st.fn.Dispatch != "any" && len(st.workers) > 1
+}
+
+// itemHash is keyHash of it's record, computed once per item.
+func (st *stage) itemHash(it *item) uint64 {
+	if !it.hashed {
+		it.hash, it.hashed = st.keyHash(it.rec), true
+	}
+	return it.hash
+}
+
 // keyHash hashes a record's key, or its subject when it has none.
 func (st *stage) keyHash(rec *culvertv1.Record) uint64 {
 	if len(rec.Key) > 0 {
@@ -215,14 +235,14 @@ func (st *stage) keyHash(rec *culvertv1.Record) uint64 {
 // its key hash (the subject's, for a record without a key) modulo lanes;
 // otherwise its key hash (one lane per key), and a lane of its own for a
 // record without a key or dispatched by turn, which has no order to keep.
-func (st *stage) laneOf(rec *culvertv1.Record, seq uint64) uint64 {
+func (st *stage) laneOf(it *item, seq uint64) uint64 {
 	if n := st.fn.Retry.Lanes; n > 0 {
-		return st.keyHash(rec) % uint64(n)
+		return st.itemHash(it) % uint64(n)
 	}
-	if len(rec.Key) == 0 || st.fn.Dispatch == "any" {
+	if len(it.rec.Key) == 0 || st.fn.Dispatch == "any" {
 		return ^seq // keyed lanes are hashes: a collision only makes a record wait
 	}
-	return maphash.Bytes(st.seed, rec.Key)
+	return st.itemHash(it) // the key's hash, as it has one
 }
 
 // worker is one slot of a stage's pool: it owns at most one instance at a
@@ -382,7 +402,7 @@ func (w *worker) arriveLocked(it *item) {
 	if it.seq == 0 {
 		w.seq++
 		it.seq = w.seq
-		it.lane = w.st.laneOf(it.rec, it.seq)
+		it.lane = w.st.laneOf(it, it.seq)
 	}
 	if w.blockedLocked(it) {
 		w.parkLocked(it)
@@ -573,7 +593,9 @@ func (w *worker) hasInstance() bool {
 func (w *worker) idleStop() {
 	w.mu.Lock()
 	inst := w.inst
-	if inst == nil || w.pending() || len(w.queue) > 0 || !inst.Idle() || time.Since(w.lastUse) < w.st.idle {
+	if inst == nil || w.pending() || len(w.queue) > 0 || !inst.Idle() || time.Since(w.lastUse) < w.st.idle || isDead(inst) {
+		// A dead instance is let go by settleDead, once its answers are
+		// judged.
 		w.mu.Unlock()
 		return
 	}
@@ -684,6 +706,15 @@ func (w *worker) settleDead() bool {
 	}
 	w.mu.Unlock()
 	return true
+}
+
+func isDead(inst fnhost.Instance) bool {
+	select {
+	case <-inst.Dead():
+		return true
+	default:
+		return false
+	}
 }
 
 // errInstanceDied: the slot's instance died and settleDead has not yet
