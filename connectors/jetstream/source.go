@@ -90,6 +90,7 @@ type Source struct {
 	closed atomic.Bool
 	mu     sync.Mutex
 	run    context.CancelFunc    // non-nil while Run runs
+	ran    chan struct{}         // closed when that Run has returned
 	out    map[*settler]struct{} // handed over, not settled
 	pin    string                // the pin id of the last message (pinned group only)
 }
@@ -234,12 +235,15 @@ func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	s.run = cancel
+	ran := make(chan struct{})
+	s.ran = ran
 	s.mu.Unlock()
 	defer func() {
 		cancel()
 		s.mu.Lock()
-		s.run = nil
+		s.run, s.ran = nil, nil
 		s.mu.Unlock()
+		close(ran)
 	}()
 
 	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(s.cfg.FetchBatch)}
@@ -415,6 +419,7 @@ func (s *Source) Close() error {
 	if s.run != nil {
 		s.run()
 	}
+	ran := s.ran
 	out := s.out
 	s.out = nil
 	s.mu.Unlock()
@@ -424,6 +429,15 @@ func (s *Source) Close() error {
 		}
 	}
 	if s.cfg.Group != "" {
+		// Unpin only once a running Run has given back what it had
+		// prefetched: the next holder must not get newer messages while
+		// those are still out here.
+		if ran != nil {
+			select {
+			case <-ran:
+			case <-time.After(drainWait + time.Second):
+			}
+		}
 		s.unpin()
 	}
 	return nil
