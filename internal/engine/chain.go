@@ -22,6 +22,10 @@ type item struct {
 	attempt int  // failed attempts at the current stage
 	solo    bool // send in a batch of its own (isolating a poison record)
 	born    time.Time
+	// hash is the stage's keyHash of rec once hashed is set (dispatch and
+	// the lane need it both).
+	hash   uint64
+	hashed bool
 
 	// Set by the worker that owns it at this stage.
 	seq  uint64 // arrival order at the worker, from 1 (0: not yet seen)
