@@ -161,8 +161,10 @@ func breakdown(work, hello string, n int) error {
 		}
 	}
 	fmt.Printf("breakdown: %d starts of each path, steps in order of their median time since Start was called\n\n", n)
-	printSteps("cold (Create + Start + Exec)", coldRuns)
-	printSteps("pre-created (timed from Start; the container waits on its exec fifo)", warmRuns)
+	printPhases("cold (Create + Start + Exec), by phase", coldRuns, coldPhases)
+	printPhases("pre-created (timed from Start; the container waits on its exec fifo), by phase", warmRuns, warmPhases)
+	printSteps("cold, every step", coldRuns)
+	printSteps("pre-created, every step", warmRuns)
 	slices.Sort(plain)
 	fmt.Printf("plain exec of the same binary, same run: p50 %.2f ms\n", ms(pct(plain, 50)))
 	return nil
@@ -206,4 +208,62 @@ func printSteps(title string, runs [][]step) {
 		prev = r.med
 	}
 	fmt.Println()
+}
+
+// A phase ends at the first step, after the previous phase's end, whose
+// name starts with end.
+type phase struct{ name, end string }
+
+var coldPhases = []phase{
+	{"runtime: root and config", "runtime: root and config ready"},
+	{"libcontainer.Create: state dir, cgroup manager", "runtime: libcontainer.Create returned"},
+	{"sealed clone of /proc/self/exe (overlayfs)", "init: runc exeseal: using /proc/self/exe clone"},
+	{"fork + exec of the init binary until nsenter runs", "init: nsexec: => nsexec container setup"},
+	{"nsexec: 3 stages, user ns + uid/gid maps, other namespaces", "init: nsexec: booting up go runtime"},
+	{"Go runtime + package inits of the init binary", "init: child process in init()"},
+	{"init: config, loopback, rootfs mounts, pivot_root, masks", "init: seccomp: adding"},
+	{"seccomp: libseccomp compile + load", "init: init: closing the pipe"},
+	{"Start returns (init waits on the exec fifo)", "runtime: Start returned"},
+	{"Exec: exec fifo handshake", "runtime: Exec returned"},
+	{"the function's exec to its first output", "bench: first output read"},
+}
+
+var warmPhases = []phase{
+	{"taking the waiting container", "runtime: Exec called"},
+	{"Exec: exec fifo handshake", "runtime: Exec returned"},
+	{"the function's exec to its first output", "bench: first output read"},
+}
+
+// printPhases prints the median duration of each phase across runs, and
+// the median total. Runs in which a phase's end is missing are left out of
+// that phase.
+func printPhases(title string, runs [][]step, phases []phase) {
+	durs := make([][]time.Duration, len(phases))
+	var totals []time.Duration
+	for _, run := range runs {
+		t0, prev, i := run[0].at, run[0].at, 0
+		for pi, ph := range phases {
+			j := i
+			for j < len(run) && !strings.HasPrefix(run[j].name, ph.end) {
+				j++
+			}
+			if j == len(run) {
+				continue
+			}
+			durs[pi] = append(durs[pi], run[j].at.Sub(prev))
+			prev, i = run[j].at, j+1
+		}
+		totals = append(totals, prev.Sub(t0))
+	}
+	fmt.Printf("%s\n\n| %-62s | %9s |\n|%s|%s|\n", title, "phase", "p50 ms", strings.Repeat("-", 64), strings.Repeat("-", 11))
+	for pi, ph := range phases {
+		slices.Sort(durs[pi])
+		name := ph.name
+		if len(durs[pi]) < len(runs) {
+			name += fmt.Sprintf(" (%d of %d runs)", len(durs[pi]), len(runs))
+		}
+		fmt.Printf("| %-62s | %9.2f |\n", name, ms(pct(durs[pi], 50)))
+	}
+	slices.Sort(totals)
+	fmt.Printf("| %-62s | %9.2f |\n\n", "total (p50 of the whole start)", ms(pct(totals, 50)))
 }
