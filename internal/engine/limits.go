@@ -4,63 +4,80 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // budget bounds the bytes of source records in flight. A record is let in
 // when it fits, or when nothing else is in flight (so that one record
 // larger than the bound still passes, alone).
+//
+// used is taken and given back with atomics (once per record each way);
+// the mutex only guards the waiters and their channel.
 type budget struct {
-	mu      sync.Mutex
-	used    int64
+	used    atomic.Int64
 	limit   int64
-	waiters int
+	waiters atomic.Int64
+	mu      sync.Mutex
 	changed chan struct{} // closed when used drops and someone waits
+}
+
+// tryAcquire takes n if it fits.
+func (b *budget) tryAcquire(n int64) bool {
+	for {
+		u := b.used.Load()
+		if u != 0 && u+n > b.limit {
+			return false
+		}
+		if b.used.CompareAndSwap(u, u+n) {
+			return true
+		}
+	}
 }
 
 func (b *budget) acquire(ctx context.Context, n int64) error {
 	for {
-		b.mu.Lock()
-		if b.used == 0 || b.used+n <= b.limit {
-			b.used += n
-			b.mu.Unlock()
+		if b.tryAcquire(n) {
 			return nil
 		}
+		// Register as a waiter, then look again: a release that came in
+		// between either let this one fit or sees the waiter and closes
+		// the channel.
+		b.mu.Lock()
 		if b.changed == nil {
 			b.changed = make(chan struct{})
 		}
 		ch := b.changed
-		b.waiters++
+		b.waiters.Add(1)
 		b.mu.Unlock()
+		if b.tryAcquire(n) {
+			b.waiters.Add(-1)
+			return nil
+		}
 		select {
 		case <-ch:
+			b.waiters.Add(-1)
 		case <-ctx.Done():
-			b.mu.Lock()
-			b.waiters--
-			b.mu.Unlock()
+			b.waiters.Add(-1)
 			return ctx.Err()
 		}
-		b.mu.Lock()
-		b.waiters--
-		b.mu.Unlock()
 	}
 }
 
 func (b *budget) release(n int64) {
+	b.used.Add(-n)
+	if b.waiters.Load() == 0 {
+		return
+	}
 	b.mu.Lock()
-	b.used -= n
-	if b.changed != nil && b.waiters > 0 {
+	if b.changed != nil {
 		close(b.changed)
 		b.changed = nil
 	}
 	b.mu.Unlock()
 }
 
-func (b *budget) inUse() int64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.used
-}
+func (b *budget) inUse() int64 { return b.used.Load() }
 
 // nackWindow trips when n records failed for good within window: the times
 // of the last n failures are kept in a ring.
