@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -195,26 +196,23 @@ func CheckTopic(name string) error {
 	return nil
 }
 
-// pendingCount counts records whose done has not returned yet.
+// pendingCount counts records whose done has not returned yet. The count
+// is an atomic (it moves twice per record); the mutex guards the waiters.
 type pendingCount struct {
+	n       atomic.Int64
 	mu      sync.Mutex
-	n       int
 	waiters []chan struct{}
 }
 
-func (p *pendingCount) add() {
-	p.mu.Lock()
-	p.n++
-	p.mu.Unlock()
-}
+func (p *pendingCount) add() { p.n.Add(1) }
 
 func (p *pendingCount) done() {
-	p.mu.Lock()
-	p.n--
-	var ws []chan struct{}
-	if p.n == 0 {
-		ws, p.waiters = p.waiters, nil
+	if p.n.Add(-1) != 0 {
+		return
 	}
+	p.mu.Lock()
+	ws := p.waiters
+	p.waiters = nil
 	p.mu.Unlock()
 	for _, w := range ws {
 		close(w)
@@ -226,7 +224,7 @@ func (p *pendingCount) zero() <-chan struct{} {
 	ch := make(chan struct{})
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.n == 0 {
+	if p.n.Load() == 0 {
 		close(ch)
 		return ch
 	}
