@@ -96,7 +96,7 @@ type Engine struct {
 	routes  []*route
 	outputs map[string]*output
 	unmatch *output
-	sem     chan struct{}
+	slots   *budget // in-flight source records, one unit each
 	bytes   *budget
 	nacks   *nackWindow
 	stop    chan error // the nack threshold tripped
@@ -143,7 +143,7 @@ func New(opts Options) (*Engine, error) {
 	if maxInFlight <= 0 {
 		maxInFlight = 1024
 	}
-	e.sem = make(chan struct{}, maxInFlight)
+	e.slots = &budget{limit: int64(maxInFlight)}
 	maxBytes := int64(p.Delivery.MaxInFlightBytes)
 	if maxBytes <= 0 {
 		maxBytes = 64 << 20
@@ -243,7 +243,7 @@ func (e *Engine) Stats() Stats {
 		Published: e.stats.published.Load(), DeadLettered: e.stats.deadLettered.Load(),
 		Failed: e.stats.failed.Load(), Dropped: e.stats.dropped.Load(),
 		Retried: e.stats.retried.Load(), Bisected: e.stats.bisected.Load(),
-		InFlight: int64(len(e.sem)), InFlightBytes: e.bytes.inUse(),
+		InFlight: e.slots.inUse(), InFlightBytes: e.bytes.inUse(),
 	}
 	for _, rt := range e.routes {
 		for _, st := range rt.stages {
@@ -316,12 +316,12 @@ func (e *Engine) drain() error {
 	if grace <= 0 {
 		grace = 30 * time.Second
 	}
-	e.log.Info("draining", "in_flight", len(e.sem), "grace", grace)
+	e.log.Info("draining", "in_flight", e.slots.inUse(), "grace", grace)
 	deadline := time.Now().Add(grace)
-	for len(e.sem) > 0 && time.Now().Before(deadline) {
+	for e.slots.inUse() > 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	left := len(e.sem)
+	left := e.slots.inUse()
 	e.cancelWork()
 	e.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -358,14 +358,12 @@ func (h *handler) Revoked(partitions []string) {
 
 func (h *handler) Handle(ctx context.Context, m connectors.Message) error {
 	e := h.e
-	select {
-	case e.sem <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := e.slots.acquire(ctx, 1); err != nil {
+		return err
 	}
 	size := int64(len(m.Record.GetKey()) + len(m.Record.GetValue()))
 	if err := e.bytes.acquire(ctx, size); err != nil {
-		<-e.sem
+		e.slots.release(1)
 		return err
 	}
 	e.stats.in.Add(1)
@@ -469,7 +467,7 @@ func (t *tracker) release(err error) {
 		}
 	}
 	e.bytes.release(t.size)
-	<-e.sem
+	e.slots.release(1)
 }
 
 // nakDelay is how long the broker should wait before redelivering: the

@@ -2,9 +2,12 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
+
+	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 )
 
 // TestBudget: sizes are let in while they fit, a record larger than the
@@ -92,5 +95,34 @@ func TestBudgetConcurrent(t *testing.T) {
 	}
 	if u := b.inUse(); u != 0 {
 		t.Errorf("%d bytes still in use", u)
+	}
+}
+
+// TestInFlightRecords: the record bound (max_in_flight) holds while a
+// slow function works through more records than it.
+func TestInFlightRecords(t *testing.T) {
+	l := startLive(t, `
+version: 1
+name: records
+inputs: { in: { stdin: {} } }
+functions:
+  slow: { command: $TESTFN, args: [sleep], env: { TESTFN_SLEEP: 5ms }, batch: { size: 4, max_wait: 1ms } }
+routes:
+  - { name: main, chain: [slow], outputs: [a] }
+delivery: { max_in_flight: 10 }
+`+outputsYAML)
+	var input []*culvertv1.Record
+	for i := range 100 {
+		input = append(input, &culvertv1.Record{Id: fmt.Sprint("r", i), Value: []byte("x")})
+	}
+	go l.send(input...)
+	most := int64(0)
+	l.waitFor("all acked", func() bool {
+		s := l.e.Stats()
+		most = max(most, s.InFlight)
+		return s.Acked == 100
+	})
+	if most > 10 || most == 0 {
+		t.Errorf("at most %d records in flight seen, want 1..10", most)
 	}
 }
