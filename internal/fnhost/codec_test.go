@@ -359,3 +359,32 @@ func BenchmarkResultDecodeUnchanged(b *testing.B) {
 		})
 	}
 }
+
+// FuzzUnchangedOutputs: with the batch it answers known, whatever the fast
+// path accepts decodes as proto decodes it, outputs taken from their input
+// records included.
+func FuzzUnchangedOutputs(f *testing.F) {
+	in := []*culvertv1.Record{
+		{Id: "kafka:in:0:1", Key: []byte("k"), Value: []byte("v"), EventTime: timestamppb.New(time.Unix(5, 6)),
+			Source: &culvertv1.Position{Connector: "kafka", Stream: "in", Partition: "0", Offset: 1}},
+		{Id: "kafka:in:0:2", Headers: []*culvertv1.Header{{Name: "h", Value: []byte("x")}}},
+	}
+	br := &culvertv1.BatchResult{BatchId: 9}
+	for _, r := range in {
+		br.Results = append(br.Results, &culvertv1.RecordResult{Outputs: []*culvertv1.Output{{Record: r}}})
+	}
+	f.Add(resultFrame(f, &culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Result{Result: br}}))
+	f.Add(resultFrame(f, passthroughResult(9, 2)))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		sb := sent(t, 9, in)
+		var d resultDecoder
+		if !d.decodeAnswer(bytes.Clone(b), sb) {
+			return
+		}
+		want, ok := viaProto(b)
+		if !ok {
+			t.Fatalf("frame %x: the fast path accepts what proto refuses", b)
+		}
+		sameDecoding(t, b, &d, want)
+	})
+}
