@@ -13,8 +13,15 @@
 // outputs confirmed by the broker). It prints records/s (median of -runs)
 // and the ratio of Culvert's rate to the raw rate, and the CPU time per
 // record (this process, kfake included, plus the function processes) with
-// its ratio: on a loaded machine the CPU cost is the steadier figure.
+// its ratio: on a loaded machine the CPU cost is the steadier figure. The
+// function processes' share is printed on its own. An unmeasured raw pass
+// runs first: the first pass over the input costs any client more.
+//
 // -nofunction adds a run with an empty chain (connectors and engine only).
+// -function runs a prebuilt function instead of building the passthrough
+// example, and -fnenv sets its environment (e.g. GOGC=400). -cpuprofile and
+// -memprofile profile this process during the first run of the side named
+// by -profile (raw, culvert or bare).
 package main
 
 import (
