@@ -9,8 +9,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/culvert-dev/culvert/sandbox"
 	"github.com/culvert-dev/culvert/sandbox/container/internal/deps"
@@ -97,7 +101,11 @@ func (r *Runtime) buildRoot(key string, spec sandbox.Spec) (*preparedRoot, error
 	}
 	binds = dropCovered(binds)
 
-	skel := filepath.Join(r.opts.StateDir, "roots", key)
+	// Each culvert process builds its own skeletons (the name carries its
+	// pid and runtime tag): another process's may be the root of its live
+	// containers, and unlinking a mount point detaches the mounts on it in
+	// every namespace.
+	skel := filepath.Join(r.opts.StateDir, "roots", fmt.Sprintf("%s-%d-%s", key, os.Getpid(), r.tag))
 	tmp, err := os.MkdirTemp(filepath.Join(r.opts.StateDir, "roots"), key+".tmp")
 	if err != nil {
 		return nil, err
@@ -130,11 +138,36 @@ func (r *Runtime) buildRoot(key string, spec sandbox.Spec) (*preparedRoot, error
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return nil, err
 	}
-	_ = os.RemoveAll(skel) // a stale one from an earlier run
 	if err := os.Rename(tmp, skel); err != nil {
 		return nil, err
 	}
 	return &preparedRoot{dir: skel, binds: binds}, nil
+}
+
+// staleRoot matches the skeletons buildRoot names: key, pid, runtime tag.
+var staleRoot = regexp.MustCompile(`^[0-9a-f]{24}-([0-9]+)-[0-9a-f]{8}$`)
+
+// removeStaleRoots removes the skeletons of culvert processes that have
+// exited. Those of live processes (and of older versions, named by key
+// alone) stay.
+func removeStaleRoots(dir string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		m := staleRoot.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		pid, err := strconv.Atoi(m[1])
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
+			_ = os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
 }
 
 // mountPoint creates the empty file or directory b is mounted on.

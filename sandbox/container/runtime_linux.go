@@ -113,6 +113,7 @@ func New(opts Options) (*Runtime, error) {
 			return nil, fmt.Errorf("sandbox state directory: %w", err)
 		}
 	}
+	removeStaleRoots(filepath.Join(opts.StateDir, "roots"))
 	var tag [4]byte
 	_, _ = rand.Read(tag[:])
 	return &Runtime{
@@ -572,16 +573,22 @@ func exitOf(st *os.ProcessState, err error) sandbox.Exit {
 }
 
 // removeTenantCgroups removes the tenant cgroups this runtime made, when
-// nothing runs in them any more (rmdir fails on a cgroup that still has
-// processes). The shared parent (CgroupParent) stays: other culvert
-// processes may use it.
+// nothing runs in them any more. Another culvert process may share a
+// tenant's cgroup, so it is a plain rmdir, which fails while the cgroup
+// has processes or children; the manager's Destroy would remove the empty
+// children too, such as the cgroup another process has just made for a
+// container it is creating. The shared parent (CgroupParent) stays.
 func (r *Runtime) removeTenantCgroups() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, t := range r.tenants {
 		cg := &cgroups.Cgroup{Path: filepath.Join("/", r.opts.CgroupParent, t.cgroup), Resources: &cgroups.Resources{}}
-		if m, err := manager.New(cg); err == nil {
-			_ = m.Destroy()
+		m, err := manager.New(cg)
+		if err != nil {
+			continue
+		}
+		for _, p := range m.GetPaths() {
+			_ = unix.Rmdir(p)
 		}
 	}
 }
