@@ -135,9 +135,19 @@ func run(n int) error {
 	defer warm.Close()
 	warm.Precreate(spec)
 
-	bundle, err := makeBundle(work, hello, limits)
-	if err != nil {
-		return err
+	seq := 0
+	// Each OCI sample gets its own bundle directory and cgroup (written,
+	// untimed, before it): a process of the previous sample that
+	// "delete -f" has not reaped yet must not be found in the next one's
+	// cgroup, which runc refuses.
+	var bundle string
+	var bundleErr error
+	ociPrepare := func() {
+		seq++
+		if bundle != "" {
+			_ = os.RemoveAll(bundle)
+		}
+		bundle, bundleErr = makeBundle(work, hello, limits, fmt.Sprintf("oci-%d-%d", os.Getpid(), seq))
 	}
 
 	type row struct {
@@ -148,10 +158,11 @@ func run(n int) error {
 		sample func(i int) (finish func() error, err error)
 		times  []time.Duration
 	}
-	seq := 0
 	ociRun := func(tool string) func(int) (func() error, error) {
 		return func(int) (func() error, error) {
-			seq++
+			if bundleErr != nil {
+				return nil, fmt.Errorf("writing the bundle: %w", bundleErr)
+			}
 			id := fmt.Sprintf("cs-%d-%d", os.Getpid(), seq)
 			cmd := exec.Command(tool, "run", "--bundle", bundle, id)
 			finish, err := firstLine(cmd)
@@ -219,7 +230,7 @@ func run(n int) error {
 			fmt.Fprintf(os.Stderr, "coldstart: %s is not installed; its row is skipped\n", tool)
 			continue
 		}
-		rows = append(rows, &row{name: tool + " run", isolation: "same bundle, seccomp compiled per start", sample: ociRun(tool)})
+		rows = append(rows, &row{name: tool + " run", isolation: "same bundle, seccomp compiled per start", prepare: ociPrepare, sample: ociRun(tool)})
 	}
 	rows = append(rows, parts...)
 	// Warm-up: one of each, untimed, and fail early.
@@ -354,9 +365,15 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // makeBundle writes an OCI bundle equivalent to Culvert's container: the
 // same binary alone in a read-only root, the same namespaces, uid map,
 // masked paths, rlimits, seccomp profile and cgroup limits.
-func makeBundle(work, hello string, lim sandbox.Limits) (string, error) {
-	bundle := filepath.Join(work, "bundle")
-	rootfs := filepath.Join(bundle, "rootfs")
+//
+// The root is shared (work/rootfs); the bundle directory, named name,
+// holds only config.json, whose cgroup is /culvert-bench/name.
+func makeBundle(work, hello string, lim sandbox.Limits, name string) (string, error) {
+	bundle := filepath.Join(work, name)
+	rootfs := filepath.Join(work, "rootfs")
+	if err := os.MkdirAll(bundle, 0o755); err != nil {
+		return "", err
+	}
 	for _, d := range []string{"proc", "dev", "bin"} {
 		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
 			return "", err
@@ -380,7 +397,7 @@ func makeBundle(work, hello string, lim sandbox.Limits) (string, error) {
 	period := uint64(100000)
 	s := specs.Spec{
 		Version: "1.0.2", // what Debian's crun 1.8 and runc 1.1 accept
-		Root:    &specs.Root{Path: "rootfs", Readonly: true},
+		Root:    &specs.Root{Path: rootfs, Readonly: true},
 		Process: &specs.Process{
 			Args: []string{"/bin/hello"}, Env: []string{"PATH=/bin"}, Cwd: "/", NoNewPrivileges: true,
 			Capabilities: &specs.LinuxCapabilities{},
@@ -400,7 +417,7 @@ func makeBundle(work, hello string, lim sandbox.Limits) (string, error) {
 				{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
 				{Type: specs.MountNamespace}, {Type: specs.UserNamespace}, {Type: specs.CgroupNamespace},
 			},
-			CgroupsPath: "/culvert-bench/oci",
+			CgroupsPath: "/culvert-bench/" + name,
 			Resources: &specs.LinuxResources{
 				Memory: &specs.LinuxMemory{Limit: &lim.MemoryBytes},
 				Pids:   &specs.LinuxPids{Limit: &pids},
