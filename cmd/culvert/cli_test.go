@@ -346,7 +346,10 @@ func TestRunStdio(t *testing.T) {
 					t.Fatal(err)
 				}
 				want := strings.Join(wants[:i+1], "\n") + "\n"
-				waitFor(t, 15*time.Second, fmt.Sprintf("output %d on stdout (stdout %q)", i+1, p.stdout.String()), func() bool {
+				waitFor(t, 15*time.Second, fmt.Sprintf("output %d on stdout", i+1), func() bool {
+					if p.exited() && p.stdout.String() != want {
+						t.Fatalf("culvert exited before output %d; stdout %q; stderr:\n%s", i+1, p.stdout.String(), p.stderr.String())
+					}
 					return p.stdout.String() == want
 				})
 			}
