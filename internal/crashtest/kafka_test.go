@@ -24,7 +24,13 @@ broker: { url: "%s" }
 inputs:
   in:
     kafka: { brokers: [%s], topics: [in], group: crash, commit_interval: 100ms, session_timeout: %s, max_in_flight: %d, revoke_grace: 2s }
-functions:
+` + crashChain
+
+// crashChain is what every crash pipeline has after its input: the
+// two-function chain (passthrough, then sed in lines mode), the audit
+// output and the in-flight bound. Its verbs take the passthrough command
+// and delivery.max_in_flight.
+const crashChain = `functions:
   pass: { command: %s, instances: 2, batch: { size: 100, max_wait: 2ms } }
   mark: { command: sed, args: ["-u", "s/$/ ok/"], mode: lines }
 routes:

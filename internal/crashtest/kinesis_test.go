@@ -42,15 +42,7 @@ inputs:
       idle_interval: 100ms
       checkpoint_interval: 100ms
       max_in_flight: %d
-functions:
-  pass: { command: %s, instances: 2, batch: { size: 100, max_wait: 2ms } }
-  mark: { command: sed, args: ["-u", "s/$/ ok/"], mode: lines }
-routes:
-  - { name: main, chain: pass | mark, outputs: [out] }
-outputs:
-  out: { jetstream: { subject: out.x, stream: OUT, subjects: ["out.>"] } }
-delivery: { max_in_flight: %d, shutdown_grace: 10s }
-`
+` + crashChain
 
 // kinesisRig is a kinesalite stream "in" with records on it, the audit
 // stream, and the lease store the culvert processes share.

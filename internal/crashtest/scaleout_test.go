@@ -164,15 +164,7 @@ broker: { url: "%s" }
 inputs:
   in:
     jetstream: { stream: IN, subjects: ["in.>"], ack_wait: %s, max_in_flight: %d, fetch_batch: 64 }
-functions:
-  pass: { command: %s, instances: 2, batch: { size: 100, max_wait: 2ms } }
-  mark: { command: sed, args: ["-u", "s/$/ ok/"], mode: lines }
-routes:
-  - { name: main, chain: pass | mark, outputs: [out] }
-outputs:
-  out: { jetstream: { subject: out.x, stream: OUT, subjects: ["out.>"] } }
-delivery: { max_in_flight: %d, shutdown_grace: 10s }
-`
+` + crashChain
 
 // jetstreamGroupPipeline is jetstreamPipeline with the consumer shared by
 // a pinned-client priority group.
@@ -184,15 +176,7 @@ broker: { url: "%s" }
 inputs:
   in:
     jetstream: { stream: IN, subjects: ["in.>"], ack_wait: %s, max_in_flight: %d, fetch_batch: 64, group: { policy: pinned, ttl: %s } }
-functions:
-  pass: { command: %s, instances: 2, batch: { size: 100, max_wait: 2ms } }
-  mark: { command: sed, args: ["-u", "s/$/ ok/"], mode: lines }
-routes:
-  - { name: main, chain: pass | mark, outputs: [out] }
-outputs:
-  out: { jetstream: { subject: out.x, stream: OUT, subjects: ["out.>"] } }
-delivery: { max_in_flight: %d, shutdown_grace: 10s }
-`
+` + crashChain
 
 // TestScaleOutJetStream: three culvert processes read one durable JetStream
 // consumer through a pinned-client priority group (group: {policy: pinned,
