@@ -1,6 +1,6 @@
 // Package crashtest is the harness of Culvert's crash and scale-out proofs:
 // it runs broker processes that outlive Culvert (a kfake cluster from
-// cmd/kfakesrv, kinesalite via internal/kinesistest, a NATS server), runs the
+// connectors/kafka/kafkatest/kfake, kinesalite via internal/kinesistest, a NATS server), runs the
 // real culvert binary, kills it with SIGKILL and restarts it, and audits the
 // outputs against the inputs: lost records, duplicates, and per-key order.
 // It is test support only; the tests themselves are this package's
@@ -102,8 +102,9 @@ func (p *Proc) Exited() bool {
 	}
 }
 
-// Kfake is a kfake cluster in its own process (cmd/kfakesrv), persisted to a
-// directory, on fixed loopback ports so that a restart keeps its address.
+// Kfake is a kfake cluster in its own process (the command
+// connectors/kafka/kafkatest/kfake), persisted to a directory, on fixed
+// loopback ports so that a restart keeps its address.
 type Kfake struct {
 	t       testing.TB
 	bin     string
@@ -113,8 +114,9 @@ type Kfake struct {
 	Brokers []string
 }
 
-// StartKfake runs bin (a kfakesrv binary) with its data in dir and the
-// topics created with the given partitions.
+// StartKfake runs bin (a kafkatest/kfake binary) with its data in dir and
+// the topics created with the given partitions. Its groups accept session
+// timeouts down to 1s, so that tests can lose a member quickly.
 func StartKfake(t testing.TB, bin, dir string, log io.Writer, partitions int, topics ...string) *Kfake {
 	t.Helper()
 	ports := FreePorts(t, 3)
@@ -123,9 +125,12 @@ func StartKfake(t testing.TB, bin, dir string, log io.Writer, partitions int, to
 		ps[i] = strconv.Itoa(p)
 	}
 	k := &Kfake{t: t, bin: bin, log: log, args: []string{
-		"-ports", strings.Join(ps, ","), "-dir", filepath.Join(dir, "kfake"),
-		"-topics", strings.Join(topics, ","), "-partitions", strconv.Itoa(partitions),
+		"-brokers", strconv.Itoa(len(ports)), "-ports", strings.Join(ps, ","),
+		"-data-dir", filepath.Join(dir, "kfake"), "-min-session-timeout", "1s",
 	}}
+	for _, tp := range topics {
+		k.args = append(k.args, "-topic", tp+":"+strconv.Itoa(partitions))
+	}
 	k.start()
 	return k
 }
@@ -134,23 +139,29 @@ func (k *Kfake) start() {
 	k.t.Helper()
 	pr, pw := io.Pipe()
 	k.proc = Start(k.t, io.MultiWriter(pw, k.log), k.bin, k.args...)
-	found := make(chan string, 1)
+	found := make(chan []string, 1)
 	go func() {
+		// One "listening HOST:PORT" line per broker, then "ready".
+		var brokers []string
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
-			if b, ok := strings.CutPrefix(sc.Text(), "BROKERS "); ok {
+			line := sc.Text()
+			if a, ok := strings.CutPrefix(line, "listening "); ok {
+				brokers = append(brokers, a)
+			}
+			if line == "ready" {
 				select {
-				case found <- b:
+				case found <- brokers:
 				default:
 				}
+				brokers = nil
 			}
 		}
 	}()
 	select {
-	case b := <-found:
-		k.Brokers = strings.Split(b, ",")
+	case k.Brokers = <-found:
 	case <-time.After(20 * time.Second):
-		k.t.Fatal("kfakesrv did not print its brokers within 20s")
+		k.t.Fatal("kfake did not say it was ready within 20s")
 	}
 }
 

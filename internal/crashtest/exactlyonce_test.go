@@ -42,7 +42,7 @@ func TestKill9KafkaExactlyOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	r := newRun(t)
-	kf := StartKfake(t, filepath.Join(bins, "kfakesrv"), r.dir, r.log, partitions, "in", "out")
+	kf := StartKfake(t, filepath.Join(bins, "kfake"), r.dir, r.log, partitions, "in", "out")
 	ins := produce(ctx, t, kf.Brokers, n)
 	pipeline := filepath.Join(r.dir, "pipeline.yaml")
 	yaml := fmt.Sprintf(exactlyOncePipeline, `"`+strings.Join(kf.Brokers, `", "`)+`"`, filepath.Join(bins, "passthrough"))

@@ -87,7 +87,7 @@ func TestFunctionFaultsKafka(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
 			r := newRun(t)
-			kf := StartKfake(t, filepath.Join(bins, "kfakesrv"), r.dir, r.log, 4, "in")
+			kf := StartKfake(t, filepath.Join(bins, "kfake"), r.dir, r.log, 4, "in")
 			url := NATS(t, r.dir)
 			out := NewOutStream(ctx, t, url, "OUT", "out.>")
 			dlq := NewOutStream(ctx, t, url, "DLQ", "dlq.>")

@@ -15,7 +15,7 @@ func TestMain(m *testing.M) {
 		"github.com/culvert-dev/culvert/cmd/culvert",
 		"github.com/culvert-dev/culvert/examples/functions/passthrough",
 		"github.com/culvert-dev/culvert/examples/functions/faulty",
-		"github.com/culvert-dev/culvert/internal/crashtest/cmd/kfakesrv")
+		"github.com/culvert-dev/culvert/connectors/kafka/kafkatest/kfake")
 }
 
 // run is one test's working directory and the log all its processes write.

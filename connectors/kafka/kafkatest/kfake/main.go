@@ -1,12 +1,13 @@
 // Command kfake runs a franz-go kfake cluster as its own process, on
 // 127.0.0.1, so tests can kill the broker (or Culvert) and start it again:
 //
-//	kfake -brokers 3 -ports 0,0,0 -data-dir DIR [-sync] [-topic name:partitions]...
+//	kfake -brokers 3 -ports 0,0,0 -data-dir DIR [-sync] [-min-session-timeout 1s] [-topic name:partitions]...
 //
 // It prints one "listening HOST:PORT" line per broker, then "ready", and
 // closes the cluster cleanly (state saved to -data-dir) on SIGTERM or
 // SIGINT. With -sync every write is fsynced, so even SIGKILL loses nothing
-// that was acknowledged. For tests (kafkatest.StartProcess) only.
+// that was acknowledged. For tests only (kafkatest.StartProcess and the
+// crash tests of internal/crashtest).
 package main
 
 import (
@@ -31,6 +32,7 @@ func main() {
 	ports := flag.String("ports", "", "comma-separated ports, one per broker (0: any); empty: any")
 	dataDir := flag.String("data-dir", "", "persistence directory: the cluster's state survives restarts")
 	sync := flag.Bool("sync", false, "fsync every write")
+	minSession := flag.Duration("min-session-timeout", 0, "smallest group session timeout the cluster accepts (0: kfake's default)")
 	var seed topics
 	flag.Var(&seed, "topic", "name:partitions to create at start (repeatable)")
 	flag.Parse()
@@ -52,6 +54,9 @@ func main() {
 	}
 	if *sync {
 		opts = append(opts, kfake.SyncWrites())
+	}
+	if *minSession > 0 {
+		opts = append(opts, kfake.GroupMinSessionTimeout(*minSession))
 	}
 	for _, t := range seed {
 		name, parts, ok := strings.Cut(t, ":")
