@@ -32,6 +32,10 @@ type KafkaInput struct {
 	RevokeGrace Duration `yaml:"revoke_grace,omitempty" doc:"How long a rebalance waits for in-flight records of a revoked partition before committing what finished; default 10s."`
 	// SessionTimeout of the group member; default 45s.
 	SessionTimeout Duration `yaml:"session_timeout,omitempty" doc:"Group session timeout; default 45s."`
+	// RebalanceTimeout bounds how long a rebalance waits for the members
+	// to rejoin; default revoke_grace + session_timeout when
+	// session_timeout is set, else 60s.
+	RebalanceTimeout Duration `yaml:"rebalance_timeout,omitempty" doc:"How long a rebalance waits for the members to rejoin and for the assignment before going on without the late ones; default revoke_grace + session_timeout when session_timeout is set, else 60s."`
 	// ClientID sent to the brokers; default culvert.
 	ClientID string `yaml:"client_id,omitempty" doc:"Client id sent to the brokers; default culvert."`
 	// TLS encrypts the connections when set (tls: {} uses the system roots).

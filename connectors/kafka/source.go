@@ -60,6 +60,14 @@ type SourceConfig struct {
 	// that a late heartbeat cannot end a live member's session, and the
 	// members learn of a rebalance, and rejoin, well within it.
 	SessionTimeout time.Duration
+	// RebalanceTimeout is how long the coordinator waits, in a rebalance,
+	// for the members to rejoin and then for the leader's assignment,
+	// before it goes on without the late ones. A live member needs up to
+	// RevokeGrace (and one commit) in onRevoked before it rejoins; a member
+	// that dies in the middle of a rebalance holds the group up for this
+	// long. Default RevokeGrace + SessionTimeout when SessionTimeout is
+	// set, else kgo's 60s.
+	RebalanceTimeout time.Duration
 	// FetchMaxWait is the longest a fetch waits for data; default 100ms
 	// (a resumed partition is fetched again only after the fetch in flight
 	// returns, so this bounds the stall after a pause).
@@ -85,6 +93,9 @@ func (c *SourceConfig) defaults() error {
 	if c.RevokeGrace <= 0 {
 		c.RevokeGrace = 10 * time.Second
 	}
+	if c.RebalanceTimeout <= 0 && c.SessionTimeout > 0 {
+		c.RebalanceTimeout = c.RevokeGrace + c.SessionTimeout
+	}
 	if c.FetchMaxWait <= 0 {
 		c.FetchMaxWait = 100 * time.Millisecond
 	}
@@ -103,6 +114,20 @@ func (c *SourceConfig) defaults() error {
 // guidance is an interval of at most a third of the session timeout.
 func heartbeatInterval(session time.Duration) time.Duration {
 	return min(max(session/10, 100*time.Millisecond), 3*time.Second)
+}
+
+// groupTiming is the group-membership timing both sources use: the
+// session timeout with a heartbeat at a tenth of it (heartbeatInterval),
+// and the rebalance timeout. Zero leaves kgo's default.
+func groupTiming(session, rebalance time.Duration) []kgo.Opt {
+	var opts []kgo.Opt
+	if session > 0 {
+		opts = append(opts, kgo.SessionTimeout(session), kgo.HeartbeatInterval(heartbeatInterval(session)))
+	}
+	if rebalance > 0 {
+		opts = append(opts, kgo.RebalanceTimeout(rebalance))
+	}
+	return opts
 }
 
 // ParseStart parses a start position: "earliest" (or ""), "latest", or an
@@ -207,9 +232,7 @@ func NewSource(cfg SourceConfig, logger *slog.Logger) (*Source, error) {
 		kgo.OnPartitionsRevoked(s.onRevoked),
 		kgo.OnPartitionsLost(s.onLost),
 	)
-	if cfg.SessionTimeout > 0 {
-		opts = append(opts, kgo.SessionTimeout(cfg.SessionTimeout), kgo.HeartbeatInterval(heartbeatInterval(cfg.SessionTimeout)))
-	}
+	opts = append(opts, groupTiming(cfg.SessionTimeout, cfg.RebalanceTimeout)...)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka source: group %q: %w", cfg.Group, err)

@@ -32,8 +32,10 @@ type TxnConfig struct {
 	BatchMax int
 	// Encoding of the sink, as for SinkConfig.
 	Encoding string
-	// SessionTimeout as for SourceConfig.
-	SessionTimeout time.Duration
+	// SessionTimeout and RebalanceTimeout as for SourceConfig; zero:
+	// kgo's defaults (45s, 60s).
+	SessionTimeout   time.Duration
+	RebalanceTimeout time.Duration
 }
 
 // NewTxn returns a Source and a Sink sharing one franz-go
@@ -82,9 +84,7 @@ func NewTxn(cfg TxnConfig, logger *slog.Logger) (*TxnSource, *TxnSink, error) {
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 	)
-	if cfg.SessionTimeout > 0 {
-		opts = append(opts, kgo.SessionTimeout(cfg.SessionTimeout))
-	}
+	opts = append(opts, groupTiming(cfg.SessionTimeout, cfg.RebalanceTimeout)...)
 	sess, err := kgo.NewGroupTransactSession(opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kafka transactional source: group %q: %w", cfg.Group, err)

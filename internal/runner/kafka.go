@@ -25,12 +25,13 @@ func kafkaClient(brokers []string, clientID string, t *pipelines.KafkaTLS, s *pi
 func newKafkaSource(_ context.Context, p *pipelines.Pipeline, name string, c *pipelines.KafkaInput, _ Options, log *slog.Logger) (connectors.Source, error) {
 	if c.TransactionalID != "" {
 		src, _, err := kafka.NewTxn(kafka.TxnConfig{
-			Client:          kafkaClient(c.Brokers, c.ClientID, c.TLS, c.SASL),
-			Topics:          c.Topics,
-			Group:           c.Group,
-			TransactionalID: c.TransactionalID,
-			Start:           c.Start,
-			SessionTimeout:  c.SessionTimeout.Std(),
+			Client:           kafkaClient(c.Brokers, c.ClientID, c.TLS, c.SASL),
+			Topics:           c.Topics,
+			Group:            c.Group,
+			TransactionalID:  c.TransactionalID,
+			Start:            c.Start,
+			SessionTimeout:   c.SessionTimeout.Std(),
+			RebalanceTimeout: c.RebalanceTimeout.Std(),
 		}, log.With("input", name))
 		return src, err
 	}
@@ -48,6 +49,7 @@ func newKafkaSource(_ context.Context, p *pipelines.Pipeline, name string, c *pi
 		CommitInterval:          c.CommitInterval.Std(),
 		RevokeGrace:             c.RevokeGrace.Std(),
 		SessionTimeout:          c.SessionTimeout.Std(),
+		RebalanceTimeout:        c.RebalanceTimeout.Std(),
 	}, log.With("input", name))
 }
 
