@@ -134,6 +134,13 @@ func TestScaleOutKinesis(t *testing.T) {
 			return len(per) == 3 && per[""] == 0
 		}
 		WaitFor(ctx, t, 60*time.Second, r.log.Name(), func() int { return 0 }, balanced)
+		// The store shows a lease taken as soon as the taker wrote it; the
+		// worker it was taken from reads on until its next lease round
+		// finds the conflict. Records put before then would be read by
+		// both.
+		WaitFor(ctx, t, 60*time.Second, r.log.Name(), func() int { return 0 }, func() bool {
+			return leaseHandoversSeen(Tail(r.log.Name(), 1<<30))
+		})
 		g.put(ctx, t, n)
 	}
 	kill, took := scaleOut(ctx, t, r, g.pipeline, n, g.out, ready, nil,
@@ -152,6 +159,42 @@ func TestScaleOutKinesis(t *testing.T) {
 	if t.Failed() {
 		t.Log(r.tail())
 	}
+}
+
+// leaseHandoversSeen reports whether every lease taken from a worker
+// (logged "took shard lease ... from=<worker>") has been noticed by that
+// worker (logged "lost shard lease" for the shard), in a log that all the
+// processes of a run share.
+func leaseHandoversSeen(log string) bool {
+	taken := map[string]int{}
+	for _, line := range strings.Split(log, "\n") {
+		shard, from := logField(line, "shard"), logField(line, "from")
+		switch {
+		case strings.Contains(line, `msg="kinesis: took shard lease"`) && from != "" && from != `""`:
+			taken[from+" "+shard]++
+		case strings.Contains(line, `msg="kinesis: lost shard lease"`):
+			taken[logField(line, "worker")+" "+shard]--
+		}
+	}
+	for _, n := range taken {
+		if n > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// logField is the value of key=value in one slog text line ("" if absent).
+func logField(line, key string) string {
+	i := strings.Index(line, " "+key+"=")
+	if i < 0 {
+		return ""
+	}
+	v := line[i+len(key)+2:]
+	if j := strings.IndexByte(v, ' '); j >= 0 {
+		v = v[:j]
+	}
+	return v
 }
 
 // jetstreamPipeline reads the stream IN through a durable pull consumer
