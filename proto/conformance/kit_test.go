@@ -40,7 +40,8 @@ func goExamples(t *testing.T) string {
 			return
 		}
 		cmd := exec.Command("go", "build", "-o", binDir+string(filepath.Separator),
-			"./examples/functions/passthrough", "./examples/functions/faulty", "./examples/functions/broken")
+			"./examples/functions/passthrough", "./examples/functions/faulty", "./examples/functions/broken",
+			"./examples/functions/conformance")
 		cmd.Dir = repoRoot(t)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = &buildError{string(out), err}
@@ -78,21 +79,26 @@ func conventionRules() []string {
 }
 
 // TestGoExamples runs the whole kit against the Go functions: broken with
-// no defect honours the convention and must pass every rule; passthrough
-// and faulty (with no fault) do not, and must pass every other rule.
+// no defect (written without the SDK) and conformance (the Go SDK's
+// per-record and, with --batch, per-batch API) honour the convention and
+// must pass every rule; passthrough and faulty (with no fault) do not, and
+// must pass every other rule.
 func TestGoExamples(t *testing.T) {
 	bin := goExamples(t)
 	for _, tc := range []struct {
 		name         string
+		args         []string
 		noConvention bool
 	}{
-		{"broken", false},
-		{"passthrough", true},
-		{"faulty", true},
+		{"broken", nil, false},
+		{"conformance", nil, false},
+		{"conformance", []string{"--batch"}, false},
+		{"passthrough", nil, true},
+		{"faulty", nil, true},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(strings.Join(append([]string{tc.name}, tc.args...), " "), func(t *testing.T) {
 			rep, err := conformance.Run(context.Background(), conformance.Options{
-				Command:      []string{filepath.Join(bin, tc.name)},
+				Command:      append([]string{filepath.Join(bin, tc.name)}, tc.args...),
 				NoConvention: tc.noConvention,
 				Parallel:     4,
 				Env:          []string{"CULVERT_BREAK=", "CULVERT_FAULT="},
@@ -207,7 +213,9 @@ type sdkExample struct {
 // sdkExamples finds the examples under sdk/<lang>/examples/<name>/ by the
 // entry point each language uses: main.py (run with /usr/bin/python3,
 // Debian's, which has python3-protobuf), index.js (run with node), main.c
-// (compiled with cc together with sdk/c/culvert.c).
+// (compiled with cc together with sdk/c/culvert.c). An example named
+// conformance is listed twice: as it is (the SDK's per-record API) and with
+// --batch (the same answers through the per-batch API).
 func sdkExamples(t *testing.T) []sdkExample {
 	t.Helper()
 	root := repoRoot(t)
@@ -238,6 +246,18 @@ func sdkExamples(t *testing.T) []sdkExample {
 			continue
 		}
 		out = append(out, ex)
+		if filepath.Base(dir) == "conformance" {
+			batch := ex
+			batch.name += " --batch"
+			batch.command = append(slices.Clip(ex.command), "--batch")
+			if ex.build != nil { // its own executable: the two build in parallel
+				exe := filepath.Join(t.TempDir(), "fn")
+				batch.build = slices.Clone(ex.build)
+				batch.build[slices.Index(batch.build, "-o")+1] = exe
+				batch.command = []string{exe, "--batch"}
+			}
+			out = append(out, batch)
+		}
 	}
 	return out
 }

@@ -2,7 +2,11 @@
  * appendix A), so that `culvert fn conform -- ./conformance` can drive every
  * rule: with CULVERT_CONFORMANCE=1 in its environment, a record's
  * culvert-conformance header asks it to echo, emit N copies, drop, fail,
- * fail retryably or print to stdout. Every other record is echoed. */
+ * fail retryably or print to stdout. Every other record is echoed.
+ *
+ * With --batch it serves the same answers through the per-batch API
+ * (culvert_run_batch), reporting each record through culvert_result, so
+ * that the kit checks that API too. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,9 +57,20 @@ unknown:
                         (int)(d->len > 64 ? 64 : d->len), (const char *)d->data);
 }
 
-int main(void) {
+/* handle_batch answers each record as handle does. handle returns non-zero
+ * only after culvert_fail or a failed culvert_emit has failed that record,
+ * so the other records of the batch are not touched. */
+static void handle_batch(void *user, const culvert_batch *batch, culvert_results *res) {
+    for (size_t i = 0; i < batch->n_records; i++) (void)handle(user, batch, &batch->records[i], culvert_result(res, i));
+}
+
+int main(int argc, char **argv) {
     const char *env = getenv("CULVERT_CONFORMANCE");
     int enabled = env && strcmp(env, "1") == 0;
+    if (argc > 1 && strcmp(argv[1], "--batch") == 0) {
+        culvert_options opts = {.agent = "conformance-c-batch/1", .user = &enabled};
+        return culvert_run_batch(handle_batch, &opts);
+    }
     culvert_options opts = {.agent = "conformance-c/1", .user = &enabled};
     return culvert_run(handle, &opts);
 }

@@ -3,7 +3,11 @@
 appendix A), so that `culvert fn conform -- /usr/bin/python3 main.py` can
 drive every rule: with CULVERT_CONFORMANCE=1 in its environment, a record's
 `culvert-conformance` header asks it to echo, emit N copies, drop, fail,
-fail retryably or print to stdout. Every other record is echoed."""
+fail retryably or print to stdout. Every other record is echoed.
+
+With --batch it serves the same answers through the per-batch API
+(culvert.run_batch), failing single records by putting an exception in
+their slot, so that the kit checks that API too."""
 import os
 import re
 import sys
@@ -46,4 +50,17 @@ def handle(record, batch):
     raise ValueError(f"{HEADER}: unknown directive {d!r} (echo, emit=N, drop, fail, retry, stdout=TEXT)")
 
 
-culvert.run(handle, agent="conformance-python/1")
+def handle_batch(records, batch):
+    results = []
+    for record in records:
+        try:
+            results.append(handle(record, batch))
+        except Exception as e:  # noqa: BLE001 - the failure of this record only
+            results.append(e)
+    return results
+
+
+if "--batch" in sys.argv[1:]:
+    culvert.run_batch(handle_batch, agent="conformance-python-batch/1")
+else:
+    culvert.run(handle, agent="conformance-python/1")
