@@ -483,3 +483,73 @@ func TestStartPositions(t *testing.T) {
 		})
 	}
 }
+
+// TestTakenLeaseNoticedAtOnce: with leases in JetStream KV, a worker whose
+// lease another worker takes (here, to balance) stops reading that shard
+// as soon as the write reaches it through the bucket's watch, not at its
+// next lease round (ten seconds apart here), so the records put right after
+// the handover are read by the new holder only.
+func TestTakenLeaseNoticedAtOnce(t *testing.T) {
+	ep := kinesistest.Start(t)
+	kinesistest.CreateStream(t, ep, "hand", 2)
+	client := kinesistest.Client(ep)
+	ns := natstest.Server(t)
+	log := natstest.Logger(t, slog.LevelInfo)
+
+	start := func(id string) (*Source, *logHandler) {
+		js, err := jetstream.New(natstest.Connect(t, ns))
+		if err != nil {
+			t.Fatal(err)
+		}
+		store, err := leases.NewKV(context.Background(), js, "", "app.hand")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := testSourceConfig("hand", store)
+		cfg.WorkerID = id
+		// Lease rounds ten seconds apart: only the watch can explain a
+		// quicker handover.
+		cfg.LeaseDuration, cfg.CheckpointInterval = 30*time.Second, 10*time.Second
+		src, err := NewSource(client, cfg, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		h := &logHandler{name: id}
+		go func() { done <- src.Run(ctx, h) }()
+		t.Cleanup(func() { cancel(); <-done; _ = src.Close() })
+		return src, h
+	}
+	a, ha := start("a")
+	waitUntil(t, "a to hold both shards", 10*time.Second, func() bool { return len(a.Owned()) == 2 })
+	// a's first lease round is behind it; its next is ten seconds away.
+	b, hb := start("b")
+	waitUntil(t, "b to take one shard from a", 10*time.Second, func() bool { return len(b.Owned()) == 1 })
+	took := time.Now()
+	waitUntil(t, "a to drop the shard b took", 10*time.Second, func() bool { return len(a.Owned()) == 1 })
+	if d := time.Since(took); d > 3*time.Second {
+		t.Errorf("a dropped the taken shard %s after b took it: that is its lease round, not the watch", d)
+	}
+	if got, want := a.Owned(), b.Owned(); contains(got, want[0]) {
+		t.Fatalf("both workers hold %s", want[0])
+	}
+	revoked := false
+	for _, e := range ha.events() {
+		if len(e.revoked) == 1 && e.revoked[0] == b.Owned()[0] {
+			revoked = true
+		}
+	}
+	if !revoked {
+		t.Errorf("a's handler was not told that %s was revoked: %+v", b.Owned()[0], ha.events())
+	}
+
+	put(t, client, "hand", keyed("x", 0, 200, 20))
+	waitUntil(t, "every record", 10*time.Second, allSeen("x", 200, ha, hb))
+	for v, n := range seen(ha, hb) {
+		if n > 1 {
+			t.Errorf("record %s read %d times after the handover", v, n)
+		}
+	}
+	checkShardOrder(t, ha, hb)
+}

@@ -220,6 +220,13 @@ func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
 
 	tick := min(s.cfg.LeaseDuration/3, s.cfg.CheckpointInterval)
 	var lastList, lastRenew time.Time
+	var written <-chan leases.Lease
+	if wt, ok := s.cfg.Store.(leases.Watcher); ok {
+		var err error
+		if written, err = wt.Watch(ctx); err != nil {
+			s.log.Warn("kinesis: cannot watch the leases; a lease taken by another worker is noticed at the next lease round", "error", err)
+		}
+	}
 	bo := backoff{max: s.cfg.MaxBackoff}
 	for {
 		now := time.Now()
@@ -248,11 +255,37 @@ func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
 			}
 			bo.reset()
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
+		timer := time.NewTimer(wait)
+	waiting:
+		for {
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return nil
+			case <-timer.C:
+				break waiting
+			case l, ok := <-written:
+				if !ok {
+					written = nil // the watch failed: lease rounds still find conflicts
+					continue
+				}
+				s.noticeWrite(h, l)
+			}
 		}
+	}
+}
+
+// noticeWrite drops the shard of a lease this worker holds that another
+// worker has just written (taken): the lease round would find the same
+// conflict, up to a tick later. It runs on Run's goroutine, like the lease
+// rounds, so this worker's own writes are never mistaken for another's.
+func (s *Source) noticeWrite(h connectors.Handler, l leases.Lease) {
+	s.mu.Lock()
+	w := s.owned[l.Shard]
+	taken := w != nil && l.Owner != s.cfg.WorkerID && l.Revision > w.lease.Revision
+	s.mu.Unlock()
+	if taken {
+		s.lose(h, w, "the lease was taken by another worker")
 	}
 }
 

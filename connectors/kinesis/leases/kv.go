@@ -91,6 +91,43 @@ func (k *KV) List(ctx context.Context) ([]Lease, error) {
 	}
 }
 
+// Watch implements Watcher.
+func (k *KV) Watch(ctx context.Context) (<-chan Lease, error) {
+	w, err := k.kv.Watch(ctx, k.prefix+"*", jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("watching leases: %w", err)
+	}
+	out := make(chan Lease, 16)
+	go func() {
+		defer close(out)
+		defer func() { _ = w.Stop() }()
+		for {
+			select {
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					continue
+				}
+				l, err := decode(strings.TrimPrefix(e.Key(), k.prefix), e.Value())
+				if err != nil {
+					continue // not a lease this store wrote; List reports it
+				}
+				l.Revision = e.Revision()
+				select {
+				case out <- l:
+				case <-ctx.Done():
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
 // Create implements Store.
 func (k *KV) Create(ctx context.Context, l Lease) (Lease, error) {
 	rev, err := k.kv.Create(ctx, k.prefix+l.Shard, encode(l))
@@ -119,3 +156,5 @@ func (k *KV) Update(ctx context.Context, l Lease) (Lease, error) {
 
 // Close implements Store.
 func (k *KV) Close() error { return nil }
+
+var _ Watcher = (*KV)(nil)

@@ -56,6 +56,16 @@ type Store interface {
 	Close() error
 }
 
+// Watcher is implemented by stores that can report writes as they happen
+// (KV): a worker learns that another took one of its leases at once,
+// instead of at its next lease round, and stops reading that shard before
+// it processes more of what the new holder will read again.
+type Watcher interface {
+	// Watch returns the leases written from now on, by any worker, until
+	// ctx ends or the watch fails (the channel is then closed).
+	Watch(ctx context.Context) (<-chan Lease, error)
+}
+
 // ErrConflict is returned by Update when the lease changed since it was read.
 var ErrConflict = errors.New("lease changed since it was read")
 
