@@ -409,3 +409,181 @@ stored:
 		t.Errorf("to=time: got %s", values(recs))
 	}
 }
+
+// liveCapture starts a capture in the background and returns its records
+// as they come and its result.
+func liveCapture(t *testing.T, src string, o Options) (<-chan string, <-chan error) {
+	t.Helper()
+	s, err := ParseSource(src, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Logger == nil {
+		o.Logger = quiet()
+	}
+	got := make(chan string, 100)
+	done := make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	go func() {
+		done <- Capture(ctx, s, o, func(r *culvertv1.Record) error {
+			got <- string(r.Value)
+			return nil
+		})
+		close(got)
+	}()
+	return got, done
+}
+
+// TestCaptureKafkaTimesAndFollow taps a topic from and to a time (the
+// records' timestamps), up to a per-partition end that names only some
+// partitions, and live from the end until a count.
+func TestCaptureKafkaTimesAndFollow(t *testing.T) {
+	c := kafkatest.Start(t, kafkatest.Options{Brokers: 1})
+	c.CreateTopic(t, "clicks", 2)
+	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	var recs []*kgo.Record
+	for i := range 4 {
+		for p := int32(0); p < 2; p++ {
+			recs = append(recs, &kgo.Record{Topic: "clicks", Partition: p, Timestamp: base.Add(time.Duration(i) * 10 * time.Second),
+				Value: []byte(fmt.Sprintf("p%d-%d", p, i))})
+		}
+	}
+	c.Produce(t, recs, kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	at := func(d time.Duration) string { return base.Add(d).UTC().Format(time.RFC3339) }
+	brokers := strings.Join(c.Brokers, ",")
+	for _, tc := range []struct{ src, want string }{
+		{"kafka://" + brokers + "/clicks?from=" + at(5*time.Second), "p0-1,p0-2,p0-3,p1-1,p1-2,p1-3"},
+		{"kafka://" + brokers + "/clicks?partitions=1&to=" + at(15*time.Second), "p1-0,p1-1"},
+		{"kafka://" + brokers + "/clicks?from=" + at(5*time.Second) + "&to=" + at(25*time.Second), "p0-1,p0-2,p1-1,p1-2"},
+		{"kafka://" + brokers + "/clicks?from=" + at(time.Hour), ""},
+		// to= names partition 0 only: partition 1 ends at its end.
+		{"kafka://" + brokers + "/clicks?to=0:1", "p0-0,p0-1,p1-0,p1-1,p1-2,p1-3"},
+	} {
+		got := collect(t, tc.src, Options{}, 20*time.Second)
+		vs := strings.Split(values(got), ",")
+		sort.Strings(vs)
+		if strings.Join(vs, ",") != tc.want {
+			t.Errorf("%s: got %v, want %s", tc.src, vs, tc.want)
+		}
+	}
+
+	// Following from the end: only what is produced after the tap started.
+	got, done := liveCapture(t, "kafka://"+brokers+"/clicks?from=latest", Options{Count: 3})
+	cl := c.Client(t)
+	for i := 0; ; i++ {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			var vs []string
+			for v := range got {
+				vs = append(vs, v)
+			}
+			if len(vs) != 3 {
+				t.Fatalf("follow: got %v, want 3 records", vs)
+			}
+			for _, v := range vs {
+				if !strings.HasPrefix(v, "live-") {
+					t.Errorf("follow from latest delivered stored record %s", v)
+				}
+			}
+			return
+		case <-time.After(100 * time.Millisecond):
+			if err := cl.ProduceSync(context.Background(), &kgo.Record{Topic: "clicks", Value: []byte(fmt.Sprintf("live-%d", i))}).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("follow did not stop at its count")
+		}
+	}
+}
+
+// TestCaptureKinesisPositions taps a shard up to a sequence number and
+// the stream up to an arrival time, and follows it live from now.
+func TestCaptureKinesisPositions(t *testing.T) {
+	endpoint := kinesistest.Start(t)
+	kinesistest.CreateStream(t, endpoint, "views", 2)
+	kinesistest.WaitActive(t, endpoint, "views")
+	t.Setenv("AWS_ACCESS_KEY_ID", kinesistest.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", kinesistest.SecretKey)
+	cl := kinesistest.Client(endpoint)
+	ctx := context.Background()
+	put := func(v string) (shard, seq string) {
+		out, err := cl.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: aws.String("views"), PartitionKey: aws.String("same-key"), Data: []byte(v)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return aws.ToString(out.ShardId), aws.ToString(out.SequenceNumber)
+	}
+	// One partition key: every record lands on the same shard, in order.
+	shard, _ := put("v0")
+	_, seq1 := put("v1")
+	put("v2")
+	time.Sleep(100 * time.Millisecond)
+	cut := time.Now()
+	time.Sleep(100 * time.Millisecond)
+	put("v3")
+	// Then records with other keys until one lands on the other shard
+	// (kinesalite answers an AT_TIMESTAMP iterator only on a shard that
+	// holds a record after the time).
+	afterCut := []string{"v3"}
+	var other string
+	for i := 0; other == ""; i++ {
+		v := fmt.Sprintf("x%d", i)
+		afterCut = append(afterCut, v)
+		out, err := cl.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: aws.String("views"), PartitionKey: aws.String(v), Data: []byte(v)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if aws.ToString(out.ShardId) != shard {
+			other = aws.ToString(out.SequenceNumber)
+		} else if i > 50 {
+			t.Fatal("every key went to one shard")
+		}
+	}
+	sort.Strings(afterCut)
+	o := Options{KinesisEndpoint: endpoint, KinesisRegion: kinesistest.Region}
+	sorted := func(recs []*culvertv1.Record) string {
+		vs := strings.Split(values(recs), ",")
+		sort.Strings(vs)
+		return strings.Join(vs, ",")
+	}
+	for _, tc := range []struct{ src, want string }{
+		{"kinesis://views?shards=" + shard + "&to=" + seq1, "v0,v1"},
+		{"kinesis://views?shards=" + shard + "&from=" + seq1 + "&to=" + seq1, "v1"},
+		{"kinesis://views?to=" + cut.UTC().Format(time.RFC3339Nano), "v0,v1,v2"},
+		{"kinesis://views?from=" + cut.UTC().Format(time.RFC3339Nano), strings.Join(afterCut, ",")},
+		{"kinesis://views?from=latest&to=end", ""},
+		// A to= sequence of another shard: the tap ends once caught up.
+		{"kinesis://views?shards=" + shard + "&from=" + seq1 + "&to=" + other, "*"},
+	} {
+		if got := sorted(collect(t, tc.src, o, 30*time.Second)); tc.want != "*" && got != tc.want {
+			t.Errorf("%s: got %s, want %s", tc.src, got, tc.want)
+		}
+	}
+
+	o.Count = 2
+	got, done := liveCapture(t, "kinesis://views?from=latest", o)
+	for i := 0; ; i++ {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			var vs []string
+			for v := range got {
+				vs = append(vs, v)
+			}
+			if len(vs) != 2 || !strings.HasPrefix(vs[0], "live-") || !strings.HasPrefix(vs[1], "live-") {
+				t.Fatalf("follow from latest: got %v", vs)
+			}
+			return
+		case <-time.After(300 * time.Millisecond):
+			put(fmt.Sprintf("live-%d", i))
+		case <-time.After(30 * time.Second):
+			t.Fatal("follow did not stop at its count")
+		}
+	}
+}

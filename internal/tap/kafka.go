@@ -103,14 +103,15 @@ func captureKafka(ctx context.Context, src *Source, o Options, emit Emit) error 
 		start[p] = s
 		offsets[p] = kgo.NewOffset().At(s)
 		end[p] = -1
+		toPart, named := src.To.PerPartition[strconv.Itoa(int(p))]
 		switch {
-		case src.To.Kind == PosSeq && src.To.PerPartition != nil:
-			if v, ok := src.To.PerPartition[strconv.Itoa(int(p))]; ok {
-				end[p] = v + 1
-			}
-		case src.To.Kind == PosSeq:
+		case src.To.Kind == PosSeq && named:
+			end[p] = toPart + 1
+		case src.To.Kind == PosSeq && src.To.PerPartition == nil:
 			end[p] = int64(src.To.seq()) + 1
 		case !follow || src.To.Kind == PosEnd:
+			// Also a partition that a per-partition to= does not name:
+			// it ends where stored sources end.
 			end[p] = hi.Offset
 		}
 	}

@@ -120,8 +120,10 @@ func captureKinesis(ctx context.Context, src *Source, o Options, emit Emit) erro
 					break
 				}
 			}
+			// Caught up with the shard: that is its end unless following
+			// (a to= sequence not reached by then is not in this shard).
 			caughtUp := len(out.Records) == 0 && aws.ToInt64(out.MillisBehindLatest) == 0
-			if stop || out.NextShardIterator == nil || caughtUp && !follow && src.To.Kind != PosSeq {
+			if stop || out.NextShardIterator == nil || caughtUp && !follow {
 				delete(iters, id)
 				continue
 			}

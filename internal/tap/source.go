@@ -127,7 +127,7 @@ func ParseSource(s string, now time.Time) (*Source, error) {
 	if src.To, err = parsePosition(q.Get("to"), scheme, true, now); err != nil {
 		return nil, fmt.Errorf("source %q: to: %w", s, err)
 	}
-	if scheme == KindKinesis && src.From.Kind == PosSeq && len(src.Partitions) != 1 {
+	if scheme == KindKinesis && (src.From.Kind == PosSeq || src.To.Kind == PosSeq) && len(src.Partitions) != 1 {
 		return nil, fmt.Errorf("source %q: a Kinesis sequence number belongs to one shard: give shards=ID", s)
 	}
 	return src, nil

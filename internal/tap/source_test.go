@@ -30,6 +30,7 @@ func TestParseSource(t *testing.T) {
 		{in: "kafka://b/events?partitions=x", err: "not a partition number"},
 		{in: "kafka://b/events?from=0:x", err: "want PARTITION:OFFSET"},
 		{in: "kinesis://s?from=123", err: "belongs to one shard"},
+		{in: "kinesis://s?to=123", err: "belongs to one shard"},
 		{in: "jetstream://?from=1", err: "missing or malformed"},
 		{in: "jetstream://S?from=99999999999999999999999", err: "out of range"},
 	} {
