@@ -135,9 +135,18 @@ type progress struct {
 	start time.Time
 }
 
+// progressEvery is how often the plain-text progress prints a line.
+const progressEvery = 2 * time.Second
+
 // newProgress starts a progress display on w for total records (0:
 // unknown).
 func newProgress(w io.Writer, what string, total int64) *progress {
+	return newProgressEvery(w, what, total, progressEvery)
+}
+
+// newProgressEvery is newProgress with the plain-text line printed every
+// interval.
+func newProgressEvery(w io.Writer, what string, total int64, every time.Duration) *progress {
 	p := &progress{w: w, what: what, start: time.Now(), done: make(chan struct{})}
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		max := total
@@ -154,7 +163,7 @@ func newProgress(w io.Writer, what string, total int64) *progress {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		t := time.NewTicker(2 * time.Second)
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {
