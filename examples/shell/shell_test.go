@@ -169,6 +169,23 @@ func TestLines(t *testing.T) {
 			out(`{"level":"error","msg":"disk \"data\" full"}`),
 			out(`{"level":"warn","msg":"path C:\\tmp\tis odd"}`),
 		}},
+		{"script", "mask", []string{
+			"ann@example.com",
+			"not an address",
+			"",
+			"b@x@y.z",
+			"C@host.io",
+			"x\ty@z.a",
+			"q@nodot",
+		}, []want{
+			out("a***@example.com"),
+			none,
+			none,
+			none,
+			out("C***@host.io"),
+			none,
+			none,
+		}},
 	} {
 		t.Run(tc.example, func(t *testing.T) {
 			inst, fn := start(t, tc.example, tc.function)
@@ -202,6 +219,29 @@ func TestExec(t *testing.T) {
 	})
 }
 
+// TestExecJQ runs jq in exec mode: a value spanning several lines is one
+// record, and a value that is not JSON (or not an order) fails permanently.
+func TestExecJQ(t *testing.T) {
+	inst, fn := start(t, "jq-exec", "summarise")
+	if fn.Mode != "exec" {
+		t.Fatalf("mode %q, want exec", fn.Mode)
+	}
+	recs := values(
+		"{\n  \"id\": \"o1\",\n  \"items\": [{\"qty\": 2}, {\"qty\": 3}]\n}\n",
+		`{"id":"o2","items":[]}`,
+		"not json",
+		`[1,2]`,
+		"",
+	)
+	check(t, recs, call(t, inst, recs), []want{
+		out(`{"id":"o1","lines":2,"qty":5}`),
+		out(`{"id":"o2","lines":0,"qty":0}`),
+		{fail: true},
+		{fail: true},
+		none,
+	})
+}
+
 // TestPipelines runs each example's pipeline file end to end with the
 // culvert binary, in its default sandbox (built with seccomp, as make
 // does; sandboxes need root): lines on stdin, values on stdout.
@@ -220,6 +260,10 @@ func TestPipelines(t *testing.T) {
 			[]string{`{"sku":"a","qty":2,"price":1.5,"total":3}`, `{"sku":"b","qty":1,"price":4,"total":4}`}},
 		{"awk", []string{"INFO started", "DEBUG noise", `ERROR disk "d" full`},
 			[]string{`{"level":"info","msg":"started"}`, `{"level":"error","msg":"disk \"d\" full"}`}},
+		{"script", []string{"ann@example.com", "junk", "bo@host.io"},
+			[]string{"a***@example.com", "b***@host.io"}},
+		{"jq-exec", []string{`{"id":"a","items":[{"qty":1}]}`, `{"id":"b","items":[{"qty":2},{"qty":4}]}`},
+			[]string{`{"id":"a","lines":1,"qty":1}`, `{"id":"b","lines":2,"qty":6}`}},
 		{"exec", []string{"hello", "skip", "world"},
 			[]string{"hello [subject= key= id=stdin:1]", "world [subject= key= id=stdin:3]"}},
 	} {
