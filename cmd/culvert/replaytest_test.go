@@ -251,3 +251,43 @@ func TestTapKinesis(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayDryRunToFileWithOriginalSpacing replays the order-events tap
+// file as a dry run into a file, keeping the records' original spacing
+// (1.4 s of event times) scaled to half speed, and checks the summary.
+func TestReplayDryRunToFileWithOriginalSpacing(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "out.ndjson")
+	start := time.Now()
+	r := runCLI(t, "", nil, 180*time.Second, "replay", "../../examples/order-events/pipeline.yaml",
+		"--input", "../../examples/order-events/events.ndjson", "--dry-run", "-o", out, "--original", "--speed", "0.5")
+	el := time.Since(start)
+	if r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	if r.stdout != "" {
+		t.Errorf("--dry-run -o wrote to stdout too: %s", r.stdout)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != 5 || !strings.HasPrefix(lines[0], `{"output":"`) || strings.Count(string(b), `"output":"fulfilment"`) != 3 {
+		t.Errorf("dry-run file:\n%s", b)
+	}
+	// 1.4 s between the first and the last event time, at half speed
+	// (unpaced, the whole command takes under a second here).
+	if el < 2800*time.Millisecond {
+		t.Errorf("replay took %s, want at least 2.8s (original spacing, speed 0.5)", el)
+	}
+	for _, want := range []string{"replay: 5 records in, 0 dead-lettered, 0 given back", "fulfilment", "refunds", "unrouted"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("summary lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	r = runCLI(t, "", nil, 30*time.Second, "replay", "../../examples/order-events/pipeline.yaml",
+		"--input", "../../examples/order-events/events.ndjson", "--dry-run", "--original", "--rate", "5")
+	if r.code != 2 || !strings.Contains(r.stderr, "--rate and --original exclude each other") {
+		t.Errorf("--rate with --original: exit %d\n%s", r.code, r.stderr)
+	}
+}

@@ -173,3 +173,56 @@ func TestReplayToRealOutputs(t *testing.T) {
 		}
 	}
 }
+
+// TestSummaryCountsDeadLettersAndGivenBack replays records of which one
+// fails on a route with a dead-letter output and one on a route without:
+// the summary counts them apart and marks the dead-letter output.
+func TestSummaryCountsDeadLettersAndGivenBack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pipeline.yaml")
+	if err := os.WriteFile(path, []byte(`version: 1
+name: failing
+inputs: { in: { nats: { subjects: ["in.>"] } } }
+functions:
+  broken: { command: "false", mode: exec, sandbox: none, retry: { max_attempts: 1 } }
+routes:
+  - { name: good, match: { subjects: [in.good] }, outputs: [out] }
+  - { name: bad, match: { subjects: [in.bad] }, chain: broken, outputs: [out], dead_letter: dlq }
+  - { name: lost, match: { subjects: [in.lost] }, chain: broken, outputs: [out] }
+outputs:
+  out: { nats: { subject: out } }
+  dlq: { nats: { subject: dlq } }
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := pipelines.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []*culvertv1.Record
+	for i, subj := range []string{"in.good", "in.bad", "in.good", "in.lost"} {
+		recs = append(recs, &culvertv1.Record{Id: subj + ":" + string(rune('0'+i)), Value: []byte("x"), Source: &culvertv1.Position{Subject: subj}})
+	}
+	sum, err := Run(context.Background(), Options{
+		Pipeline: p, Next: memory.Slice(recs), DryRun: true, Logger: quiet(),
+		Runner: runner.Options{Runtime: process.Runtime{}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.In != 4 || sum.Out["out"] != 2 || sum.Out["dlq"] != 1 || sum.Dead != 1 || len(sum.GivenBack) != 1 || sum.GivenBack[0].Id != "in.lost:3" {
+		t.Errorf("summary %+v", sum)
+	}
+	var b strings.Builder
+	WriteSummary(&b, sum)
+	for _, want := range []string{
+		"replay: 4 records in, 1 dead-lettered, 1 given back, ",
+		"records/s)",
+		"  dlq            1  dead letters",
+		"  out            2  ",
+		"  given back: in.lost:3",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, b.String())
+		}
+	}
+}
