@@ -15,6 +15,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -49,13 +50,24 @@ func main() {
 	inflight := flag.Int("inflight", 2, "batches outstanding per instance")
 	langs := flag.String("langs", "go,python,node,c", "SDKs to measure, in this order")
 	flag.Parse()
-	if err := run(*records, *batch, *valueSize, *runs, *inflight, strings.Split(*langs, ",")); err != nil {
+	if err := run(os.Stdout, *records, *batch, *valueSize, *runs, *inflight, strings.Split(*langs, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "sdkhop:", err)
 		os.Exit(1)
 	}
 }
 
-func run(records, batch, valueSize, runs, inflight int, names []string) error {
+// run measures each SDK of names and writes the table to w.
+func run(w io.Writer, records, batch, valueSize, runs, inflight int, names []string) error {
+	if batch < 1 {
+		return fmt.Errorf("-batch %d: want at least 1", batch)
+	}
+	n := records / batch * batch
+	if n == 0 {
+		return fmt.Errorf("-records %d is less than one batch of %d", records, batch)
+	}
+	if runs < 1 {
+		return fmt.Errorf("-runs %d: want at least 1", runs)
+	}
 	root, err := repoRoot()
 	if err != nil {
 		return err
@@ -73,11 +85,7 @@ func run(records, batch, valueSize, runs, inflight int, names []string) error {
 		}
 		ls = append(ls, l)
 	}
-	n := records / batch * batch
-	if n == 0 {
-		return fmt.Errorf("-records %d is less than one batch of %d", records, batch)
-	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "sdk\tbatch\trecords\trec/s\tns/rec\tvs go\tslowest..fastest rec/s\t\n")
 	// Runs are interleaved (each round measures every SDK once) so that a
 	// change in the machine's load touches all of them alike.
@@ -168,16 +176,16 @@ func batchOf(size, valueSize int) []*culvertv1.Record {
 // framedRun pushes n records through one instance of l, after its
 // handshake, and checks that every record came back.
 func framedRun(l lang, n, batch, valueSize, inflight int) (time.Duration, error) {
-	var stderr strings.Builder
+	var logs lockedBuffer // the host's log, with the function's stderr: shown on failure
 	var mu sync.Mutex
 	inst, err := fnhost.Start(context.Background(), fnhost.Config{
 		Pipeline: "bench", Function: "passthrough", Mode: fnhost.Framed, Path: l.path, Args: l.args,
 		Env:      []string{"PATH=" + os.Getenv("PATH")},
 		MaxBatch: batch, MaxInflight: inflight, Timeout: time.Minute, HandshakeTimeout: 30 * time.Second,
-		Runtime: process.Runtime{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Runtime: process.Runtime{}, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 	})
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("%w (log: %s)", err, logs.String())
 	}
 	defer inst.Close(context.Background())
 	recs := batchOf(batch, valueSize)
@@ -204,9 +212,32 @@ func framedRun(l lang, n, batch, valueSize, inflight int) (time.Duration, error)
 			}
 		}}
 		if err := inst.Submit(context.Background(), c); err != nil {
-			return 0, fmt.Errorf("%w (stderr: %s)", err, stderr.String())
+			return 0, fmt.Errorf("%w (log: %s)", err, logs.String())
 		}
 	}
 	wg.Wait()
-	return time.Since(start), failed
+	d := time.Since(start)
+	if failed != nil {
+		return 0, fmt.Errorf("%w (log: %s)", failed, logs.String())
+	}
+	return d, nil
+}
+
+// lockedBuffer is a bytes.Buffer that the host's goroutines may log to
+// concurrently.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
