@@ -235,3 +235,41 @@ func text(b []byte) string {
 	}
 	return "'" + string(b) + "'"
 }
+
+// TestSpecRecordSize checks the sizes SPEC.md section 16.1 gives for a
+// record of the sizes it names: measured with proto.Size for protobuf, and
+// computed by the Cap'n Proto layout rules the section states.
+func TestSpecRecordSize(t *testing.T) {
+	raw, err := os.ReadFile(specPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := strings.Join(strings.Fields(string(raw)), " ")
+	re := regexp.MustCompile("A `Record` with an (\\d+)-byte id, a (\\d+)-byte key, a (\\d+)-byte value, a (\\d+)-byte content type " +
+		"and one header \\(a (\\d+)-byte name, a (\\d+)-byte value\\) is (\\d+) bytes in protobuf .*? In Cap'n Proto it is about (\\d+) bytes unpacked")
+	m := re.FindStringSubmatch(doc)
+	if m == nil {
+		t.Fatalf("SPEC.md section 16.1 no longer states the record size as %s", re)
+	}
+	n := make([]int, len(m)-1)
+	for i := range n {
+		n[i], _ = strconv.Atoi(m[i+1])
+	}
+	id, key, value, ct, hname, hvalue, pb, capnp := n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7]
+	rec := &culvertv1.Record{
+		Id: strings.Repeat("i", id), Key: []byte(strings.Repeat("k", key)), Value: []byte(strings.Repeat("v", value)),
+		ContentType: strings.Repeat("c", ct),
+		Headers:     []*culvertv1.Header{{Name: strings.Repeat("n", hname), Value: []byte(strings.Repeat("h", hvalue))}},
+	}
+	if got := proto.Size(rec); got != pb {
+		t.Errorf("SPEC.md says %d bytes in protobuf; proto.Size is %d", pb, got)
+	}
+	words := func(b int) int { return (b + 7) / 8 * 8 }
+	// Segment table and root pointer, seven pointers, the padded fields
+	// (texts with their NUL), and the header list: tag word, a struct of
+	// two pointers, its name (text) and value (data).
+	layout := 8 + 8 + 7*8 + words(id+1) + words(key) + words(value) + words(ct+1) + 8 + 2*8 + words(hname+1) + words(hvalue)
+	if layout != capnp {
+		t.Errorf("SPEC.md says about %d bytes in Cap'n Proto; its layout rules give %d", capnp, layout)
+	}
+}
