@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -85,4 +86,73 @@ func TestFnInit(t *testing.T) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, r.code, r.stderr, tc.want)
 		}
 	}
+}
+
+// TestFnInitLanguages runs `culvert fn init --lang L` for every language
+// and checks what the command line adds to scaffold.Generate: the files
+// listed, and for Go the replace directive towards a Culvert checkout,
+// given with --culvert-src or found from the current directory, and the
+// note printed when there is none.
+func TestFnInitLanguages(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		lang  string
+		files []string
+	}{
+		{"go", []string{"main.go", "main_test.go", "go.mod"}},
+		{"python", []string{"main.py", "test_main.py", "culvert/__init__.py"}},
+		{"node", []string{"index.js", "test.js", "culvert-sdk/culvert.js", "package.json"}},
+		{"c", []string{"main.c", "Makefile", "culvert.c", "culvert.h"}},
+		{"shell", []string{"fn-shell.sh", "test.sh"}},
+	} {
+		t.Run(tc.lang, func(t *testing.T) {
+			dir := t.TempDir()
+			name := "fn-" + tc.lang
+			r := runCLI(t, dir, baseEnv(), 30*time.Second, "fn", "init", "--lang", tc.lang, name)
+			if r.code != 0 {
+				t.Fatalf("exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+			}
+			for _, f := range append([]string{"README.md", "pipeline.yaml"}, tc.files...) {
+				if _, err := os.Stat(filepath.Join(dir, name, f)); err != nil {
+					t.Errorf("%s: %v", f, err)
+				}
+				if !strings.Contains(r.stdout, filepath.Join(name, f)) {
+					t.Errorf("stdout does not list %s:\n%s", f, r.stdout)
+				}
+			}
+			note := strings.Contains(r.stdout, "go mod edit -replace")
+			if note != (tc.lang == "go") {
+				t.Errorf("the note about a local checkout: printed %v, want %v\n%s", note, tc.lang == "go", r.stdout)
+			}
+		})
+	}
+	t.Run("go replace", func(t *testing.T) {
+		for _, tc := range []struct {
+			name string
+			dir  string // where culvert runs
+			args []string
+		}{
+			{"--culvert-src", t.TempDir(), []string{"--culvert-src", root}},
+			{"found from the current directory", filepath.Join(root, "cmd", "culvert"), []string{"--dir", filepath.Join(t.TempDir(), "f")}},
+		} {
+			r := runCLI(t, tc.dir, baseEnv(), 30*time.Second, append([]string{"fn", "init", "--lang", "go"}, append(tc.args, "f")...)...)
+			if r.code != 0 || strings.Contains(r.stdout, "go mod edit -replace") {
+				t.Fatalf("%s: exit %d\nstdout: %s\nstderr: %s", tc.name, r.code, r.stdout, r.stderr)
+			}
+			dir := filepath.Join(tc.dir, "f")
+			if i := slices.Index(tc.args, "--dir"); i >= 0 {
+				dir = tc.args[i+1]
+			}
+			mod, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := "replace github.com/culvert-dev/culvert => " + root; !strings.Contains(string(mod), want) {
+				t.Errorf("%s: go.mod lacks %q:\n%s", tc.name, want, mod)
+			}
+		}
+	})
 }
