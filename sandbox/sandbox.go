@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Spec describes one function instance to start.
@@ -22,8 +23,16 @@ type Spec struct {
 	// Path of the executable and its arguments (Args excludes argv[0]).
 	Path string
 	Args []string
-	// Env is the complete environment, as "K=V" pairs.
+	// Env is the environment, as "K=V" pairs.
 	Env []string
+	// StartEnv is environment for this start only (e.g. exec mode's
+	// per-record metadata), added to Env; a name in both takes StartEnv's
+	// value (see MergeEnv). Setting it, even to an empty
+	// non-nil slice, says that the spec's starts differ only in it: a
+	// runtime that creates instances ahead (sandbox/container) then keeps
+	// them for Env and hands StartEnv over at the start, rather than
+	// treating every start as a new spec.
+	StartEnv []string
 	// Dir is the working directory; empty keeps the runtime's default.
 	Dir string
 	// Tenant groups instances that may share resources; runtimes that
@@ -34,6 +43,29 @@ type Spec struct {
 	// Isolation says how an isolating runtime confines the instance. The
 	// process runtime ignores it.
 	Isolation Isolation
+}
+
+// MergeEnv returns base with the entries of extra added, an entry of extra
+// replacing base's of the same name: the environment of a start.
+func MergeEnv(base, extra []string) []string {
+	names := make(map[string]bool, len(extra))
+	for _, kv := range extra {
+		names[envName(kv)] = true
+	}
+	out := make([]string, 0, len(base)+len(extra))
+	for _, kv := range base {
+		if !names[envName(kv)] {
+			out = append(out, kv)
+		}
+	}
+	return append(out, extra...)
+}
+
+func envName(kv string) string {
+	if i := strings.IndexByte(kv, '='); i >= 0 {
+		return kv[:i]
+	}
+	return kv
 }
 
 // Isolation is what an isolating runtime needs beyond the command line.

@@ -106,7 +106,7 @@ func breakdown(work, hello string, n int) error {
 		return err
 	}
 	defer warm.Close()
-	warm.Precreate(spec)
+	warm.Precreate(spec, 1)
 
 	one := func(r *container.Runtime) ([]step, error) {
 		rec.begin()

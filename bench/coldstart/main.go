@@ -133,7 +133,17 @@ func run(n int) error {
 		return err
 	}
 	defer warm.Close()
-	warm.Precreate(spec)
+	warm.Precreate(spec, 1)
+	// Exec mode: every start brings its own environment (the record's
+	// metadata); a pre-created container runs the launcher, which takes it.
+	execSpec := spec
+	execSpec.Name, execSpec.StartEnv = "bench-exec", []string{}
+	warmExec, err := container.New(container.Options{StateDir: filepath.Join(work, "warm-exec"), CgroupParent: "culvert-bench", Precreate: true, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer warmExec.Close()
+	warmExec.Precreate(execSpec, 1)
 
 	seq := 0
 	// Each OCI sample gets its own bundle directory and cgroup (written,
@@ -183,6 +193,13 @@ func run(n int) error {
 		{name: "culvert sandbox, pre-created", isolation: "same; container created ahead, timed from exec",
 			prepare: func() { waitPool(warm) },
 			sample:  func(int) (func() error, error) { return culvertSample(warm, spec) }},
+		{name: "exec mode, pre-created", isolation: "same; launcher waiting in the container, per-start env on its stdin",
+			prepare: func() { waitPool(warmExec) },
+			sample: func(i int) (func() error, error) {
+				s := execSpec
+				s.StartEnv = []string{"CULVERT_RECORD_ID=" + strconv.Itoa(i)}
+				return culvertSample(warmExec, s)
+			}},
 		{name: "pre-created, creation alongside", isolation: "same, while another container is created (refill at exec, as before)",
 			prepare: func() { waitPool(warm) },
 			sample: func(i int) (func() error, error) {
@@ -190,7 +207,7 @@ func run(n int) error {
 				if err != nil {
 					return nil, err
 				}
-				other.Precreate(spec)
+				other.Precreate(spec, 1)
 				finish, err := culvertSample(warm, spec)
 				return func() error {
 					waitPool(other)

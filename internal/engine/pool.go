@@ -103,9 +103,15 @@ func newStage(rt *route, index int, fn *pipelines.Function) (*stage, error) {
 	}
 	// An isolating runtime may create a container for the function now,
 	// so that its first start only execs it (sandbox/container).
-	if pc, ok := conf.Runtime.(interface{ Precreate(sandbox.Spec) }); ok && st.base.Mode != fnhost.Exec {
-		pc.Precreate(sandbox.Spec{Name: st.base.Name(), Path: path, Args: fn.Args, Env: env, Dir: fn.Dir,
-			Tenant: cmp.Or(conf.Tenant, e.p.Name), Isolation: conf.Isolation})
+	// Exec mode's starts differ only in their per-record environment
+	// (fnhost.ExecEnv).
+	if pc, ok := conf.Runtime.(interface{ Precreate(sandbox.Spec, int) }); ok {
+		spec := sandbox.Spec{Name: st.base.Name(), Path: path, Args: fn.Args, Env: env, Dir: fn.Dir,
+			Tenant: cmp.Or(conf.Tenant, e.p.Name), Isolation: conf.Isolation}
+		if st.base.Mode == fnhost.Exec {
+			spec.Env, spec.StartEnv = fnhost.ExecEnv(env), []string{}
+		}
+		pc.Precreate(spec, slots)
 	}
 	if fn.Dispatch != "partition" {
 		for i := range slots {

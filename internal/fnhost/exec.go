@@ -68,23 +68,27 @@ func (x *execInst) Submit(ctx context.Context, call *Call) error {
 	return nil
 }
 
-// env is the instance's environment without any CULVERT_ variable, which
-// only the record may set (proto/SPEC.md, exec mode).
-func (x *execInst) env() []string {
-	env := make([]string, 0, len(x.cfg.Env)+16)
-	for _, kv := range x.cfg.Env {
+// ExecEnv is an exec-mode instance's environment without any CULVERT_
+// variable, which only the record may set (proto/SPEC.md, exec mode). It
+// is the Env of every start's spec; the record's variables are its
+// StartEnv, so that a runtime that creates instances ahead can serve every
+// record's start from one spec.
+func ExecEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
 		if !strings.HasPrefix(kv, "CULVERT_") {
-			env = append(env, kv)
+			out = append(out, kv)
 		}
 	}
-	return env
+	return out
 }
 
 func (x *execInst) run(ctx context.Context, rec *culvertv1.Record) Result {
 	cfg := &x.cfg
 	tail := newLogTail(cfg.Logger.With("record", rec.Id))
 	spec := cfg.spec(tail)
-	spec.Env = append(x.env(), execenv.Encode(rec, cfg.Function, cfg.Pipeline)...)
+	spec.Env = ExecEnv(cfg.Env)
+	spec.StartEnv = append([]string{}, execenv.Encode(rec, cfg.Function, cfg.Pipeline)...)
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	proc, err := cfg.Runtime.Start(ctx, spec)

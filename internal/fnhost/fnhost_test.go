@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/culvert-dev/culvert/internal/fnhost"
 	"github.com/culvert-dev/culvert/internal/testbin"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
+	"github.com/culvert-dev/culvert/sandbox"
 	"github.com/culvert-dev/culvert/sandbox/process"
 )
 
@@ -493,5 +495,53 @@ func TestDeathBlamesTheBatchItDiedOn(t *testing.T) {
 				t.Errorf("batch c, never processed: got %v, want a bystander", a.err)
 			}
 		})
+	}
+}
+
+// specRecorder is a runtime that records the specs it starts.
+type specRecorder struct {
+	process.Runtime
+	mu    sync.Mutex
+	specs []sandbox.Spec
+}
+
+func (r *specRecorder) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process, error) {
+	r.mu.Lock()
+	r.specs = append(r.specs, spec)
+	r.mu.Unlock()
+	return r.Runtime.Start(ctx, spec)
+}
+
+// TestExecSpec: exec mode's starts share one Env (the instance's, without
+// CULVERT_ variables) and carry the record's variables as StartEnv, so a
+// runtime that creates instances ahead can serve all of them from one
+// spec; the function sees the record's variables, not a CULVERT_ variable
+// of the configuration.
+func TestExecSpec(t *testing.T) {
+	rec := &specRecorder{}
+	cfg := config(fnhost.Exec, "/bin/sh", "-c", `printf '%s %s %s' "$CULVERT_RECORD_ID" "$CULVERT_FUNCTION" "$A"`)
+	cfg.Env = append(cfg.Env, "CULVERT_FUNCTION=spoof", "A=1")
+	cfg.Runtime = rec
+	inst := start(t, cfg)
+	res, err := call(t, inst, records("a", "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(values(res), "|"), "r0 fn 1|r1 fn 1"; got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	wantEnv := []string{"PATH=" + os.Getenv("PATH"), "A=1"}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.specs) != 2 {
+		t.Fatalf("%d starts, want 2", len(rec.specs))
+	}
+	for i, s := range rec.specs {
+		if !slices.Equal(s.Env, wantEnv) {
+			t.Errorf("start %d: Env %q, want %q", i, s.Env, wantEnv)
+		}
+		if id := fmt.Sprintf("CULVERT_RECORD_ID=r%d", i); !slices.Contains(s.StartEnv, id) {
+			t.Errorf("start %d: StartEnv %q lacks %s", i, s.StartEnv, id)
+		}
 	}
 }

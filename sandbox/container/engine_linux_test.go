@@ -166,7 +166,7 @@ outputs:
 	for i := range 3 {
 		// Idle: the instance has stopped (or never started) and a
 		// container waits for the next start.
-		waitFor("a waiting container", func() bool { return r.pooled() == 1 })
+		waitFor("a waiting container", func() bool { return r.waiting() == 1 })
 		if _, err := fmt.Fprintln(inW, "hello"); err != nil {
 			t.Fatal(err)
 		}
@@ -175,6 +175,83 @@ outputs:
 			t.Fatalf("record %d: %+v, want %d pre-created starts and none cold", i, st, i+1)
 		}
 		time.Sleep(300 * time.Millisecond) // past idle_timeout: scaled to zero
+	}
+	_ = inW.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v\nlogs:\n%s", err, logs.String())
+	}
+}
+
+// TestEngineExecMode: an exec-mode function (one process per record, the
+// record's metadata in its environment), run by the real runner and
+// engine. Loading the pipeline pre-creates launcher containers, and every
+// record's start takes one: the function gets the record on stdin, the
+// record's variables and the function's own, and no start is cold.
+func TestEngineExecMode(t *testing.T) {
+	r := newRuntime(t, true)
+	dir := t.TempDir()
+	yaml := fmt.Sprintf(`version: 1
+name: execmode
+inputs:
+  in: { stdin: {} }
+functions:
+  echo:
+    command: %s
+    args: [env]
+    env: { HOSTILE_ATTEMPT: launched, BASE: "1" }
+    mode: exec
+    timeout: 5s
+    scale: { min: 0, max: 2, idle_timeout: 100ms }
+routes:
+  - name: main
+    chain: [echo]
+    outputs: [out]
+outputs:
+  out: { stdout: { format: lines } }
+`, hostileBin)
+	path := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := pipelines.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, logs testbin.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	sbx := runner.Sandboxing{Isolating: r, Plain: process.Runtime{}, Logger: log}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	inR, inW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- runner.Run(ctx, runner.Options{
+			Pipeline: p, Runtime: process.Runtime{}, Confine: sbx.Confine(p), Logger: log,
+			Stdin: inR, Stdout: &out,
+		})
+	}()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s; stats %+v; out %q\nlogs:\n%s", what, r.Stats(), out.String(), logs.String())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	for i := range 3 {
+		if i > 0 { // the first record may come while they are being created
+			waitFor("waiting containers", func() bool { return r.waiting() == 2 })
+		}
+		if _, err := fmt.Fprintf(inW, "rec%d\n", i); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf(`OK fds= exe=%s pid1=%s BASE=1 X= FN=echo stdin="rec%d`, hostileBin, hostileBin, i)
+		waitFor("the answer", func() bool { return strings.Contains(out.String(), want) })
+		if st := r.Stats(); st.Precreated != uint64(i+1) || st.Cold != 0 {
+			t.Fatalf("record %d: %+v, want %d pre-created starts and none cold", i, st, i+1)
+		}
 	}
 	_ = inW.Close()
 	if err := <-done; err != nil {

@@ -22,17 +22,73 @@ import (
 // execve, so the filter and the rest hold across exec.
 func TestHostile(t *testing.T) {
 	r := newRuntime(t, false)
+	for _, tt := range hostileCases(r.opts.StateDir) {
+		for _, via := range []string{"direct", "after execve"} {
+			t.Run(tt.name+"/"+via, func(t *testing.T) {
+				t.Parallel()
+				args := tt.args
+				if via != "direct" {
+					args = append([]string{"exec"}, args...)
+				}
+				spec := hostile(args...)
+				spec.Isolation.Root.TmpfsBytes = tt.tmpfs
+				out, stderr, ex := run(t, r, spec, "", 20*time.Second)
+				line := strings.TrimSpace(out)
+				if !regexp.MustCompile(tt.want).MatchString(line) {
+					t.Errorf("got %q (exit %v, stderr %q), want %s", line, ex, stderr, tt.want)
+				}
+			})
+		}
+	}
+}
+
+// TestHostileLaunched runs the same attempts in functions started through
+// the launcher, as exec mode's are: one spec (per tmpfs size) whose starts
+// differ only in their StartEnv, which names the attempt, each start
+// taking a pre-created container whose launcher execs the function.
+func TestHostileLaunched(t *testing.T) {
+	r := newRuntime(t, true)
+	base := hostile("env")
+	base.Name, base.Env, base.StartEnv = "launched", []string{"PATH=/usr/bin:/bin"}, []string{}
+	withTmpfs := base
+	withTmpfs.Isolation.Root.TmpfsBytes = 1 << 20
+	r.Precreate(base, MaxSpares)
+	r.Precreate(withTmpfs, 1)
+	for _, tt := range hostileCases(r.opts.StateDir) {
+		spec := base
+		if tt.tmpfs != 0 {
+			if tt.tmpfs != withTmpfs.Isolation.Root.TmpfsBytes {
+				t.Fatalf("%s: tmpfs size %d: pre-create a spec for it", tt.name, tt.tmpfs)
+			}
+			spec = withTmpfs
+		}
+		waitUntil(t, "a waiting container", func() bool { return r.waitingFor(spec) > 0 })
+		before := r.Stats()
+		spec.StartEnv = []string{"HOSTILE_ATTEMPT=" + strings.Join(tt.args, " ")}
+		out, stderr, ex := run(t, r, spec, "", 20*time.Second)
+		if line := strings.TrimSpace(out); !regexp.MustCompile(tt.want).MatchString(line) {
+			t.Errorf("%s: got %q (exit %v, stderr %q), want %s", tt.name, line, ex, stderr, tt.want)
+		}
+		if st := r.Stats(); st.Precreated != before.Precreated+1 || st.Cold != before.Cold {
+			t.Fatalf("%s: stats %+v after %+v: the start was not served by a launcher", tt.name, st, before)
+		}
+	}
+}
+
+type hostileCase struct {
+	name  string
+	args  []string
+	want  string // regexp the result line must match
+	tmpfs int64
+}
+
+// hostileCases are TestHostile's attempts; stateDir is the runtime's.
+func hostileCases(stateDir string) []hostileCase {
 	self := strconv.Itoa(os.Getpid())
-	tests := []struct {
-		name    string
-		args    []string
-		want    string // regexp the result line must match
-		tmpfs   int64
-		network string
-	}{
+	return []hostileCase{
 		{name: "read /etc/shadow", args: []string{"read", "/etc/shadow"}, want: `^DENIED ENOENT$`},
 		{name: "read a host file by /proc/1/root", args: []string{"read", "/proc/1/root/etc/shadow"}, want: `^DENIED ENOENT$`},
-		{name: "read the state dir", args: []string{"list", r.opts.StateDir}, want: `^DENIED ENOENT$`},
+		{name: "read the state dir", args: []string{"list", stateDir}, want: `^DENIED ENOENT$`},
 		{name: "root holds only the function", args: []string{"ls", "/"}, want: `^OK /dev,/proc,` + regexp.QuoteMeta(strings.Join(pathPrefixes(hostileBin), ",")) + `$`},
 		{name: "write its root", args: []string{"write", "/pwned"}, want: `^DENIED EROFS$`},
 		{name: "write next to its binary", args: []string{"write", hostileBin + ".x"}, want: `^DENIED EROFS$`},
@@ -75,24 +131,6 @@ func TestHostile(t *testing.T) {
 			want: `^OK CapInh:0+ CapPrm:0+ CapEff:0+ CapBnd:0+ CapAmb:0+ NoNewPrivs:1 Seccomp:2`},
 		{name: "rlimits", args: []string{"rlimits"}, want: `^OK nofile=4096 core=0 nproc=\d+$`},
 		{name: "UDP to the host", args: []string{"udp", "127.0.0.1:9"}, want: `^DENIED ECONNREFUSED$`},
-	}
-	for _, tt := range tests {
-		for _, via := range []string{"direct", "after execve"} {
-			t.Run(tt.name+"/"+via, func(t *testing.T) {
-				t.Parallel()
-				args := tt.args
-				if via != "direct" {
-					args = append([]string{"exec"}, args...)
-				}
-				spec := hostile(args...)
-				spec.Isolation.Root.TmpfsBytes = tt.tmpfs
-				out, stderr, ex := run(t, r, spec, "", 20*time.Second)
-				line := strings.TrimSpace(out)
-				if !regexp.MustCompile(tt.want).MatchString(line) {
-					t.Errorf("got %q (exit %v, stderr %q), want %s", line, ex, stderr, tt.want)
-				}
-			})
-		}
 	}
 }
 

@@ -46,7 +46,7 @@ func (*Runtime) Name() string { return "libcontainer" }
 func (*Runtime) Start(context.Context, sandbox.Spec) (sandbox.Process, error) { return nil, Check() }
 
 // Precreate does nothing on this OS.
-func (*Runtime) Precreate(sandbox.Spec) {}
+func (*Runtime) Precreate(sandbox.Spec, int) {}
 
 // Close implements io.Closer.
 func (*Runtime) Close() error { return nil }

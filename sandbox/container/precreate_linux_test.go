@@ -3,10 +3,17 @@
 package container
 
 import (
+	"cmp"
+	"context"
+	"fmt"
 	"io"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/culvert-dev/culvert/sandbox"
 )
 
 // TestPrecreate: with Precreate, the second start of a spec uses a
@@ -15,14 +22,14 @@ func TestPrecreate(t *testing.T) {
 	r := newRuntime(t, true)
 	spec := hostile("lines")
 	spec.Name, spec.Env = "test", []string{"PATH=/usr/bin:/bin"}
-	r.Precreate(spec)
+	r.Precreate(spec, 1)
 	for i := range 3 {
 		deadline := time.Now().Add(5 * time.Second)
-		for r.pooled() == 0 && time.Now().Before(deadline) {
+		for r.waiting() == 0 && time.Now().Before(deadline) {
 			time.Sleep(5 * time.Millisecond)
 		}
-		if r.pooled() != 1 {
-			t.Fatalf("round %d: %d containers pre-created, want 1", i, r.pooled())
+		if r.waiting() != 1 {
+			t.Fatalf("round %d: %d containers pre-created, want 1", i, r.waiting())
 		}
 		out, stderr, ex := run(t, r, spec, "whoami\nprocs\nwrite /x\n", 10*time.Second)
 		want := "OK uid=0 gid=0 pid=1\nOK 1\nDENIED EROFS\n"
@@ -32,7 +39,7 @@ func TestPrecreate(t *testing.T) {
 	}
 	// Close destroys the waiting container.
 	_ = r.Close()
-	if n := r.pooled(); n != 0 {
+	if n := r.waiting(); n != 0 {
 		t.Errorf("%d containers left after Close", n)
 	}
 }
@@ -53,7 +60,7 @@ func TestPrecreateStarts(t *testing.T) {
 		precreated, cold   uint64
 		waitForPrecreation bool
 	}{
-		{name: "right after Precreate", before: func() { r.Precreate(spec) }, precreated: 1},
+		{name: "right after Precreate", before: func() { r.Precreate(spec, 1) }, precreated: 1},
 		{name: "after scale to zero", waitForPrecreation: true, precreated: 2},
 		{name: "again", waitForPrecreation: true, precreated: 3},
 		{name: "other spec, first start", before: func() { spec.Args = []string{"lines", "x"} }, precreated: 3, cold: 1},
@@ -64,7 +71,7 @@ func TestPrecreateStarts(t *testing.T) {
 		}
 		if tt.waitForPrecreation {
 			deadline := time.Now().Add(10 * time.Second)
-			for r.pooled() == 0 && time.Now().Before(deadline) {
+			for r.waiting() == 0 && time.Now().Before(deadline) {
 				time.Sleep(5 * time.Millisecond)
 			}
 		}
@@ -78,10 +85,15 @@ func TestPrecreateStarts(t *testing.T) {
 	}
 }
 
-func (r *Runtime) pooled() int {
+// waiting counts the containers ready to be taken, all specs.
+func (r *Runtime) waiting() int {
 	r.pmu.Lock()
 	defer r.pmu.Unlock()
-	return len(r.pool)
+	n := 0
+	for _, s := range r.keys {
+		n += len(s.ready)
+	}
+	return n
 }
 
 // BenchmarkStart measures requested → first output line → exit, cold and
@@ -97,11 +109,11 @@ func BenchmarkStart(b *testing.B) {
 			spec := hostile("hello")
 			spec.Stderr = io.Discard
 			spec.Env = []string{"PATH=/usr/bin:/bin"}
-			r.Precreate(spec)
+			r.Precreate(spec, 1)
 			for b.Loop() {
 				if pre {
 					b.StopTimer()
-					for r.pooled() == 0 {
+					for r.waiting() == 0 {
 						time.Sleep(time.Millisecond)
 					}
 					b.StartTimer()
@@ -117,5 +129,228 @@ func BenchmarkStart(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// waitingFor counts the containers ready to be taken for spec.
+func (r *Runtime) waitingFor(spec sandbox.Spec) int {
+	r.pmu.Lock()
+	defer r.pmu.Unlock()
+	if s := r.keys[specKey(cmp.Or(spec.Tenant, "default"), spec)]; s != nil {
+		return len(s.ready)
+	}
+	return 0
+}
+
+// pending counts the containers waiting and being created, all specs.
+func (r *Runtime) pending() int {
+	r.pmu.Lock()
+	defer r.pmu.Unlock()
+	return r.pooled
+}
+
+func waitUntil(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// startAll starts n instances of spec at once, feeds each "whoami" and
+// checks its answer.
+func startAll(t *testing.T, r *Runtime, spec sandbox.Spec, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := r.Start(context.Background(), spec)
+			if err != nil {
+				errs <- err
+				return
+			}
+			go func() {
+				_, _ = io.WriteString(p.Stdin(), "whoami\n")
+				_ = p.Stdin().Close()
+			}()
+			timer := time.AfterFunc(20*time.Second, func() { _ = p.Kill() })
+			defer timer.Stop()
+			out, _ := io.ReadAll(p.Stdout())
+			if ex := p.Wait(); string(out) != "OK uid=0 gid=0 pid=1\n" || !ex.Success() {
+				errs <- fmt.Errorf("stdout %q, exit %v", out, ex)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// TestPrecreateSpares: after Precreate(spec, n), n simultaneous starts
+// (the pool scaling up, or several instances dying at once) are all served
+// by pre-created containers, both right away (while they are being
+// created) and once they wait; the spares refill to n, never more, and n
+// is capped at MaxSpares.
+func TestPrecreateSpares(t *testing.T) {
+	r := newRuntime(t, true)
+	spec := hostile("lines")
+	spec.Name, spec.Env = "spares", []string{"PATH=/usr/bin:/bin"}
+	const n = 3
+	r.Precreate(spec, n)
+	startAll(t, r, spec, n) // while the n are being created
+	if st := r.Stats(); st.Precreated != n || st.Cold != 0 {
+		t.Fatalf("right after Precreate: %+v, want %d pre-created starts and none cold", st, n)
+	}
+	waitUntil(t, "the spares to refill", func() bool { return r.waitingFor(spec) == n })
+	startAll(t, r, spec, n)
+	if st := r.Stats(); st.Precreated != 2*n || st.Cold != 0 {
+		t.Fatalf("once waiting: %+v, want %d pre-created starts and none cold", st, 2*n)
+	}
+	// One more than there are spares: that one is cold.
+	waitUntil(t, "the spares to refill", func() bool { return r.waitingFor(spec) == n })
+	startAll(t, r, spec, n+1)
+	if st := r.Stats(); st.Precreated != 3*n || st.Cold != 1 {
+		t.Fatalf("n+1 at once: %+v, want %d pre-created starts and 1 cold", st, 3*n)
+	}
+	waitUntil(t, "the spares to refill", func() bool { return r.waitingFor(spec) == n && r.pending() == n })
+	time.Sleep(upGrace + 200*time.Millisecond)
+	if got := r.pending(); got != n {
+		t.Fatalf("%d containers waiting or being created, want %d", got, n)
+	}
+
+	// Asking for more than MaxSpares gets MaxSpares.
+	other := spec
+	other.Args = []string{"lines", "other"}
+	r.Precreate(other, 10)
+	waitUntil(t, "the capped spares", func() bool { return r.waitingFor(other) == MaxSpares })
+	time.Sleep(200 * time.Millisecond)
+	if got := r.pending(); got != n+MaxSpares {
+		t.Fatalf("%d containers waiting or being created, want %d", got, n+MaxSpares)
+	}
+	_ = r.Close()
+	if n := r.waiting(); n != 0 {
+		t.Errorf("%d containers left after Close", n)
+	}
+}
+
+// TestPrecreateBound: the runtime's bound on waiting containers holds over
+// all specs, and a spec that finds none waiting starts cold.
+func TestPrecreateBound(t *testing.T) {
+	r := newRuntime(t, true)
+	r.pmu.Lock()
+	r.maxPool = 3
+	r.pmu.Unlock()
+	a := hostile("lines")
+	a.Name, a.Env = "a", []string{"PATH=/usr/bin:/bin"}
+	b := a
+	b.Args = []string{"lines", "b"}
+	r.Precreate(a, 2)
+	r.Precreate(b, 2)
+	waitUntil(t, "the pool to fill", func() bool { return r.waiting() == 3 })
+	time.Sleep(200 * time.Millisecond)
+	if got, ga, gb := r.pending(), r.waitingFor(a), r.waitingFor(b); got != 3 || ga != 2 || gb != 1 {
+		t.Fatalf("%d waiting or being created (a %d, b %d), want 3 (a 2, b 1)", got, ga, gb)
+	}
+	startAll(t, r, b, 2)
+	if st := r.Stats(); st.Precreated != 1 || st.Cold != 1 {
+		t.Fatalf("%+v, want 1 pre-created start and 1 cold", st)
+	}
+	waitUntil(t, "the refill", func() bool { return r.waitingFor(b) == 1 })
+	time.Sleep(upGrace + 200*time.Millisecond)
+	if got := r.pending(); got != 3 {
+		t.Fatalf("%d waiting or being created, want 3", got)
+	}
+}
+
+// TestLauncher: a spec with a StartEnv, pre-created, runs its function
+// through the launcher: the function gets the base and the per-start
+// environment and exactly its stdin; it holds no descriptor above 2, and
+// neither its own exe nor pid 1's is the culvert binary. A cold start of
+// the same spec (none waiting) gives it the same.
+func TestLauncher(t *testing.T) {
+	r := newRuntime(t, true)
+	spec := hostile("env")
+	spec.Name, spec.Env, spec.StartEnv = "launcher", []string{"PATH=/usr/bin:/bin", "BASE=1", "X=base"}, []string{}
+	r.Precreate(spec, 1)
+	stdin := "the record\x00\n\xffbytes"
+	want := fmt.Sprintf("OK fds= exe=%s pid1=%s BASE=1 X=a b=c FN= stdin=%q\n", hostileBin, hostileBin, stdin)
+	for i, startEnv := range [][]string{
+		{"HOSTILE_ATTEMPT=launched", "X=a b=c"},
+		{"HOSTILE_ATTEMPT=launched", "X=a b=c", "CULVERT_RECORD_ID=r2"},
+	} {
+		waitUntil(t, "a waiting container", func() bool { return r.waitingFor(spec) == 1 })
+		spec.StartEnv = startEnv
+		out, stderr, ex := run(t, r, spec, stdin, 20*time.Second)
+		if out != want || !ex.Success() {
+			t.Fatalf("start %d: stdout %q (exit %v, stderr %q), want %q", i, out, ex, stderr, want)
+		}
+		if st := r.Stats(); st.Precreated != uint64(i+1) || st.Cold != 0 {
+			t.Fatalf("start %d: %+v, want %d pre-created starts and none cold", i, st, i+1)
+		}
+	}
+	waitUntil(t, "a waiting container", func() bool { return r.waitingFor(spec) == 1 })
+	startAll2 := make(chan string, 2)
+	for range 2 { // the second finds none waiting
+		go func() {
+			out, _, _ := run(t, r, spec, stdin, 20*time.Second)
+			startAll2 <- out
+		}()
+	}
+	for range 2 {
+		if out := <-startAll2; out != want {
+			t.Errorf("stdout %q, want %q", out, want)
+		}
+	}
+	if st := r.Stats(); st.Precreated != 3 || st.Cold != 1 {
+		t.Fatalf("%+v, want 3 pre-created starts and 1 cold", st)
+	}
+}
+
+func TestPreamble(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     []string
+		wantErr bool
+	}{
+		{name: "none", env: nil},
+		{name: "some", env: []string{"A=1", "B=x=y z", "C="}},
+		{name: "NUL", env: []string{"A=1\x00B=2"}, wantErr: true},
+		{name: "no =", env: []string{"A"}, wantErr: true},
+		{name: "too big", env: []string{"A=" + strings.Repeat("x", maxPreamble)}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := preamble(tt.env)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("preamble: %v, want error %t", err, tt.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			rd := strings.NewReader(string(b) + "the record")
+			got, err := readPreamble(rd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, tt.env) {
+				t.Errorf("read %q, want %q", got, tt.env)
+			}
+			if rest, _ := io.ReadAll(rd); string(rest) != "the record" {
+				t.Errorf("left %q on stdin, want the record", rest)
+			}
+		})
+	}
+	for _, bad := range []string{"", "\x00\x00", "\x00\x00\x00\x02A=", "\xff\xff\xff\xff"} {
+		if _, err := readPreamble(strings.NewReader(bad)); err == nil {
+			t.Errorf("readPreamble(%q): no error", bad)
+		}
 	}
 }

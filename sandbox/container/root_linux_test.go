@@ -70,7 +70,7 @@ func TestSharedStateDir(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			if i < 2 {
-				r.Precreate(spec)
+				r.Precreate(spec, 1)
 			}
 			out, stderr, ex := run(t, r, spec, "whoami\n", 20*time.Second)
 			if out != "OK uid=0 gid=0 pid=1\n" || !ex.Success() {

@@ -3,9 +3,11 @@
 package container
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,6 +30,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/culvert-dev/culvert/sandbox"
+	"github.com/culvert-dev/culvert/sandbox/container/internal/deps"
 )
 
 // Options configure a Runtime. The zero value is usable.
@@ -47,9 +51,10 @@ type Options struct {
 	// egress is refused. Mode "none" needs no provider: the container gets
 	// a fresh namespace holding only loopback.
 	Network func(ctx context.Context, tenant, instance string, n sandbox.Network) (path string, release func() error, err error)
-	// Precreate keeps one container per distinct instance spec created
-	// and waiting, so that the next Start of that spec only has to exec
-	// the function (see docs/sandbox.md, "Start time").
+	// Precreate keeps containers created and waiting for the instance
+	// specs that come back (one per spec, or as many as Runtime.Precreate
+	// says), so that the next Start of such a spec only has to exec the
+	// function (see docs/sandbox.md, "Start time").
 	Precreate bool
 	Logger    *slog.Logger
 	// Trace, if set, is called at each step of a container's start (for
@@ -72,13 +77,17 @@ type Runtime struct {
 	slots   map[uint32]string
 
 	pmu     sync.Mutex
-	pool    map[string]*instance     // pre-created, by spec key
-	filling map[string]chan struct{} // closed when that creation is done
-	starts  map[string]int           // starts per spec key
+	keys    map[string]*spares // by spec key
+	pooled  int                // waiting and being created, all keys
+	maxPool int                // bound on pooled
 	closed  bool
 	bg      sync.WaitGroup
 
 	usedPool, coldStarts atomic.Uint64
+
+	launcherOnce  sync.Once
+	launcherFiles []string // the ELF interpreter, this binary, its libraries
+	launcherErr   error
 }
 
 var _ sandbox.Runtime = (*Runtime)(nil)
@@ -119,7 +128,7 @@ func New(opts Options) (*Runtime, error) {
 	return &Runtime{
 		opts: opts, log: opts.Logger, tag: hex.EncodeToString(tag[:]),
 		roots: map[string]*preparedRoot{}, tenants: map[string]*tenant{}, slots: map[uint32]string{},
-		pool: map[string]*instance{}, filling: map[string]chan struct{}{}, starts: map[string]int{},
+		keys: map[string]*spares{}, maxPool: maxPool,
 	}, nil
 }
 
@@ -182,8 +191,9 @@ func (r *Runtime) tenant(name string) (*tenant, error) {
 }
 
 // Start implements sandbox.Runtime. A pre-created container for the same
-// spec is used when there is one; otherwise the container is created,
-// started and exec'd now.
+// spec is used when there is one (or one is being created and no other
+// start has claimed it); otherwise the container is created, started and
+// exec'd now.
 func (r *Runtime) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -194,41 +204,25 @@ func (r *Runtime) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process
 	}
 	key := specKey(tenantName, spec)
 	if r.opts.Precreate {
-		r.pmu.Lock()
-		if done := r.filling[key]; done != nil && r.pool[key] == nil {
-			// A container for this spec is on its way (the pipeline was
-			// just loaded, or the last start set it off): it is ready
-			// sooner than a new one would be.
-			r.pmu.Unlock()
-			select {
-			case <-done:
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-			r.pmu.Lock()
+		inst, err := r.take(ctx, key)
+		if err != nil {
+			return nil, err
 		}
-		inst := r.pool[key]
-		delete(r.pool, key)
-		if len(r.starts) >= maxKeys {
-			clear(r.starts)
-		}
-		r.starts[key]++
-		r.pmu.Unlock()
 		if inst != nil {
-			r.usedPool.Add(1)
-			err := inst.exec(spec.Stderr)
+			err := inst.exec(spec)
 			if err == nil {
+				r.usedPool.Add(1)
 				inst.afterUp(func() { r.refill(key, tenantName, spec) })
 				return inst, nil
 			}
-			r.log.Warn("pre-created container failed to exec; starting a new one", "instance", spec.Name, "error", err)
+			r.log.Warn("pre-created container failed to start its function; starting a new one", "instance", spec.Name, "error", err)
 		}
 	}
-	inst, err := r.create(tenantName, spec)
+	inst, err := r.create(tenantName, spec, false)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
-	if err := inst.exec(spec.Stderr); err != nil {
+	if err := inst.exec(spec); err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
 	r.coldStarts.Add(1)
@@ -254,12 +248,15 @@ func (r *Runtime) Stats() Stats {
 	return Stats{Precreated: r.usedPool.Load(), Cold: r.coldStarts.Load()}
 }
 
-// Precreate creates a waiting container for spec now, so that the first
-// Start of spec is fast too, and keeps one waiting for it from then on:
-// each start that takes it sets off the next (for restarts, scale-ups and
-// the first start after scaling to zero). The engine calls it when a
-// pipeline is loaded. It is a no-op unless Options.Precreate.
-func (r *Runtime) Precreate(spec sandbox.Spec) {
+// Precreate creates n waiting containers for spec now (at most
+// MaxSpares), so that the first n simultaneous Starts of spec are fast
+// too, and keeps n waiting from then on: each start that takes one sets off
+// its replacement once the started instance is up (for restarts,
+// scale-ups and the first start after scaling to zero). The engine calls
+// it when a pipeline is loaded, with the function's maximum number of
+// instances. All specs together keep at most 64 containers waiting. It is
+// a no-op unless Options.Precreate.
+func (r *Runtime) Precreate(spec sandbox.Spec, n int) {
 	if !r.opts.Precreate {
 		return
 	}
@@ -269,60 +266,164 @@ func (r *Runtime) Precreate(spec sandbox.Spec) {
 	}
 	key := specKey(t, spec)
 	r.pmu.Lock()
-	if len(r.starts) >= maxKeys {
-		clear(r.starts)
-	}
-	r.starts[key] = max(r.starts[key], 2) // as if it had come back already
+	s := r.spares(key)
+	s.want = min(max(n, 1), MaxSpares)
+	s.starts = max(s.starts, 2) // as if it had come back already
 	r.pmu.Unlock()
 	r.refill(key, t, spec)
 }
 
-// Bounds on pre-creation: distinct specs remembered, and containers kept
-// waiting at once.
+// Bounds on pre-creation: distinct specs remembered, containers kept
+// waiting for one spec, and containers kept waiting at once.
 const (
 	maxKeys = 4096
-	maxPool = 64
+	// MaxSpares bounds the containers kept waiting for one spec.
+	MaxSpares = 4
+	maxPool   = 64
 )
+
+// spares is what the runtime keeps for one spec key.
+type spares struct {
+	want    int         // containers to keep waiting
+	starts  int         // starts seen
+	ready   []*instance // waiting, oldest first
+	filling int         // being created
+	// waiters are starts that found none ready and wait for one being
+	// created, oldest first; each gets one, or nil if its creation failed.
+	waiters []chan *instance
+	failed  bool // a launcher container failed: no more for this spec
+}
+
+func (s *spares) idle() bool { return len(s.ready) == 0 && s.filling == 0 && len(s.waiters) == 0 }
+
+// spares returns key's entry, making it. r.pmu is held.
+func (r *Runtime) spares(key string) *spares {
+	if s := r.keys[key]; s != nil {
+		return s
+	}
+	if len(r.keys) >= maxKeys {
+		for k, s := range r.keys {
+			if s.idle() {
+				delete(r.keys, k)
+			}
+		}
+	}
+	s := &spares{want: 1}
+	r.keys[key] = s
+	return s
+}
+
+// take returns a waiting container for key, or waits for one being
+// created that no other start has claimed. It returns nil when there is
+// none to take (the start goes cold), and an error only when ctx ends.
+func (r *Runtime) take(ctx context.Context, key string) (*instance, error) {
+	r.pmu.Lock()
+	s := r.spares(key)
+	s.starts++
+	if len(s.ready) > 0 {
+		inst := s.ready[0]
+		s.ready = s.ready[1:]
+		r.pooled--
+		r.pmu.Unlock()
+		return inst, nil
+	}
+	if s.filling <= len(s.waiters) {
+		r.pmu.Unlock()
+		return nil, nil
+	}
+	// A container for this spec is on its way (the pipeline was just
+	// loaded, or an earlier start set it off): it is ready sooner than a
+	// new one would be.
+	ch := make(chan *instance, 1)
+	s.waiters = append(s.waiters, ch)
+	r.pmu.Unlock()
+	select {
+	case inst := <-ch:
+		return inst, nil
+	case <-ctx.Done():
+	}
+	r.pmu.Lock()
+	for i, w := range s.waiters {
+		if w == ch {
+			s.waiters = append(s.waiters[:i:i], s.waiters[i+1:]...)
+			break
+		}
+	}
+	var back *instance
+	select {
+	case back = <-ch: // handed over meanwhile: keep it for the next start
+	default:
+	}
+	if back != nil && !r.closed {
+		s.ready = append(s.ready, back)
+		r.pooled++
+		back = nil
+	}
+	r.pmu.Unlock()
+	if back != nil {
+		back.discard()
+	}
+	return nil, ctx.Err()
+}
 
 // repeats reports whether key has been started more than once: only a
 // spec that comes back (a restart, a second instance, a pool scaling up)
-// is worth a container kept waiting. Specs that differ on every start,
-// such as exec mode's per-record environment, never are.
+// is worth a container kept waiting.
 func (r *Runtime) repeats(key string) bool {
 	r.pmu.Lock()
 	defer r.pmu.Unlock()
-	return r.starts[key] > 1
+	s := r.keys[key]
+	return s != nil && s.starts > 1
 }
 
-// refill creates a container for key in the background unless one is
-// there or on its way.
+// refill creates containers for key in the background until its spares
+// (waiting, and being created but not yet claimed by a start) number
+// what it wants, within maxPool for all keys.
 func (r *Runtime) refill(key, tenantName string, spec sandbox.Spec) {
 	r.pmu.Lock()
 	defer r.pmu.Unlock()
-	if r.closed || r.pool[key] != nil || r.filling[key] != nil || len(r.pool)+len(r.filling) >= maxPool {
+	s := r.keys[key]
+	if r.closed || s == nil || s.failed {
 		return
 	}
-	done := make(chan struct{})
-	r.filling[key] = done
-	r.bg.Add(1)
-	go func() {
-		defer r.bg.Done()
-		defer close(done)
-		inst, err := r.create(tenantName, spec)
-		r.pmu.Lock()
-		delete(r.filling, key)
-		if err == nil && !r.closed {
-			r.pool[key] = inst
-			inst = nil
-		}
-		r.pmu.Unlock()
-		if err != nil {
-			r.log.Warn("could not pre-create a container", "instance", spec.Name, "error", err)
-		}
-		if inst != nil {
-			inst.discard()
-		}
-	}()
+	launch := spec.StartEnv != nil
+	for len(s.ready)+s.filling-len(s.waiters) < s.want && r.pooled < r.maxPool {
+		s.filling++
+		r.pooled++
+		r.bg.Add(1)
+		go func() {
+			defer r.bg.Done()
+			inst, err := r.create(tenantName, spec, launch)
+			r.pmu.Lock()
+			s.filling--
+			r.pooled--
+			switch {
+			case err != nil:
+				s.failed = s.failed || launch
+			case r.closed:
+			case len(s.waiters) > 0:
+				s.waiters[0] <- inst
+				s.waiters = s.waiters[1:]
+				inst = nil
+			default:
+				s.ready = append(s.ready, inst)
+				r.pooled++
+				inst = nil
+			}
+			// Starts waiting for more creations than are left go cold.
+			for len(s.waiters) > s.filling || (r.closed && len(s.waiters) > 0) {
+				s.waiters[len(s.waiters)-1] <- nil
+				s.waiters = s.waiters[:len(s.waiters)-1]
+			}
+			r.pmu.Unlock()
+			if err != nil {
+				r.log.Warn("could not pre-create a container", "instance", spec.Name, "error", err)
+			}
+			if inst != nil {
+				inst.discard()
+			}
+		}()
+	}
 }
 
 // Close destroys the pre-created containers. Running instances are not
@@ -330,8 +431,16 @@ func (r *Runtime) refill(key, tenantName string, spec sandbox.Spec) {
 func (r *Runtime) Close() error {
 	r.pmu.Lock()
 	r.closed = true
-	pool := r.pool
-	r.pool = map[string]*instance{}
+	var pool []*instance
+	for _, s := range r.keys {
+		pool = append(pool, s.ready...)
+		r.pooled -= len(s.ready)
+		s.ready = nil
+		for _, w := range s.waiters {
+			w <- nil
+		}
+		s.waiters = nil
+	}
 	r.pmu.Unlock()
 	r.bg.Wait()
 	for _, inst := range pool {
@@ -347,14 +456,19 @@ func (r *Runtime) trace(step string) {
 	}
 }
 
+// specKey says which starts a waiting container can serve: StartEnv is
+// not part of it (a launcher container takes it at the start), but whether
+// there is one is.
 func specKey(tenant string, spec sandbox.Spec) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%q\x00%q\x00%q\x00%q\x00%#v", tenant, spec.Path, spec.Args, spec.Env, spec.Isolation)
+	fmt.Fprintf(h, "%q\x00%q\x00%q\x00%q\x00%t\x00%#v", tenant, spec.Path, spec.Args, spec.Env, spec.StartEnv != nil, spec.Isolation)
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// create makes a container whose init waits on its exec fifo.
-func (r *Runtime) create(tenantName string, spec sandbox.Spec) (_ *instance, err error) {
+// create makes a container whose init waits on its exec fifo, or, with
+// launch, one already exec'd into the launcher, which waits for the
+// start's environment on its stdin (see launch).
+func (r *Runtime) create(tenantName string, spec sandbox.Spec, launch bool) (_ *instance, err error) {
 	t, err := r.tenant(tenantName)
 	if err != nil {
 		return nil, err
@@ -394,7 +508,7 @@ func (r *Runtime) create(tenantName string, spec sandbox.Spec) (_ *instance, err
 			_ = c.Destroy()
 		}
 	}()
-	inst := &instance{c: c, cgroup: cfg.Cgroups, trace: r.trace, releaseNet: releaseNet, stderrTo: make(chan io.Writer, 1), drained: make(chan struct{})}
+	inst := &instance{c: c, cgroup: cfg.Cgroups, trace: r.trace, launcher: launch, releaseNet: releaseNet, stderrTo: make(chan io.Writer, 1), drained: make(chan struct{})}
 	var inR, outW, errW *os.File
 	if inR, inst.stdin, err = os.Pipe(); err != nil {
 		return nil, err
@@ -409,13 +523,31 @@ func (r *Runtime) create(tenantName string, spec sandbox.Spec) (_ *instance, err
 	defer outW.Close()
 	defer errW.Close()
 	args := append([]string{spec.Path}, spec.Args...)
-	env := spec.Env
-	if env == nil {
-		env = []string{}
+	env := sandbox.MergeEnv(spec.Env, spec.StartEnv)
+	var readyR, readyW *os.File
+	var extra []*os.File
+	if launch {
+		var largs []string
+		if largs, extra, err = r.launcherFds(); err != nil {
+			inst.closePipes()
+			return nil, err
+		}
+		defer closeAll(extra)
+		args = append(largs, args...)
+		env = append(env[:0:0], spec.Env...)
+		if readyR, readyW, err = os.Pipe(); err != nil {
+			inst.closePipes()
+			return nil, err
+		}
+		defer readyR.Close()
+		defer readyW.Close()
 	}
 	inst.p = &libcontainer.Process{
 		Args: args, Env: env, Cwd: "/", Init: true,
 		Stdin: inR, Stdout: outW, Stderr: errW,
+	}
+	if launch {
+		inst.p.ExtraFiles = append([]*os.File{readyW}, extra...) // fd 3 (launchReadyFd), then launcherFds'
 	}
 	if r.opts.Trace != nil {
 		inst.p.LogLevel = "5" // logrus.DebugLevel, for the init's own steps
@@ -425,14 +557,136 @@ func (r *Runtime) create(tenantName string, spec sandbox.Spec) (_ *instance, err
 		return nil, fmt.Errorf("starting container: %w", err)
 	}
 	r.trace("runtime: Start returned (init waits on its exec fifo)")
+	// The container holds its ends now.
+	_ = inR.Close()
+	_ = outW.Close()
+	_ = errW.Close()
 	go inst.copyStderr()
+	if launch {
+		_ = readyW.Close()
+		if err := inst.startLauncher(readyR); err != nil {
+			var stderr bytes.Buffer
+			inst.stderrTo <- &stderr
+			inst.releaseNet = nil // the deferred release does it
+			inst.discard()
+			return nil, fmt.Errorf("%w; its stderr: %q", err, tail(stderr.Bytes(), 512))
+		}
+	}
 	return inst, nil
+}
+
+// launcherFds opens what the launcher runs from and returns the init's
+// command line for it. This binary is linked dynamically (cgo: nsenter,
+// libseccomp), and neither its ELF interpreter nor its libraries are in
+// the function's root, so the init runs the host's interpreter directly,
+// from a descriptor, with this binary and its libraries as descriptors
+// too: nothing is added to the root, and no host path is reachable from
+// inside except through these read-only descriptors, which only the
+// launcher holds and which close when it execs the function.
+func (r *Runtime) launcherFds() (args []string, files []*os.File, err error) {
+	r.launcherOnce.Do(func() { r.launcherFiles, r.launcherErr = launcherDeps() })
+	if r.launcherErr != nil {
+		return nil, nil, r.launcherErr
+	}
+	for _, p := range r.launcherFiles {
+		f, err := os.Open(p)
+		if err != nil {
+			closeAll(files)
+			return nil, nil, fmt.Errorf("launcher: %w", err)
+		}
+		files = append(files, f)
+	}
+	fd := func(i int) string { return "/proc/self/fd/" + strconv.Itoa(launchReadyFd+1+i) }
+	var preload []string
+	for i := 2; i < len(files); i++ {
+		preload = append(preload, fd(i))
+	}
+	args = []string{fd(0)}
+	if len(preload) > 0 {
+		args = append(args, "--preload", strings.Join(preload, " "))
+	}
+	return append(args, "--argv0", "culvert", fd(1), launchArg), files, nil
+}
+
+// launcherDeps returns this binary's ELF interpreter, its own path, and
+// the shared libraries it needs.
+func launcherDeps() ([]string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("launcher: %w", err)
+	}
+	f, err := elf.Open(exe)
+	if err != nil {
+		return nil, fmt.Errorf("launcher: %w", err)
+	}
+	defer f.Close()
+	var interp string
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			b, err := io.ReadAll(p.Open())
+			if err != nil {
+				return nil, fmt.Errorf("launcher: %s: PT_INTERP: %w", exe, err)
+			}
+			interp = strings.TrimRight(string(b), "\x00")
+		}
+	}
+	if interp == "" {
+		return []string{exe}, fmt.Errorf("launcher: %s is linked statically; not supported", exe)
+	}
+	var res deps.Resolver
+	all, err := res.Closure(exe)
+	if err != nil {
+		return nil, fmt.Errorf("launcher: libraries of %s: %w", exe, err)
+	}
+	out := []string{interp, exe}
+	for _, p := range all {
+		if p != exe && p != interp && !sameFile(p, interp) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+func sameFile(a, b string) bool {
+	fa, err1 := os.Stat(a)
+	fb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(fa, fb)
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		_ = f.Close()
+	}
+}
+
+func tail(b []byte, n int) []byte {
+	return b[max(0, len(b)-n):]
+}
+
+// launchReadyTimeout bounds how long the launcher may take to start (its
+// Go runtime and this binary's package inits).
+const launchReadyTimeout = 20 * time.Second
+
+// startLauncher execs the container's init into the launcher and waits
+// until it is ready to read the start's environment.
+func (i *instance) startLauncher(ready *os.File) error {
+	if err := i.c.Exec(); err != nil {
+		return fmt.Errorf("exec of the launcher: %w", err)
+	}
+	_ = ready.SetReadDeadline(time.Now().Add(launchReadyTimeout))
+	var b [1]byte
+	if n, err := ready.Read(b[:]); n != 1 || b[0] != launchReadyByte {
+		return fmt.Errorf("the launcher did not start (it needs this binary to call container.Init first, and to be executable by the tenant's uid): %v", err)
+	}
+	i.trace("runtime: launcher ready")
+	return nil
 }
 
 // instance is one container and its function process.
 type instance struct {
 	c          *libcontainer.Container
 	p          *libcontainer.Process
+	launcher   bool // the init is the launcher, waiting for its preamble
 	cgroup     *cgroups.Cgroup
 	releaseNet func() error // egress namespace, after exit
 	trace      func(string)
@@ -446,13 +700,25 @@ type instance struct {
 	exit           sandbox.Exit
 }
 
-func (i *instance) exec(stderr io.Writer) error {
+// exec lets the container's init exec the function: through the exec
+// fifo, or by giving a launcher its preamble (the start's environment).
+func (i *instance) exec(spec sandbox.Spec) error {
+	stderr := spec.Stderr
 	if stderr == nil {
 		stderr = io.Discard
 	}
 	i.stderrTo <- stderr
 	i.trace("runtime: Exec called")
-	if err := i.c.Exec(); err != nil {
+	var err error
+	if i.launcher {
+		var pre []byte
+		if pre, err = preamble(spec.StartEnv); err == nil {
+			_, err = i.stdin.Write(pre)
+		}
+	} else {
+		err = i.c.Exec()
+	}
+	if err != nil {
 		_ = i.Kill()
 		i.Wait()
 		return fmt.Errorf("exec: %w", err)
@@ -598,5 +864,10 @@ func (r *Runtime) removeTenantCgroups() {
 func (r *Runtime) Ready() bool {
 	r.pmu.Lock()
 	defer r.pmu.Unlock()
-	return len(r.pool) > 0
+	for _, s := range r.keys {
+		if len(s.ready) > 0 {
+			return true
+		}
+	}
+	return false
 }

@@ -34,10 +34,7 @@ func (Runtime) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process, e
 		return nil, err
 	}
 	cmd := exec.Command(spec.Path, spec.Args...)
-	cmd.Env = spec.Env
-	if cmd.Env == nil {
-		cmd.Env = []string{}
-	}
+	cmd.Env = sandbox.MergeEnv(spec.Env, spec.StartEnv)
 	cmd.Dir = spec.Dir
 	cmd.SysProcAttr = sysProcAttr()
 	cmd.WaitDelay = 2 * time.Second

@@ -6,6 +6,8 @@
 //	hostile lines           read attempts from stdin, one result line each
 //	hostile exec ATTEMPT    execve itself, then try ATTEMPT (checks that
 //	                        seccomp and the rest hold after execve)
+//	hostile env             try the attempt in $HOSTILE_ATTEMPT (given per
+//	                        start, as exec mode gives a record's metadata)
 //
 // A result line is "DENIED <errno or reason>" when the attempt failed and
 // "ESCAPED <what>" when it succeeded; the tests assert on it. Attempts
@@ -17,6 +19,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -44,6 +47,14 @@ func main() {
 			}
 			fmt.Println(attempt(f[0], f[1:]))
 		}
+		return
+	case "env":
+		f := strings.Fields(os.Getenv("HOSTILE_ATTEMPT"))
+		if len(f) == 0 {
+			fmt.Println("ERROR no HOSTILE_ATTEMPT")
+			os.Exit(2)
+		}
+		fmt.Println(attempt(f[0], f[1:]))
 		return
 	case "exec":
 		self, err := os.Executable()
@@ -291,6 +302,27 @@ func attempt(name string, args []string) string {
 			return result(err, "")
 		}
 		return "OK " + strings.TrimSpace(string(out))
+	case "launched": // what a function got: open fds above 2, its exe, pid 1's exe, env, stdin
+		var fds []string
+		for fd := 3; fd < 1024; fd++ {
+			if _, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_GETFD, 0); e == 0 {
+				fds = append(fds, strconv.Itoa(fd))
+			}
+		}
+		exe, err := os.Readlink("/proc/self/exe")
+		if err != nil {
+			exe = err.Error()
+		}
+		pid1, err := os.Readlink("/proc/1/exe")
+		if err != nil {
+			pid1 = err.Error()
+		}
+		in, err := io.ReadAll(os.Stdin)
+		if err != nil {
+			return "ERROR stdin: " + err.Error()
+		}
+		return fmt.Sprintf("OK fds=%s exe=%s pid1=%s BASE=%s X=%s FN=%s stdin=%q", strings.Join(fds, ","), exe, pid1,
+			os.Getenv("BASE"), os.Getenv("X"), os.Getenv("CULVERT_FUNCTION"), in)
 	case "euid":
 		return fmt.Sprintf("OK euid=%d", os.Geteuid())
 	case "caps":
