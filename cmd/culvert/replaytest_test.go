@@ -291,3 +291,47 @@ func TestReplayDryRunToFileWithOriginalSpacing(t *testing.T) {
 		t.Errorf("--rate with --original: exit %d\n%s", r.code, r.stderr)
 	}
 }
+
+// TestTestCommandRunsFunctionsSandboxed: under culvert test a function
+// runs confined as under culvert run, so a host file beside the pipeline
+// is out of its reach. The case expects the read to fail and the record
+// to be dead-lettered; run unconfined, the file would reach "out" instead.
+func TestTestCommandRunsFunctionsSandboxed(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "host-secret.txt")
+	if err := os.WriteFile(secret, []byte("host secret\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writePipeline(t, dir, `version: 1
+name: confined
+inputs: { in: { nats: { subjects: ["in.>"] } } }
+functions:
+  peek: { command: cat, args: [`+secret+`], mode: exec, retry: { max_attempts: 1 } }
+routes:
+  - { name: main, chain: peek, outputs: [out], dead_letter: dlq }
+outputs:
+  out: { nats: { subject: out } }
+  dlq: { nats: { subject: dlq } }
+`)
+	if err := os.WriteFile(filepath.Join(dir, "pipeline.test.yaml"), []byte(`version: 1
+cases:
+  - name: host-file-is-out-of-reach
+    records: [{ subject: in.a, value: x }]
+    expect:
+      dlq:
+        - { value: x, error: { function: peek, message: "host-secret.txt|exit|status" } }
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI(t, dir, nil, 180*time.Second, "test", "pipeline.yaml", "-v")
+	if r.code != 0 || !strings.Contains(r.stdout, "--- PASS: host-file-is-out-of-reach") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	// The same function with sandbox: none reads the file: the case fails.
+	b, _ := os.ReadFile(filepath.Join(dir, "pipeline.yaml"))
+	os.WriteFile(filepath.Join(dir, "pipeline.yaml"), []byte(strings.Replace(string(b), "mode: exec,", "mode: exec, sandbox: none,", 1)), 0o644)
+	r = runCLI(t, dir, nil, 180*time.Second, "test", "pipeline.yaml")
+	if r.code != 1 || !strings.Contains(r.stdout, `output "out" got 1 record, none expected`) || !strings.Contains(r.stdout, "host secret") {
+		t.Fatalf("unconfined: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+}
