@@ -335,3 +335,90 @@ cases:
 		t.Fatalf("unconfined: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 	}
 }
+
+// TestTestCommandUpdate: culvert test --update recreates a missing golden
+// file exactly as committed, and a changed golden file fails with a diff.
+func TestTestCommandUpdate(t *testing.T) {
+	dir := t.TempDir()
+	src := "../../examples/pii-redaction"
+	if err := os.MkdirAll(filepath.Join(dir, "testdata"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"pipeline.yaml", "pipeline.test.yaml", "tickets.ndjson"} {
+		b, err := os.ReadFile(filepath.Join(src, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, name), b, 0o644)
+	}
+	golden := filepath.Join("testdata", "tickets.analytics.golden.ndjson")
+	want, err := os.ReadFile(filepath.Join(src, golden))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI(t, dir, nil, 180*time.Second, "test", "pipeline.yaml")
+	if r.code != 1 || !strings.Contains(r.stdout, "run with --update to create it") {
+		t.Fatalf("missing golden file: exit %d\n%s", r.code, r.stdout)
+	}
+	r = runCLI(t, dir, nil, 180*time.Second, "test", "pipeline.yaml", "--update")
+	if r.code != 0 || !strings.Contains(r.stdout, "updated "+golden) {
+		t.Fatalf("--update: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, golden)); string(got) != string(want) {
+		t.Errorf("--update wrote\n%s\nwant (as committed)\n%s", got, want)
+	}
+	os.WriteFile(filepath.Join(dir, golden), []byte(strings.Replace(string(want), "[email]", "[mail]", 1)), 0o644)
+	r = runCLI(t, dir, nil, 180*time.Second, "test", "pipeline.yaml")
+	if r.code != 1 || !strings.Contains(r.stdout, "differs from golden file") || !strings.Contains(r.stdout, "identical bytes") {
+		t.Fatalf("changed golden file: exit %d\n%s", r.code, r.stdout)
+	}
+}
+
+// TestTapNATSForDuration taps a core NATS subject with the CLI until --for
+// ends it; the file keeps subjects and headers.
+func TestTapNATSForDuration(t *testing.T) {
+	srv, err := embedded.Start(context.Background(), embedded.Options{DataDir: t.TempDir(), Port: -1, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	out := filepath.Join(t.TempDir(), "sensors.ndjson")
+	start := time.Now()
+	p := startCLI(t, "", nil, nil, "tap", "nats://sensors.>", "--for", "2s", "-o", out, "--nats-url", srv.ClientURL())
+	for i := 0; !p.exited(); i++ {
+		m := nats.NewMsg(fmt.Sprintf("sensors.t%d", i%3))
+		m.Data = []byte(fmt.Sprintf("%d", i))
+		m.Header.Set("unit", "C")
+		nc.PublishMsg(m)
+		time.Sleep(20 * time.Millisecond)
+		if time.Since(start) > 30*time.Second {
+			break
+		}
+	}
+	code := p.wait(t, 10*time.Second)
+	if el := time.Since(start); code != 0 || el < 2*time.Second || el > 20*time.Second {
+		t.Fatalf("tap --for 2s: exit %d after %s\n%s", code, el, p.stderr.String())
+	}
+	recs, err := tap.ReadFile(out, "")
+	if err != nil || len(recs) == 0 {
+		t.Fatalf("%d records, %v", len(recs), err)
+	}
+	if !strings.Contains(p.stderr.String(), fmt.Sprintf("tap: %d records from nats://sensors.>", len(recs))) {
+		t.Errorf("summary: %s", p.stderr.String())
+	}
+	for _, rec := range recs {
+		if !strings.HasPrefix(rec.Source.GetSubject(), "sensors.t") || len(rec.Headers) == 0 || rec.Headers[0].Name != "unit" {
+			t.Errorf("record lost metadata: %v", rec)
+			break
+		}
+	}
+}
