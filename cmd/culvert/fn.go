@@ -31,6 +31,7 @@ func newFnConformCmd(_ *globals) *cobra.Command {
 		env          []string
 		list         bool
 		parallel     int
+		samplesFile  string
 	)
 	cmd := &cobra.Command{
 		Use:   "conform [--rules a,b] [--json] -- CMD [ARGS...]",
@@ -46,7 +47,14 @@ Rules marked as needing the conformance convention (SPEC.md appendix A) ask
 the function, through a record header, to fail a record, emit N outputs, drop
 one or print to stdout; the function sees CULVERT_CONFORMANCE=1. Use
 --no-convention for a function that does not honour it: those rules are
-skipped.`,
+skipped.
+
+Every other rule expects records back unchanged (an echo). For a function
+that transforms its input, give --samples FILE, one value a line that the
+function accepts: the kit first sends each sample alone (twice, to see that
+answers are repeatable) and then, in every rule, sends samples and compares
+each answer with the answer to the same sample alone. Rules that cannot be
+checked in full this way say what they leave out in the report.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if list {
 				return nil
@@ -76,8 +84,21 @@ skipped.`,
 					}
 				}
 			}
+			var samples [][]byte
+			if samplesFile != "" {
+				f, err := os.Open(samplesFile)
+				if err != nil {
+					return usageError{fmt.Errorf("--samples: %w", err)}
+				}
+				samples, err = conformance.ReadSamples(f)
+				f.Close()
+				if err != nil {
+					return usageError{fmt.Errorf("--samples %s: %w", samplesFile, err)}
+				}
+			}
 			rep, err := conformance.Run(cmd.Context(), conformance.Options{
 				Command: args, Env: env, Rules: ids, NoConvention: noConvention, Timeout: timeout, Parallel: parallel,
+				Samples: samples,
 			})
 			if rep == nil {
 				return usageError{err}
@@ -108,6 +129,7 @@ skipped.`,
 	f.StringArrayVar(&env, "env", nil, "NAME=value added to the function's environment (repeatable)")
 	f.IntVar(&parallel, "parallel", 1, "run this many rules at once, each against its own process")
 	f.BoolVar(&list, "list", false, "list the rules and exit")
+	f.StringVar(&samplesFile, "samples", "", "transform mode: a file of values the function accepts, one a line; answers are compared with the answer to each value alone instead of with the input")
 	return cmd
 }
 

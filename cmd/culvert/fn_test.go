@@ -14,6 +14,11 @@ import (
 // checks what it prints and its exit status.
 func TestFnConform(t *testing.T) {
 	passthrough := filepath.Join(binDir, "passthrough")
+	enrich := filepath.Join(binDir, "enrich")
+	samples, err := filepath.Abs(filepath.Join("..", "..", "examples", "functions", "enrich", "samples.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name     string
 		args     []string
@@ -30,6 +35,12 @@ func TestFnConform(t *testing.T) {
 		{"no command", []string{"fn", "conform"}, 2, nil, "give the function's command after --"},
 		{"unknown rule", []string{"fn", "conform", "--rules", "nope", "--", passthrough}, 2, nil, `unknown rule "nope"`},
 		{"list", []string{"fn", "conform", "--list"}, 0, []string{"handshake", "slow-reader", "(convention)"}, ""},
+		{"transform mode", []string{"fn", "conform", "--samples", samples, "--rules", "batch-result,binary-values,partial-failure", "--", enrich}, 0,
+			[]string{"PASS  batch-result", "PASS  binary-values", "transform mode: values are the samples", "PASS  partial-failure",
+				"3 passed, 0 failed, 0 skipped: conformant (transform mode: checked against sample inputs, not an echo)"}, ""},
+		{"enrich is not an echo", []string{"fn", "conform", "--rules", "batch-result", "--", enrich}, 1,
+			[]string{"FAIL  batch-result", "value changed", "enriched"}, "1 of 1 rules failed"},
+		{"no samples file", []string{"fn", "conform", "--samples", filepath.Join(t.TempDir(), "none.jsonl"), "--", enrich}, 2, nil, "--samples"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runCLI(t, "", baseEnv(), 60*time.Second, tc.args...)

@@ -3,12 +3,15 @@ package conformance
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/culvert-dev/culvert/sandbox"
 )
 
 // Options say what to test and how.
@@ -32,6 +35,21 @@ type Options struct {
 	// Timeout is how long the kit waits for any one expected frame or exit;
 	// 0 means 10 s, the protocol's handshake timeout (SPEC.md 8).
 	Timeout time.Duration
+	// Samples switches the kit to transform mode, for a function that does
+	// not echo its input: record values the function accepts (answers
+	// without a failure), which the kit sends where a rule would send its
+	// own values. The kit first sends each sample alone, twice, and keeps
+	// the answer as the reference; the rules then check protocol properties
+	// and compare each answer with the reference instead of with the
+	// input. Empty means echo mode.
+	Samples [][]byte
+	// Runtime, when set, starts the function instead of a plain child
+	// process, e.g. sandbox/container to check a function inside the
+	// sandbox it will run in. The function then gets Env (and
+	// CULVERT_CONFORMANCE) only, Command[0] is a path inside its root, and
+	// Isolation says how to confine it. Its tenant is "conformance".
+	Runtime   sandbox.Runtime
+	Isolation sandbox.Isolation
 }
 
 func (o *Options) timeout() time.Duration {
@@ -53,17 +71,21 @@ const (
 
 // Result is the outcome of one rule.
 type Result struct {
-	Rule     string        `json:"rule"`
-	Section  string        `json:"section"`
-	Title    string        `json:"title"`
-	Status   Status        `json:"status"`
-	Reason   string        `json:"reason,omitempty"`
+	Rule    string `json:"rule"`
+	Section string `json:"section"`
+	Title   string `json:"title"`
+	Status  Status `json:"status"`
+	Reason  string `json:"reason,omitempty"`
+	// Note says, in transform mode, what the rule does not check.
+	Note     string        `json:"note,omitempty"`
 	Duration time.Duration `json:"duration_ns"`
 }
 
 // Report is the outcome of a run.
 type Report struct {
 	Command []string `json:"command"`
+	// Mode is "echo", or "transform" when Options.Samples was given.
+	Mode    string   `json:"mode"`
 	Results []Result `json:"results"`
 	Passed  int      `json:"passed"`
 	Failed  int      `json:"failed"`
@@ -103,6 +125,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			selected = append(selected, r)
 		}
 	}
+	var refs *references
+	var refErr error
+	if len(o.Samples) > 0 {
+		refs, refErr = takeReferences(ctx, &o)
+	}
 	results := make([]Result, len(selected))
 	sem := make(chan struct{}, max(o.Parallel, 1))
 	var wg sync.WaitGroup
@@ -114,11 +141,14 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			results[i] = runOne(ctx, &o, r)
+			results[i] = runOne(ctx, &o, r, refs, refErr)
 		}()
 	}
 	wg.Wait()
-	rep := &Report{Command: o.Command}
+	rep := &Report{Command: o.Command, Mode: "echo"}
+	if len(o.Samples) > 0 {
+		rep.Mode = "transform"
+	}
 	for _, res := range results {
 		if res.Rule == "" {
 			continue // not run: ctx ended
@@ -136,16 +166,29 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	return rep, ctx.Err()
 }
 
-func runOne(ctx context.Context, o *Options, r Rule) Result {
+func runOne(ctx context.Context, o *Options, r Rule, refs *references, refErr error) Result {
 	res := Result{Rule: r.ID, Section: r.Section, Title: r.Title}
+	if len(o.Samples) > 0 {
+		res.Note = r.Transform
+		if refs != nil && !refs.deterministic {
+			res.Note = strings.TrimSpace(res.Note + " " + refs.why)
+		}
+	}
 	start := time.Now()
+	var skip *skipError
 	switch {
 	case r.Convention && o.NoConvention:
 		res.Status, res.Reason = Skip, "needs the conformance convention (SPEC.md appendix A)"
+	case refErr != nil:
+		res.Status, res.Reason = Fail, refErr.Error()
 	default:
-		if err := runRule(ctx, o, r); err != nil {
+		err := runRule(ctx, o, r, refs)
+		switch {
+		case errors.As(err, &skip):
+			res.Status, res.Reason = Skip, skip.why
+		case err != nil:
 			res.Status, res.Reason = Fail, err.Error()
-		} else {
+		default:
 			res.Status = Pass
 		}
 	}
@@ -153,10 +196,16 @@ func runOne(ctx context.Context, o *Options, r Rule) Result {
 	return res
 }
 
-func runRule(ctx context.Context, o *Options, r Rule) (err error) {
+// skipError is returned by a check that finds, once running, that it
+// cannot apply to the function (e.g. outputs too small to fill a pipe).
+type skipError struct{ why string }
+
+func (e *skipError) Error() string { return "skipped: " + e.why }
+
+func runRule(ctx context.Context, o *Options, r Rule, refs *references) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	t := &T{ctx: ctx, o: o}
+	t := &T{ctx: ctx, o: o, refs: refs, sampleOf: map[string]int{}}
 	defer t.cleanup()
 	defer func() {
 		if v := recover(); v != nil {
@@ -186,6 +235,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		if res.Reason != "" {
 			line += "\n      " + strings.ReplaceAll(res.Reason, "\n", "\n      ")
 		}
+		if res.Note != "" {
+			line += "\n      transform mode: " + res.Note
+		}
 		if _, err := fmt.Fprintln(w, line); err != nil {
 			return err
 		}
@@ -196,6 +248,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		verdict = "NOT conformant"
 	case r.Skipped > 0:
 		verdict = "conformant in the rules that ran"
+	}
+	if r.Mode == "transform" {
+		verdict += " (transform mode: checked against sample inputs, not an echo)"
 	}
 	_, err := fmt.Fprintf(w, "%d rules: %d passed, %d failed, %d skipped: %s\n", len(r.Results), r.Passed, r.Failed, r.Skipped, verdict)
 	return err

@@ -8,11 +8,14 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"github.com/culvert-dev/culvert/proto/framing"
+	"github.com/culvert-dev/culvert/sandbox"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
@@ -27,18 +30,25 @@ type frame struct {
 // proc is one running function instance driven by the kit.
 type proc struct {
 	opts   *Options
-	cmd    *exec.Cmd
-	stdin  *os.File
+	kill   func() // kills the function and whatever it started
+	stdin  io.WriteCloser
 	writes chan []byte   // frames to write, in order; closed to close stdin
 	wdone  chan struct{} // closed when the writer has finished
 	werr   error         // set before wdone closes
 	frames chan frame    // unbuffered: not receiving is a slow reader
 	stderr *tail
 	exited chan struct{} // closed after Wait
-	state  *os.ProcessState
+	state  exitState
 	// eof is set once the end of stdout has been received.
 	eof       bool
 	closeOnce sync.Once
+}
+
+// exitState is how the function ended: an *os.ProcessState, or a
+// sandbox.Exit when Options.Runtime started it.
+type exitState interface {
+	Success() bool
+	String() string
 }
 
 // startOpts tunes one process.
@@ -50,6 +60,9 @@ type startOpts struct {
 func (o *Options) start(ctx context.Context, so startOpts) (*proc, error) {
 	if len(o.Command) == 0 {
 		return nil, errors.New("no command to run")
+	}
+	if o.Runtime != nil {
+		return o.startIn(ctx, so)
 	}
 	inR, inW, err := os.Pipe()
 	if err != nil {
@@ -88,7 +101,7 @@ func (o *Options) start(ctx context.Context, so startOpts) (*proc, error) {
 	errW.Close()
 	p := &proc{
 		opts:   o,
-		cmd:    cmd,
+		kill:   func() { killProcessGroup(cmd) },
 		stdin:  inW,
 		writes: make(chan []byte, 64),
 		wdone:  make(chan struct{}),
@@ -124,7 +137,44 @@ func (p *proc) writer() {
 	}
 }
 
-func (p *proc) reader(ctx context.Context, r io.Reader, f *os.File, maxFrame int) {
+// startIn starts the function with o.Runtime: in a sandbox, with the
+// environment of o.Env only (the kit's own is the host's business).
+func (o *Options) startIn(ctx context.Context, so startOpts) (*proc, error) {
+	p := &proc{
+		opts:   o,
+		writes: make(chan []byte, 64),
+		wdone:  make(chan struct{}),
+		frames: make(chan frame),
+		stderr: &tail{max: 64 << 10},
+		exited: make(chan struct{}),
+	}
+	env := slices.Clone(o.Env)
+	if !o.NoConvention {
+		env = append(env, "CULVERT_CONFORMANCE=1")
+	}
+	sp, err := o.Runtime.Start(ctx, sandbox.Spec{
+		Name: "conformance/" + filepath.Base(o.Command[0]), Path: o.Command[0], Args: o.Command[1:],
+		Env: env, Dir: o.Dir, Tenant: "conformance", Stderr: p.stderr, Isolation: o.Isolation,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("starting %q with the %s runtime: %w", o.Command[0], o.Runtime.Name(), err)
+	}
+	p.kill = func() { _ = sp.Kill() }
+	p.stdin = sp.Stdin()
+	go p.writer()
+	var stdout io.Reader = sp.Stdout()
+	if so.wrap != nil {
+		stdout = so.wrap(stdout)
+	}
+	go p.reader(ctx, stdout, sp.Stdout(), so.maxFrame)
+	go func() {
+		p.state = sp.Wait()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+func (p *proc) reader(ctx context.Context, r io.Reader, f io.Closer, maxFrame int) {
 	defer f.Close()
 	fr := framing.NewReader(r, maxFrame)
 	for {
@@ -289,7 +339,7 @@ func (p *proc) quiet(ctx context.Context, d time.Duration) error {
 }
 
 // wait waits up to d for the process to exit and returns its status.
-func (p *proc) wait(d time.Duration) (*os.ProcessState, error) {
+func (p *proc) wait(d time.Duration) (exitState, error) {
 	select {
 	case <-p.exited:
 		return p.state, nil
@@ -300,7 +350,7 @@ func (p *proc) wait(d time.Duration) (*os.ProcessState, error) {
 
 // stop kills the process group and releases everything.
 func (p *proc) stop() {
-	killProcessGroup(p.cmd)
+	p.kill()
 	p.closeStdin()
 	select {
 	case <-p.exited:

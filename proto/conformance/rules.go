@@ -31,37 +31,55 @@ type Rule struct {
 	Convention bool
 	// Check drives one fresh function process and returns why it failed.
 	Check func(t *T) error
+	// Transform says what the rule cannot check in transform mode
+	// (Options.Samples), and is shown with its result there; empty when
+	// the rule checks the same with samples in place of its own values.
+	Transform string
+}
+
+// transformNotes are the rules' Transform texts.
+var transformNotes = map[string]string{
+	"binary-values": "values are the samples, so values with NUL, invalid UTF-8 and every byte value are not checked; " +
+		"records whose keys and header values carry them must be answered without a failure",
+	"headers":                "a record with the 300 headers must be answered without a failure; whether they are kept is the function's choice and not checked",
+	"frame-limit":            "a batch of samples fills the larger of the Batch and the expected BatchResult frame to just under 4 MiB",
+	"frame-limit-negotiated": "a batch of samples fills the larger of the Batch and the expected BatchResult frame to just under 6 MiB",
+	"slow-reader":            "needs answers to the samples of at least 256 KiB over three batches to fill the pipe; skipped, with the sizes, when they are smaller",
 }
 
 // Rules returns the rules table, in the order the kit runs it.
 func Rules() []Rule {
-	return []Rule{
-		{"handshake", "5.2, 4.2", "answers Hello{versions [1]} with Ready{version 1} and nothing before it", false, checkHandshake},
-		{"version-negotiation", "10", "offered [1 2 7], chooses 1, the only version it speaks", false, checkVersionNegotiation},
-		{"version-refusal", "10, 5.2", "offered only [2], refuses with InitError{retryable false} naming both sides' versions, then writes nothing and exits", false, checkVersionRefusal},
-		{"capabilities", "10, 4.2", "ignores unknown capabilities; Ready.capabilities is a subset of those offered", false, checkCapabilities},
-		{"unknown-fields", "3.2, 10", "ignores unknown fields in Hello, Batch and Record", false, checkUnknownFields},
-		{"batch-result", "4.3, 5.4", "answers a Batch with one BatchResult of the same id and one RecordResult per record, in order", false, checkEcho},
-		{"empty-batch", "4.3", "answers a Batch with no records with an empty BatchResult", false, checkEmptyBatch},
-		{"binary-values", "4.5", "passes values, keys and header values with NUL, invalid UTF-8 and every byte value through unchanged", false, checkBinary},
-		{"frame-limit", "3", "reads and writes frames just under the default 4 MiB limit", false, checkFrameLimit},
-		{"frame-limit-negotiated", "3, 4.2", "accepts frames up to Hello.max_frame_bytes when it raises the limit (6 MiB)", false, checkFrameLimitNegotiated},
-		{"frame-limit-enforced", "3, 4.2", "with Hello.max_frame_bytes 64 KiB, refuses a longer frame as a protocol violation: answers nothing and exits with a failure status", false, checkFrameLimitEnforced},
-		{"length-encoding", "3", "accepts frame lengths in non-minimal varints of up to 5 bytes", false, checkLengthEncoding},
-		{"headers", "4.5", "keeps 300 headers with repeated names, case variants and empty values, in order", false, checkHeaders},
-		{"partial-failure", "4.3, 9", "fails single records (retryable or not) while the others of the batch succeed", true, checkPartialFailure},
-		{"multiple-outputs", "4.3, 6", "emits several outputs for one input, in order", true, checkMultipleOutputs},
-		{"zero-outputs", "4.3", "consumes a record with no output and no failure", true, checkZeroOutputs},
-		{"pipelining", "5.3, 5.4, 7", "with max_inflight_batches 4, answers queued batches in order with ids 1, 2, 3...", false, checkPipelining},
-		{"keep-alive", "5.5, 4.4", "echoes each KeepAlive nonce, in order with batch results", false, checkKeepAlive},
-		{"no-unsolicited-frames", "4.1", "writes nothing that does not answer a host frame", false, checkNoUnsolicited},
-		{"stdout-protected", "2, 3.1, 15", "text printed with the language's own stdout API goes to stderr, never into the frames", true, checkStdoutProtected},
-		{"slow-reader", "3.2, 2", "writes complete frames, in order, when the host reads stdout slowly", false, checkSlowReader},
-		{"host-garbage", "3, 3.1, 3.2", "when the host's stream breaks the framing rules, answers nothing more and exits with a failure status, never resynchronising", false, checkHostGarbage},
-		{"truncated-frame", "3.2", "treats end of input inside a frame as the host's failure: writes nothing more and exits", false, checkTruncatedFrame},
-		{"shutdown", "5.6", "after Shutdown and end of input, writes nothing more and exits 0 before the deadline", false, checkShutdown},
-		{"eof", "5.7", "at end of input without Shutdown, exits promptly with status 0", false, checkEOF},
+	rules := []Rule{
+		{"handshake", "5.2, 4.2", "answers Hello{versions [1]} with Ready{version 1} and nothing before it", false, checkHandshake, ""},
+		{"version-negotiation", "10", "offered [1 2 7], chooses 1, the only version it speaks", false, checkVersionNegotiation, ""},
+		{"version-refusal", "10, 5.2", "offered only [2], refuses with InitError{retryable false} naming both sides' versions, then writes nothing and exits", false, checkVersionRefusal, ""},
+		{"capabilities", "10, 4.2", "ignores unknown capabilities; Ready.capabilities is a subset of those offered", false, checkCapabilities, ""},
+		{"unknown-fields", "3.2, 10", "ignores unknown fields in Hello, Batch and Record", false, checkUnknownFields, ""},
+		{"batch-result", "4.3, 5.4", "answers a Batch with one BatchResult of the same id and one RecordResult per record, in order", false, checkEcho, ""},
+		{"empty-batch", "4.3", "answers a Batch with no records with an empty BatchResult", false, checkEmptyBatch, ""},
+		{"binary-values", "4.5", "passes values, keys and header values with NUL, invalid UTF-8 and every byte value through unchanged", false, checkBinary, ""},
+		{"frame-limit", "3", "reads and writes frames just under the default 4 MiB limit", false, checkFrameLimit, ""},
+		{"frame-limit-negotiated", "3, 4.2", "accepts frames up to Hello.max_frame_bytes when it raises the limit (6 MiB)", false, checkFrameLimitNegotiated, ""},
+		{"frame-limit-enforced", "3, 4.2", "with Hello.max_frame_bytes 64 KiB, refuses a longer frame as a protocol violation: answers nothing and exits with a failure status", false, checkFrameLimitEnforced, ""},
+		{"length-encoding", "3", "accepts frame lengths in non-minimal varints of up to 5 bytes", false, checkLengthEncoding, ""},
+		{"headers", "4.5", "keeps 300 headers with repeated names, case variants and empty values, in order", false, checkHeaders, ""},
+		{"partial-failure", "4.3, 9", "fails single records (retryable or not) while the others of the batch succeed", true, checkPartialFailure, ""},
+		{"multiple-outputs", "4.3, 6", "emits several outputs for one input, in order", true, checkMultipleOutputs, ""},
+		{"zero-outputs", "4.3", "consumes a record with no output and no failure", true, checkZeroOutputs, ""},
+		{"pipelining", "5.3, 5.4, 7", "with max_inflight_batches 4, answers queued batches in order with ids 1, 2, 3...", false, checkPipelining, ""},
+		{"keep-alive", "5.5, 4.4", "echoes each KeepAlive nonce, in order with batch results", false, checkKeepAlive, ""},
+		{"no-unsolicited-frames", "4.1", "writes nothing that does not answer a host frame", false, checkNoUnsolicited, ""},
+		{"stdout-protected", "2, 3.1, 15", "text printed with the language's own stdout API goes to stderr, never into the frames", true, checkStdoutProtected, ""},
+		{"slow-reader", "3.2, 2", "writes complete frames, in order, when the host reads stdout slowly", false, checkSlowReader, ""},
+		{"host-garbage", "3, 3.1, 3.2", "when the host's stream breaks the framing rules, answers nothing more and exits with a failure status, never resynchronising", false, checkHostGarbage, ""},
+		{"truncated-frame", "3.2", "treats end of input inside a frame as the host's failure: writes nothing more and exits", false, checkTruncatedFrame, ""},
+		{"shutdown", "5.6", "after Shutdown and end of input, writes nothing more and exits 0 before the deadline", false, checkShutdown, ""},
+		{"eof", "5.7", "at end of input without Shutdown, exits promptly with status 0", false, checkEOF, ""},
 	}
+	for i := range rules {
+		rules[i].Transform = transformNotes[rules[i].ID]
+	}
+	return rules
 }
 
 // T is what a rule's check works with: it starts processes and stops them
@@ -70,6 +88,10 @@ type T struct {
 	ctx   context.Context
 	o     *Options
 	procs []*proc
+	// refs are the reference answers in transform mode.
+	refs *references
+	// sampleOf maps the id of a record built by payload to its sample.
+	sampleOf map[string]int
 }
 
 func (t *T) cleanup() {
@@ -237,8 +259,21 @@ func checkHandshake(t *T) error {
 	if err != nil {
 		return err
 	}
-	_, err = t.roundTrip(p, 1, rec("r1", []byte("x")))
-	return err
+	return t.answer(p, 1, t.payload("r1", 0, []byte("x")))
+}
+
+// answer sends one batch of recs and checks each answer.
+func (t *T) answer(p *proc, id uint64, recs ...*culvertv1.Record) error {
+	res, err := t.roundTrip(p, id, recs...)
+	if err != nil {
+		return err
+	}
+	for i, rr := range res {
+		if err := t.expect(rr, recs[i]); err != nil {
+			return fmt.Errorf("batch %d: %w", id, err)
+		}
+	}
+	return nil
 }
 
 func checkVersionNegotiation(t *T) error {
@@ -259,8 +294,7 @@ func checkVersionNegotiation(t *T) error {
 	if v := m.GetReady().GetVersion(); v != 1 {
 		return fmt.Errorf("offered versions [1 2 7], chose %d; SPEC.md defines version 1 only", v)
 	}
-	_, err = t.roundTrip(p, 1, rec("r1", []byte("x")))
-	return err
+	return t.answer(p, 1, t.payload("r1", 0, []byte("x")))
 }
 
 func checkVersionRefusal(t *T) error {
@@ -315,8 +349,7 @@ func checkCapabilities(t *T) error {
 			return fmt.Errorf("Ready.capabilities names %q, which was not offered (offered %v)", c, h.Capabilities)
 		}
 	}
-	_, err = t.roundTrip(p, 1, rec("r1", []byte("x")))
-	return err
+	return t.answer(p, 1, t.payload("r1", 0, []byte("x")))
 }
 
 // withUnknown appends an unknown field (number 900, a string) to body.
@@ -330,7 +363,7 @@ func checkUnknownFields(t *T) error {
 	if err != nil {
 		return err
 	}
-	r := rec("r1", []byte("payload"))
+	r := t.payload("r1", 0, []byte("payload"))
 	rb, err := proto.Marshal(r)
 	if err != nil {
 		return err
@@ -358,6 +391,9 @@ func checkUnknownFields(t *T) error {
 	if err != nil {
 		return fmt.Errorf("Batch and Record with unknown fields: %w", err)
 	}
+	if t.transform() {
+		return t.expect(res[0], r)
+	}
 	if f := res[0].GetFailure(); f != nil {
 		return fmt.Errorf("record with an unknown field failed: %q", f.GetMessage())
 	}
@@ -375,6 +411,10 @@ func checkEcho(t *T) error {
 	for id := uint64(1); id <= 3; id++ {
 		var recs []*culvertv1.Record
 		for i := range int(id) * 2 {
+			if t.transform() {
+				recs = append(recs, t.payload(fmt.Sprintf("b%d-r%d", id, i), i+int(id), nil))
+				continue
+			}
 			r := rec(fmt.Sprintf("b%d-r%d", id, i), fmt.Appendf(nil, `{"batch":%d,"n":%d}`, id, i), "type", "created")
 			r.Key = fmt.Appendf(nil, "k%d", i)
 			r.ContentType = "application/json"
@@ -385,7 +425,7 @@ func checkEcho(t *T) error {
 			return err
 		}
 		for i, rr := range res {
-			if err := checkEchoed(rr, recs[i]); err != nil {
+			if err := t.expect(rr, recs[i]); err != nil {
 				return fmt.Errorf("batch %d: %w", id, err)
 			}
 		}
@@ -401,12 +441,12 @@ func checkEmptyBatch(t *T) error {
 	if _, err := t.roundTrip(p, 1); err != nil {
 		return err
 	}
-	in := rec("after-empty", []byte("x"))
+	in := t.payload("after-empty", 0, []byte("x"))
 	res, err := t.roundTrip(p, 2, in)
 	if err != nil {
 		return fmt.Errorf("after an empty batch: %w", err)
 	}
-	return checkEchoed(res[0], in)
+	return t.expect(res[0], in)
 }
 
 func checkBinary(t *T) error {
@@ -425,6 +465,15 @@ func checkBinary(t *T) error {
 	k := rec("binary-key-and-header", []byte("v"), "bin", "\x00\xff\xfe")
 	k.Key = []byte{0, 0xff, 0x80, 0}
 	recs = append(recs, k)
+	if t.transform() {
+		// The samples' values, with keys and header values of every kind.
+		for i, r := range recs {
+			s := t.payload(r.Id, i, nil)
+			r.Key = append(append(append([]byte{}, r.Key...), r.Value...), byte(i))
+			r.Value = s.Value
+			r.Headers = append(r.Headers, &culvertv1.Header{Name: "bin", Value: r.Key})
+		}
+	}
 	p, err := t.ready(nil, startOpts{})
 	if err != nil {
 		return err
@@ -434,6 +483,12 @@ func checkBinary(t *T) error {
 		return err
 	}
 	for i, rr := range res {
+		if t.transform() {
+			if err := t.expect(rr, recs[i]); err != nil {
+				return fmt.Errorf("with a binary key and header value: %w", err)
+			}
+			continue
+		}
 		if recs[i].Id == "empty" && len(rr.GetOutputs()) == 1 && len(rr.GetOutputs()[0].GetRecord().GetValue()) == 0 && rr.GetFailure() == nil {
 			continue
 		}
@@ -458,6 +513,9 @@ func checkFrameLimit(t *T) error {
 	if err != nil {
 		return err
 	}
+	if t.transform() {
+		return t.fillFrame(p, 1, framing.DefaultMaxFrame)
+	}
 	// The result echoes the record with a few bytes more framing than the
 	// batch: leave room for both under 4 MiB.
 	in := bigRecord("near-limit", framing.DefaultMaxFrame-256)
@@ -474,6 +532,9 @@ func checkFrameLimitNegotiated(t *T) error {
 	p, err := t.ready(h, startOpts{})
 	if err != nil {
 		return err
+	}
+	if t.transform() {
+		return t.fillFrame(p, 1, int(h.MaxFrameBytes))
 	}
 	in := bigRecord("above-default", 5<<20)
 	res, err := t.roundTrip(p, 1, in)
@@ -501,6 +562,9 @@ func checkHeaders(t *T) error {
 		}
 		r.Headers = append(r.Headers, &culvertv1.Header{Name: name, Value: []byte(value)})
 	}
+	if t.transform() {
+		r.Key, r.Value = sampleKey, t.payload(r.Id, 0, nil).Value
+	}
 	p, err := t.ready(nil, startOpts{})
 	if err != nil {
 		return err
@@ -509,16 +573,16 @@ func checkHeaders(t *T) error {
 	if err != nil {
 		return err
 	}
-	return checkEchoed(res[0], r)
+	return t.expect(res[0], r)
 }
 
 func checkPartialFailure(t *T) error {
 	recs := []*culvertv1.Record{
-		rec("ok-1", []byte("one")),
+		t.payload("ok-1", 0, []byte("one")),
 		directive("fail", []byte("two"), "fail"),
-		rec("ok-2", []byte("three")),
+		t.payload("ok-2", 1, []byte("three")),
 		directive("retry", []byte("four"), "retry"),
-		rec("ok-3", []byte("five")),
+		t.payload("ok-3", 2, []byte("five")),
 	}
 	p, err := t.ready(nil, startOpts{})
 	if err != nil {
@@ -531,7 +595,7 @@ func checkPartialFailure(t *T) error {
 	for i, want := range []string{"ok", "permanent", "ok", "retryable", "ok"} {
 		rr, in := res[i], recs[i]
 		if want == "ok" {
-			if err := checkEchoed(rr, in); err != nil {
+			if err := t.expect(rr, in); err != nil {
 				return fmt.Errorf("beside failing records: %w", err)
 			}
 			continue
@@ -547,18 +611,18 @@ func checkPartialFailure(t *T) error {
 		}
 	}
 	// The instance keeps working after reporting failures.
-	in := rec("after", []byte("six"))
+	in := t.payload("after", 3, []byte("six"))
 	res, err = t.roundTrip(p, 2, in)
 	if err != nil {
 		return fmt.Errorf("after a batch with failures: %w", err)
 	}
-	return checkEchoed(res[0], in)
+	return t.expect(res[0], in)
 }
 
 func checkMultipleOutputs(t *T) error {
 	recs := []*culvertv1.Record{
 		directive("three", []byte("3"), "emit=3"),
-		rec("one", []byte("1")),
+		t.payload("one", 0, []byte("1")),
 		directive("seventeen", []byte("17"), "emit=17"),
 	}
 	p, err := t.ready(nil, startOpts{})
@@ -571,6 +635,12 @@ func checkMultipleOutputs(t *T) error {
 	}
 	for i, want := range []int{3, 1, 17} {
 		rr := res[i]
+		if i == 1 && t.transform() {
+			if err := t.expect(rr, recs[i]); err != nil {
+				return fmt.Errorf("beside records with several outputs: %w", err)
+			}
+			continue
+		}
 		if rr.GetFailure() != nil {
 			return fmt.Errorf("record %s failed: %q", recs[i].Id, rr.GetFailure().GetMessage())
 		}
@@ -598,7 +668,7 @@ func directiveOf(r *culvertv1.Record) string {
 func checkZeroOutputs(t *T) error {
 	recs := []*culvertv1.Record{
 		directive("drop", []byte("gone"), "drop"),
-		rec("kept", []byte("kept")),
+		t.payload("kept", 0, []byte("kept")),
 		directive("emit-0", []byte("gone too"), "emit=0"),
 	}
 	p, err := t.ready(nil, startOpts{})
@@ -618,7 +688,7 @@ func checkZeroOutputs(t *T) error {
 			return fmt.Errorf("record %s (%s) has %d outputs, want none", recs[i].Id, directiveOf(recs[i]), n)
 		}
 	}
-	return checkEchoed(res[1], recs[1])
+	return t.expect(res[1], recs[1])
 }
 
 func checkPipelining(t *T) error {
@@ -635,7 +705,7 @@ func checkPipelining(t *T) error {
 			id++
 			var recs []*culvertv1.Record
 			for i := range int(id%3) + 1 {
-				recs = append(recs, rec(fmt.Sprintf("b%d-%d", id, i), fmt.Appendf(nil, "batch %d record %d", id, i)))
+				recs = append(recs, t.payload(fmt.Sprintf("b%d-%d", id, i), int(id)+i, fmt.Appendf(nil, "batch %d record %d", id, i)))
 			}
 			sent[id] = recs
 			if err := p.send(t.batchMsg(id, recs...)); err != nil {
@@ -648,7 +718,7 @@ func checkPipelining(t *T) error {
 				return fmt.Errorf("round %d, 4 batches outstanding: %w", round+1, err)
 			}
 			for i, rr := range res {
-				if err := checkEchoed(rr, sent[want][i]); err != nil {
+				if err := t.expect(rr, sent[want][i]); err != nil {
 					return fmt.Errorf("batch %d: %w", want, err)
 				}
 			}
@@ -692,7 +762,7 @@ func checkKeepAlive(t *T) error {
 		}
 	}
 	// A ping between two batches is answered between their results.
-	a, b := rec("before-ping", []byte("a")), rec("after-ping", []byte("b"))
+	a, b := t.payload("before-ping", 0, []byte("a")), t.payload("after-ping", 1, []byte("b"))
 	p.send(t.batchMsg(1, a))
 	p.send(keepAlive(77))
 	p.send(t.batchMsg(2, b))
@@ -702,10 +772,11 @@ func checkKeepAlive(t *T) error {
 	if err := t.expectKeepAlive(p, 77); err != nil {
 		return fmt.Errorf("batch 1, KeepAlive 77, batch 2 sent together: %w", err)
 	}
-	if _, err := t.result(p, 2, 1); err != nil {
+	res, err := t.result(p, 2, 1)
+	if err != nil {
 		return fmt.Errorf("batch 1, KeepAlive 77, batch 2 sent together: %w", err)
 	}
-	return nil
+	return t.expect(res[0], b)
 }
 
 func checkNoUnsolicited(t *T) error {
@@ -718,7 +789,7 @@ func checkNoUnsolicited(t *T) error {
 	if err := p.quiet(t.ctx, 400*time.Millisecond); err != nil {
 		return fmt.Errorf("idle after Ready: %w", err)
 	}
-	if _, err := t.roundTrip(p, 1, rec("r1", []byte("x"))); err != nil {
+	if err := t.answer(p, 1, t.payload("r1", 0, []byte("x"))); err != nil {
 		return err
 	}
 	if err := p.quiet(t.ctx, 400*time.Millisecond); err != nil {
@@ -734,15 +805,19 @@ func checkStdoutProtected(t *T) error {
 		return err
 	}
 	in := directive("print", []byte("printed"), "stdout="+marker)
-	res, err := t.roundTrip(p, 1, in, rec("next", []byte("next")))
+	next := t.payload("next", 0, []byte("next"))
+	res, err := t.roundTrip(p, 1, in, next)
 	if err != nil {
 		return err
 	}
 	if err := checkEchoed(res[0], in); err != nil {
 		return err
 	}
+	if err := t.expect(res[1], next); err != nil {
+		return err
+	}
 	// A second batch shows that no stray bytes sit between frames.
-	if _, err := t.roundTrip(p, 2, rec("after", []byte("after"))); err != nil {
+	if err := t.answer(p, 2, t.payload("after", 1, []byte("after"))); err != nil {
 		return fmt.Errorf("after printing: %w", err)
 	}
 	deadline := time.Now().Add(t.timeout())
@@ -776,10 +851,27 @@ func checkSlowReader(t *T) error {
 		return err
 	}
 	sent := map[uint64][]*culvertv1.Record{}
+	answers := 0
 	for id := uint64(1); id <= 3; id++ {
+		if t.transform() {
+			recs, err := t.fill(fmt.Sprintf("b%d", id), 1<<20, 384<<10)
+			if err != nil {
+				return err
+			}
+			for _, r := range recs {
+				answers += t.answerSize(t.sampleOf[r.Id])
+			}
+			sent[id] = recs
+			continue
+		}
 		for i := range 4 {
 			sent[id] = append(sent[id], bigRecord(fmt.Sprintf("b%d-%d", id, i), 96<<10+i))
 		}
+	}
+	if t.transform() && answers < 256<<10 {
+		return &skipError{fmt.Sprintf("the answers to the samples come to %d bytes over three batches of up to 1 MiB each, too few to fill the pipe (256 KiB needed): give larger samples, or samples with larger answers", answers)}
+	}
+	for id := uint64(1); id <= 3; id++ {
 		p.send(t.batchMsg(id, sent[id]...))
 	}
 	// Read nothing for a while: the function's writes block on a full pipe.
@@ -790,10 +882,25 @@ func checkSlowReader(t *T) error {
 			return err
 		}
 		for i, rr := range res {
-			if err := checkEchoed(rr, sent[id][i]); err != nil {
+			if err := t.expect(rr, sent[id][i]); err != nil {
 				return fmt.Errorf("batch %d: %w", id, err)
 			}
 		}
+	}
+	return nil
+}
+
+// fillFrame sends one batch of samples that brings the Batch frame or the
+// expected BatchResult frame, whichever is larger, to just under limit,
+// and checks every answer.
+func (t *T) fillFrame(p *proc, id uint64, limit int) error {
+	recs, err := t.fill("fill", limit-4096, limit-4096)
+	if err != nil {
+		return err
+	}
+	in := proto.Size(t.batchMsg(id, recs...))
+	if err := t.answer(p, id, recs...); err != nil {
+		return fmt.Errorf("batch of %d samples in a %d-byte frame: %w", len(recs), in, err)
 	}
 	return nil
 }
@@ -803,7 +910,7 @@ func checkShutdown(t *T) error {
 	if err != nil {
 		return err
 	}
-	if _, err := t.roundTrip(p, 1, rec("r1", []byte("x"))); err != nil {
+	if err := t.answer(p, 1, t.payload("r1", 0, []byte("x"))); err != nil {
 		return err
 	}
 	grace := t.timeout()
@@ -829,7 +936,7 @@ func checkEOF(t *T) error {
 	if err != nil {
 		return err
 	}
-	if _, err := t.roundTrip(p, 1, rec("r1", []byte("x"))); err != nil {
+	if err := t.answer(p, 1, t.payload("r1", 0, []byte("x"))); err != nil {
 		return err
 	}
 	p.closeStdin()
@@ -863,14 +970,14 @@ func checkHostGarbage(t *T) error {
 	if err != nil {
 		return err
 	}
-	if _, err := t.roundTrip(p, 1, rec("r1", []byte("x"))); err != nil {
+	if err := t.answer(p, 1, t.payload("r1", 0, []byte("x"))); err != nil {
 		return err
 	}
 	// Text where a frame should start: "h" reads as a length of 104, and
 	// "e" is not a frame tag. A valid batch follows, which a function that
 	// skips bytes to resynchronise would answer.
 	p.sendRaw([]byte("hello from a confused host\n"))
-	p.send(t.batchMsg(2, rec("r2", []byte("y"))))
+	p.send(t.batchMsg(2, t.payload("r2", 1, []byte("y"))))
 	return t.expectRefusal(p, "bytes that are not a frame")
 }
 
@@ -912,12 +1019,7 @@ func checkFrameLimitEnforced(t *T) error {
 	if err != nil {
 		return err
 	}
-	in := rec("small", []byte("fits"))
-	res, err := t.roundTrip(p, 1, in)
-	if err != nil {
-		return err
-	}
-	if err := checkEchoed(res[0], in); err != nil {
+	if err := t.answer(p, 1, t.payload("small", 0, []byte("fits"))); err != nil {
 		return err
 	}
 	p.send(t.batchMsg(2, bigRecord("too-big", 100<<10)))
@@ -931,7 +1033,7 @@ func checkLengthEncoding(t *T) error {
 	}
 	for i, width := range []int{2, 5} {
 		id := uint64(i + 1)
-		in := rec(fmt.Sprintf("len-%d-bytes", width), []byte("padded length"))
+		in := t.payload(fmt.Sprintf("len-%d-bytes", width), i, []byte("padded length"))
 		body, err := proto.Marshal(t.batchMsg(id, in))
 		if err != nil {
 			return err
@@ -953,7 +1055,7 @@ func checkLengthEncoding(t *T) error {
 		if err != nil {
 			return fmt.Errorf("frame length as a %d-byte varint (% x): %w", width, frame, err)
 		}
-		if err := checkEchoed(res[0], in); err != nil {
+		if err := t.expect(res[0], in); err != nil {
 			return err
 		}
 	}

@@ -10,6 +10,11 @@
 //   - an "amount" that is not a number fails permanently;
 //   - a record with the header fail=retry fails with a retryable error, so
 //     that tests can exercise retries.
+//
+// It honours the conformance convention (SPEC.md appendix A) and is checked
+// by the conformance kit in transform mode, with the values of samples.jsonl:
+//
+//	culvert fn conform --samples examples/functions/enrich/samples.jsonl -- ./bin/enrich
 package main
 
 import (
@@ -20,11 +25,12 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/culvert-dev/culvert/proto/conformance/convention"
 	culvert "github.com/culvert-dev/culvert/sdk/go"
 )
 
 func main() {
-	culvert.Run(enrich, culvert.WithAgent("enrich/1"))
+	culvert.Run(convention.Wrap(enrich), culvert.WithAgent("enrich/1"))
 }
 
 func enrich(ctx context.Context, rec *culvert.Record) ([]culvert.Output, error) {
