@@ -182,7 +182,9 @@ cases:
 	write("pipeline.yaml", pipe("?"))
 	out.Reset()
 	sum, _ := RunFile(context.Background(), f, options(t, &out))
-	if sum.Failed != 1 || !strings.Contains(out.String(), "differs from golden file out.golden.ndjson") {
+	// A line diff: each changed record as it was (-) and as it is (+).
+	if sum.Failed != 1 || !strings.Contains(out.String(), "differs from golden file out.golden.ndjson") ||
+		!regexp.MustCompile(`(?m)^ +-1: \{.*"value":"one!"\}\n +-2: \{.*"value":"two!"\}\n +\+1: \{.*"value":"one\?"\}\n +\+2: \{.*"value":"two\?"\}$`).MatchString(out.String()) {
 		t.Fatalf("changed pipeline: %+v\n%s", sum, out.String())
 	}
 }

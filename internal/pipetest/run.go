@@ -17,8 +17,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/google/go-cmp/cmp"
-
 	"github.com/culvert-dev/culvert/connectors"
 	"github.com/culvert-dev/culvert/connectors/memory"
 	"github.com/culvert-dev/culvert/internal/engine"
@@ -449,7 +447,7 @@ func checkOutput(f *File, name string, e *Expect, got []memory.Published, types 
 				return []string{fmt.Sprintf("%s: output %q: golden file: %v (run with --update to create it)", e.Pos, name, err)}
 			}
 			if string(want) != text {
-				diff := cmp.Diff(strings.Split(string(want), "\n"), strings.Split(text, "\n"))
+				diff := strings.TrimSuffix(indent(LineDiff(string(want), text), "    "), "\n")
 				problems = append(problems, fmt.Sprintf("%s: output %q differs from golden file %s (-want +got; --update rewrites it):\n%s", e.Pos, name, e.Golden, diff))
 			}
 		}
