@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/culvert-dev/culvert/pipelines"
 )
 
 func TestFindPythonErrors(t *testing.T) {
@@ -47,5 +49,37 @@ func TestElfClosure(t *testing.T) {
 	}
 	if got, _ := elfClosure("/etc/hostname"); len(got) != 0 {
 		t.Fatalf("closure of a text file: %v", got)
+	}
+}
+
+// TestSnippetWithoutInterpreter: where the interpreter is not found, the
+// snippet still loads, is sandboxed, names the usual paths and says that
+// they were not found, and why.
+func TestSnippetWithoutInterpreter(t *testing.T) {
+	for _, lang := range []string{"python", "node"} {
+		t.Run(lang, func(t *testing.T) {
+			b, err := render(templates, "templates/"+lang+"/pipeline.yaml.tmpl", data{
+				Name: "fn", Interp: defaultInterpreter(lang), InterpErr: "no interpreter here",
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []string{"NOT found", "(no interpreter here)", "files: ./", "- " + defaultInterpreter(lang).Command} {
+				if !strings.Contains(string(b), want) {
+					t.Errorf("snippet lacks %q:\n%s", want, b)
+				}
+			}
+			path := filepath.Join(t.TempDir(), "pipeline.yaml")
+			if err := os.WriteFile(path, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			p, err := pipelines.Load(path, nil)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, b)
+			}
+			if sb := p.SandboxFor(p.Functions["fn"]); sb.None || len(sb.Binds) != len(defaultInterpreter(lang).Binds) {
+				t.Fatalf("sandbox %+v, want the default binds", sb)
+			}
+		})
 	}
 }

@@ -56,6 +56,11 @@ type data struct {
 	Name       string
 	CulvertSrc string
 	NodeDeps   string
+	// Interp is the interpreter a Python or Node function runs with, found
+	// on this host, for the pipeline snippet's sandbox; InterpErr says why
+	// it was not found (the snippet then names the usual paths and says so).
+	Interp    Interpreter
+	InterpErr string
 }
 
 // Generate writes the scaffold and returns the paths written, relative to
@@ -74,6 +79,13 @@ func Generate(o Options) ([]string, error) {
 		return nil, fmt.Errorf("%s exists and is not empty", o.Dir)
 	}
 	d := data{Name: o.Name}
+	if o.Lang == "python" || o.Lang == "node" {
+		in, err := FindInterpreter(o.Lang)
+		if err != nil {
+			in, d.InterpErr = defaultInterpreter(o.Lang), err.Error()
+		}
+		d.Interp = in
+	}
 	if o.CulvertSrc != "" {
 		abs, err := filepath.Abs(o.CulvertSrc)
 		if err != nil {

@@ -82,8 +82,14 @@ func TestScaffoldsPassTheKit(t *testing.T) {
 			if err != nil {
 				t.Fatalf("pipeline snippet: %v", err)
 			}
-			if _, ok := p.Functions[name]; !ok {
+			fn, ok := p.Functions[name]
+			if !ok {
 				t.Fatalf("the pipeline snippet does not configure %s", name)
+			}
+			// Sandboxed by default, as every function should be: the
+			// snippet then runs in the sandbox (CI runs this as root).
+			if p.SandboxFor(fn).None {
+				t.Fatalf("the %s pipeline snippet runs %s unconfined (sandbox: none); scaffolds are sandboxed", tc.lang, name)
 			}
 			runSnippet(t, dir)
 			if tc.fn == nil {
@@ -112,7 +118,9 @@ var (
 
 // runSnippet runs the scaffold's pipeline snippet with the culvert binary
 // (built with seccomp, as make does: functions run in their default
-// sandbox, which needs root) on two lines, and expects them back.
+// sandbox, which needs root) on two lines, and expects them back. For
+// Python and Node that proves the sandbox binds the scaffold resolved
+// (interpreter, libraries, packages) are complete.
 func runSnippet(t *testing.T, dir string) {
 	t.Helper()
 	culvertOnce.Do(func() {
