@@ -15,4 +15,11 @@
 // the function's environment. A function that does not honour the
 // convention can be checked with Options.NoConvention, which skips those
 // rules.
+//
+// Rules expect records back unchanged. A function that transforms them is
+// checked in transform mode (Options.Samples): the kit sends values the
+// function accepts and compares each answer with the function's answer to
+// the same value alone. Options.Runtime starts the function through a
+// sandbox.Runtime, e.g. in Culvert's sandbox, instead of as a plain child
+// process.
 package conformance
