@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/culvert-dev/culvert/connectors/embedded"
+	"github.com/culvert-dev/culvert/connectors/kafka/kafkatest"
 	"github.com/culvert-dev/culvert/connectors/memory"
 	"github.com/culvert-dev/culvert/internal/runner"
 	"github.com/culvert-dev/culvert/internal/tap"
@@ -223,6 +224,52 @@ outputs:
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// TestReplayToRealKafkaOutputs replays the payments-fanout tap file into
+// that pipeline with its outputs on kfake, and reads the topics back with
+// a plain client.
+func TestReplayToRealKafkaOutputs(t *testing.T) {
+	c := kafkatest.Start(t, kafkatest.Options{Brokers: 1})
+	want := map[string]int{"payments.card": 2, "payments.sepa": 1, "payments.audit.EUR": 2, "payments.audit.GBP": 1, "payments.audit.USD": 1, "payments.dlq": 0}
+	for topic := range want {
+		c.CreateTopic(t, topic, 1)
+	}
+	b, err := os.ReadFile("../../examples/payments-fanout/pipeline.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "pipeline.yaml")
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(b), "127.0.0.1:9092", c.Brokers[0])), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := pipelines.Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := tap.ReadFile("../../examples/payments-fanout/payments.tap", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := Run(context.Background(), Options{
+		Pipeline: p, Next: memory.Slice(recs), Logger: quiet(),
+		Runner: runner.Options{Runtime: process.Runtime{}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.In != int64(len(recs)) || sum.Out["card-settlement"] != 2 || sum.Out["sepa-settlement"] != 1 || sum.Out["audit"] != 4 || sum.Dead != 0 {
+		t.Errorf("summary %+v", sum)
+	}
+	for topic, n := range want {
+		if n == 0 {
+			continue
+		}
+		got := c.Read(t, topic, n, 10*time.Second)
+		if len(got) != n {
+			t.Errorf("topic %s holds %d records, want %d", topic, len(got), n)
 		}
 	}
 }
