@@ -422,3 +422,52 @@ func TestTapNATSForDuration(t *testing.T) {
 		}
 	}
 }
+
+// TestTapFollowUntilInterrupt follows a JetStream stream past its end,
+// shows plain progress lines off a terminal, and on Ctrl-C exits 0 with
+// every record in the file.
+func TestTapFollowUntilInterrupt(t *testing.T) {
+	srv, err := embedded.Start(context.Background(), embedded.Options{DataDir: t.TempDir(), Port: -1, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "METRICS", Subjects: []string{"metrics.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		js.Publish(ctx, "metrics.cpu", []byte(fmt.Sprintf("stored-%d", i)))
+	}
+	out := filepath.Join(t.TempDir(), "metrics.tap")
+	p := startCLI(t, "", nil, nil, "tap", "jetstream://METRICS", "--follow", "-o", out, "--nats-url", srv.ClientURL())
+	for i := range 2 {
+		js.Publish(ctx, "metrics.cpu", []byte(fmt.Sprintf("live-%d", i)))
+	}
+	waitFor(t, 15*time.Second, "a progress line with 5 records", func() bool {
+		return strings.Contains(p.stderr.String(), "tap: 5 records, ") || p.exited()
+	})
+	if p.exited() {
+		t.Fatalf("--follow ended by itself\n%s", p.stderr.String())
+	}
+	if err := p.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 15*time.Second); code != 0 || !strings.Contains(p.stderr.String(), "tap: 5 records from jetstream://METRICS") {
+		t.Fatalf("after Ctrl-C: exit %d\n%s", code, p.stderr.String())
+	}
+	recs, err := tap.ReadFile(out, "")
+	if err != nil || len(recs) != 5 || string(recs[4].Value) != "live-1" {
+		t.Fatalf("tap file: %d records, %v", len(recs), err)
+	}
+}
