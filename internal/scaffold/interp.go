@@ -1,15 +1,15 @@
 package scaffold
 
 import (
-	"debug/elf"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
+
+	"github.com/culvert-dev/culvert/internal/deps"
 )
 
 // Interpreter is what a function in an interpreted language needs of the
@@ -56,11 +56,12 @@ func FindInterpreter(lang string) (Interpreter, error) {
 		if err != nil {
 			return Interpreter{}, err
 		}
-		libs, err := elfClosure(real)
+		var res deps.Resolver
+		binds, err := res.Closure(real)
 		if err != nil {
-			return Interpreter{}, err
+			return Interpreter{}, fmt.Errorf("finding what %s loads: %w", real, err)
 		}
-		return Interpreter{Command: real, Binds: append([]string{real}, libs...)}, nil
+		return Interpreter{Command: real, Binds: binds}, nil
 	}
 	return Interpreter{}, fmt.Errorf("no interpreter for language %q", lang)
 }
@@ -105,21 +106,18 @@ func findPython(python, packages string) (Interpreter, error) {
 	if err != nil {
 		return Interpreter{}, err
 	}
-	libs, err := elfClosure(append([]string{python}, exts...)...)
+	var res deps.Resolver
+	files, err := res.Closure(append([]string{python}, exts...)...)
 	if err != nil {
-		return Interpreter{}, err
+		return Interpreter{}, fmt.Errorf("finding what %s and its packages load: %w", python, err)
 	}
-	return Interpreter{Command: python, Binds: append([]string{python, stdlib, packages}, libs...)}, nil
-}
-
-// libDirs are where the dynamic linker looks without a cache, in order.
-func libDirs() []string {
-	var dirs []string
-	for _, g := range []string{"/lib/*-linux-gnu*", "/usr/lib/*-linux-gnu*"} {
-		m, _ := filepath.Glob(g)
-		dirs = append(dirs, m...)
+	binds := []string{python, stdlib, packages}
+	for _, f := range files {
+		if f != python && !strings.HasPrefix(f, packages+"/") { // bound with their directories
+			binds = append(binds, f)
+		}
 	}
-	return append(dirs, "/lib64", "/usr/lib64", "/lib", "/usr/lib")
+	return Interpreter{Command: python, Binds: binds}, nil
 }
 
 // findExtensions returns the C extensions (*.so) under root.
@@ -141,59 +139,4 @@ func findExtensions(root string) ([]string, error) {
 		return nil, fmt.Errorf("looking for C extensions in %s: %w", root, err)
 	}
 	return out, nil
-}
-
-// elfClosure returns the program interpreters (PT_INTERP) and shared
-// libraries (DT_NEEDED, resolved in libDirs as ld.so does without a cache)
-// that the ELF files in paths load, directly or through each other, sorted.
-// Libraries are named by the path the loader looks up, even when that is a
-// symlink: a bind of it holds its target. Files that are not ELF are
-// skipped; a library found nowhere is left out, since what needs it cannot
-// load outside the sandbox either.
-func elfClosure(paths ...string) ([]string, error) {
-	dirs := libDirs()
-	seen := map[string]bool{}
-	var out []string
-	queue := slices.Clone(paths)
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		f, err := elf.Open(p)
-		if err != nil {
-			continue // not ELF
-		}
-		var found []string
-		for _, prog := range f.Progs {
-			if prog.Type == elf.PT_INTERP {
-				b := make([]byte, prog.Filesz)
-				if _, err := prog.ReadAt(b, 0); err == nil {
-					found = append(found, strings.TrimRight(string(b), "\x00"))
-				}
-			}
-		}
-		libs, _ := f.ImportedLibraries()
-		f.Close()
-		for _, name := range libs {
-			for _, d := range dirs {
-				if lp := filepath.Join(d, name); exists(lp) {
-					found = append(found, lp)
-					break
-				}
-			}
-		}
-		for _, lp := range found {
-			if !seen[lp] {
-				seen[lp] = true
-				out = append(out, lp)
-				queue = append(queue, lp)
-			}
-		}
-	}
-	slices.Sort(out)
-	return out, nil
-}
-
-func exists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }

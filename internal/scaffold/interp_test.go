@@ -32,23 +32,40 @@ func TestFindPythonErrors(t *testing.T) {
 	}
 }
 
-// TestElfClosure: the closure of /bin/sh holds its program interpreter and
-// libc, under the names the loader looks up; a file that is not ELF adds
-// nothing.
-func TestElfClosure(t *testing.T) {
-	exe := "/bin/sh"
-	got, err := elfClosure(exe, "/etc/hostname")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.ContainsFunc(got, func(p string) bool { return strings.HasSuffix(p, "/libc.so.6") }) {
-		t.Fatalf("closure of %s: %v, want libc.so.6 among them", exe, got)
-	}
-	if !slices.IsSorted(got) || len(slices.Compact(slices.Clone(got))) != len(got) {
-		t.Fatalf("closure %v is not sorted and unique", got)
-	}
-	if got, _ := elfClosure("/etc/hostname"); len(got) != 0 {
-		t.Fatalf("closure of a text file: %v", got)
+// TestFindInterpreter: what the scaffold binds for Python and Node holds
+// the interpreter, the libraries it loads with their program interpreter,
+// and for Python its standard library and the packages directory, each
+// once, with nothing inside the packages directory listed on its own.
+func TestFindInterpreter(t *testing.T) {
+	for _, lang := range []string{"python", "node"} {
+		t.Run(lang, func(t *testing.T) {
+			in, err := FindInterpreter(lang)
+			if err != nil {
+				t.Skipf("no %s interpreter here: %v", lang, err)
+			}
+			want := []string{in.Command}
+			if lang == "python" {
+				want = append(want, PythonPackages)
+			}
+			for _, w := range want {
+				if !slices.Contains(in.Binds, w) {
+					t.Errorf("binds %v lack %s", in.Binds, w)
+				}
+			}
+			for _, suffix := range []string{"/libc.so.6", "/ld-linux-x86-64.so.2"} {
+				if !slices.ContainsFunc(in.Binds, func(p string) bool { return strings.HasSuffix(p, suffix) }) {
+					t.Errorf("binds %v lack a %s", in.Binds, suffix)
+				}
+			}
+			if len(slices.Compact(slices.Sorted(slices.Values(in.Binds)))) != len(in.Binds) {
+				t.Errorf("binds %v repeat a path", in.Binds)
+			}
+			for _, b := range in.Binds {
+				if strings.HasPrefix(b, PythonPackages+"/") {
+					t.Errorf("bind %s is inside %s, which is bound whole", b, PythonPackages)
+				}
+			}
+		})
 	}
 }
 

@@ -16,8 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/culvert-dev/culvert/internal/deps"
 	"github.com/culvert-dev/culvert/sandbox"
-	"github.com/culvert-dev/culvert/sandbox/container/internal/deps"
 )
 
 // bind is one read-only bind mount: host src at dst inside the root.
@@ -86,8 +86,16 @@ func (r *Runtime) buildRoot(key string, spec sandbox.Spec) (*preparedRoot, error
 				// not carried into its root.
 			}
 		}
-		for _, b := range root.Binds {
-			binds = append(binds, bind{src: b, dst: b})
+		// A bound program brings what it loads, as in a root built from
+		// the command: an interpreter bound beside the function's own
+		// files needs its ELF interpreter and libraries too.
+		var res deps.Resolver
+		files, err := res.Closure(root.Binds...)
+		if err != nil {
+			return nil, fmt.Errorf("finding what %s needs: %w", strings.Join(root.Binds, ", "), err)
+		}
+		for _, f := range files {
+			binds = append(binds, bind{src: f, dst: f})
 		}
 	} else {
 		var res deps.Resolver

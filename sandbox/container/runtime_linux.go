@@ -29,8 +29,8 @@ import (
 	_ "github.com/opencontainers/runc/libcontainer/nsenter" // the C half of the container init
 	"golang.org/x/sys/unix"
 
+	"github.com/culvert-dev/culvert/internal/deps"
 	"github.com/culvert-dev/culvert/sandbox"
-	"github.com/culvert-dev/culvert/sandbox/container/internal/deps"
 )
 
 // Options configure a Runtime. The zero value is usable.
