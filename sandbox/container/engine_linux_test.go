@@ -49,36 +49,19 @@ outputs:
   out: { stdout: { format: lines } }
   dlq: { file: { path: %s } }
 `, hostileBin, filepath.Join(dir, "dlq.ndjson"))
-	path := filepath.Join(dir, "p.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p, err := pipelines.Load(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	attempts := []string{
 		"read /etc/shadow", "ptrace", "mount", "unshare", "bpf", "keyctl", "reboot", "raw-socket",
 		"sethostname", "proc-sys", "write /pwned", "signal " + fmt.Sprint(os.Getpid()), "connect 127.0.0.1:22",
 		"membomb 512", "flood 64", "init_module", "perf_event_open", "clock_settime", "setns",
 	}
-	var in strings.Builder
-	for i, a := range attempts {
-		fmt.Fprintf(&in, "%s\nhello\n", a)
-		_ = i
+	pr := runPipeline(t, r, yaml)
+	for _, a := range attempts {
+		if _, err := fmt.Fprintf(pr.in, "%s\nhello\n", a); err != nil {
+			t.Fatal(err)
+		}
 	}
-	var out, logs testbin.Buffer
-	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	sbx := runner.Sandboxing{Isolating: r, Plain: process.Runtime{}, Logger: log}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	err = runner.Run(ctx, runner.Options{
-		Pipeline: p, Runtime: process.Runtime{}, Confine: sbx.Confine(p), Logger: log,
-		Stdin: strings.NewReader(in.String()), Stdout: &out,
-	})
-	if err != nil {
-		t.Fatalf("run: %v\nlogs:\n%s", err, logs.String())
-	}
+	pr.stop()
+	out, logs := &pr.out, &pr.logs
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	hellos, denied := 0, 0
 	for _, l := range lines {
@@ -113,7 +96,6 @@ outputs:
 // idleness, the next record's start finds one waiting too. No start is cold.
 func TestEnginePrecreates(t *testing.T) {
 	r := newRuntime(t, true)
-	dir := t.TempDir()
 	yaml := fmt.Sprintf(`version: 1
 name: zero
 inputs:
@@ -132,54 +114,21 @@ routes:
 outputs:
   out: { stdout: { format: lines } }
 `, hostileBin)
-	path := filepath.Join(dir, "p.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p, err := pipelines.Load(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out, logs testbin.Buffer
-	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	sbx := runner.Sandboxing{Isolating: r, Plain: process.Runtime{}, Logger: log}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	inR, inW := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		done <- runner.Run(ctx, runner.Options{
-			Pipeline: p, Runtime: process.Runtime{}, Confine: sbx.Confine(p), Logger: log,
-			Stdin: inR, Stdout: &out,
-		})
-	}()
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s; stats %+v; out %q\nlogs:\n%s", what, r.Stats(), out.String(), logs.String())
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
+	pr := runPipeline(t, r, yaml)
 	for i := range 3 {
 		// Idle: the instance has stopped (or never started) and a
 		// container waits for the next start.
-		waitFor("a waiting container", func() bool { return r.waiting() == 1 })
-		if _, err := fmt.Fprintln(inW, "hello"); err != nil {
+		pr.waitFor("a waiting container", func() bool { return r.waiting() == 1 })
+		if _, err := fmt.Fprintln(pr.in, "hello"); err != nil {
 			t.Fatal(err)
 		}
-		waitFor("the answer", func() bool { return strings.Count(out.String(), "OK hello\n") == i+1 })
+		pr.waitFor("the answer", func() bool { return strings.Count(pr.out.String(), "OK hello\n") == i+1 })
 		if st := r.Stats(); st.Precreated != uint64(i+1) || st.Cold != 0 {
 			t.Fatalf("record %d: %+v, want %d pre-created starts and none cold", i, st, i+1)
 		}
 		time.Sleep(300 * time.Millisecond) // past idle_timeout: scaled to zero
 	}
-	_ = inW.Close()
-	if err := <-done; err != nil {
-		t.Fatalf("run: %v\nlogs:\n%s", err, logs.String())
-	}
+	pr.stop()
 }
 
 // TestEngineExecMode: an exec-mode function (one process per record, the
@@ -189,7 +138,6 @@ outputs:
 // record's variables and the function's own, and no start is cold.
 func TestEngineExecMode(t *testing.T) {
 	r := newRuntime(t, true)
-	dir := t.TempDir()
 	yaml := fmt.Sprintf(`version: 1
 name: execmode
 inputs:
@@ -209,7 +157,37 @@ routes:
 outputs:
   out: { stdout: { format: lines } }
 `, hostileBin)
-	path := filepath.Join(dir, "p.yaml")
+	pr := runPipeline(t, r, yaml)
+	for i := range 3 {
+		if i > 0 { // the first record may come while they are being created
+			pr.waitFor("waiting containers", func() bool { return r.waiting() == 2 })
+		}
+		if _, err := fmt.Fprintf(pr.in, "rec%d\n", i); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf(`OK fds= exe=%s pid1=%s BASE=1 X= FN=echo stdin="rec%d`, hostileBin, hostileBin, i)
+		pr.waitFor("the answer", func() bool { return strings.Contains(pr.out.String(), want) })
+		if st := r.Stats(); st.Precreated != uint64(i+1) || st.Cold != 0 {
+			t.Fatalf("record %d: %+v, want %d pre-created starts and none cold", i, st, i+1)
+		}
+	}
+	pr.stop()
+}
+
+// pipelineRun is a pipeline run by the real runner and engine, its
+// functions confined by a container runtime, fed through stdin.
+type pipelineRun struct {
+	t         *testing.T
+	r         *Runtime
+	in        *io.PipeWriter
+	out, logs testbin.Buffer
+	done      chan error
+}
+
+// runPipeline loads yaml and runs it until stop.
+func runPipeline(t *testing.T, r *Runtime, yaml string) *pipelineRun {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "p.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -217,44 +195,39 @@ outputs:
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out, logs testbin.Buffer
-	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	pr := &pipelineRun{t: t, r: r, done: make(chan error, 1)}
+	log := slog.New(slog.NewTextHandler(&pr.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	sbx := runner.Sandboxing{Isolating: r, Plain: process.Runtime{}, Logger: log}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	t.Cleanup(cancel)
 	inR, inW := io.Pipe()
-	done := make(chan error, 1)
+	pr.in = inW
 	go func() {
-		done <- runner.Run(ctx, runner.Options{
+		pr.done <- runner.Run(ctx, runner.Options{
 			Pipeline: p, Runtime: process.Runtime{}, Confine: sbx.Confine(p), Logger: log,
-			Stdin: inR, Stdout: &out,
+			Stdin: inR, Stdout: &pr.out,
 		})
 	}()
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s; stats %+v; out %q\nlogs:\n%s", what, r.Stats(), out.String(), logs.String())
-			}
-			time.Sleep(5 * time.Millisecond)
+	return pr
+}
+
+// waitFor polls cond for up to 20s.
+func (pr *pipelineRun) waitFor(what string, cond func() bool) {
+	pr.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			pr.t.Fatalf("timed out waiting for %s; stats %+v; out %q\nlogs:\n%s", what, pr.r.Stats(), pr.out.String(), pr.logs.String())
 		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	for i := range 3 {
-		if i > 0 { // the first record may come while they are being created
-			waitFor("waiting containers", func() bool { return r.waiting() == 2 })
-		}
-		if _, err := fmt.Fprintf(inW, "rec%d\n", i); err != nil {
-			t.Fatal(err)
-		}
-		want := fmt.Sprintf(`OK fds= exe=%s pid1=%s BASE=1 X= FN=echo stdin="rec%d`, hostileBin, hostileBin, i)
-		waitFor("the answer", func() bool { return strings.Contains(out.String(), want) })
-		if st := r.Stats(); st.Precreated != uint64(i+1) || st.Cold != 0 {
-			t.Fatalf("record %d: %+v, want %d pre-created starts and none cold", i, st, i+1)
-		}
-	}
-	_ = inW.Close()
-	if err := <-done; err != nil {
-		t.Fatalf("run: %v\nlogs:\n%s", err, logs.String())
+}
+
+// stop ends the input and waits for the run to finish.
+func (pr *pipelineRun) stop() {
+	pr.t.Helper()
+	_ = pr.in.Close()
+	if err := <-pr.done; err != nil {
+		pr.t.Fatalf("run: %v\nlogs:\n%s", err, pr.logs.String())
 	}
 }
