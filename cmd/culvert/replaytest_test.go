@@ -6,8 +6,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,9 +19,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/culvert-dev/culvert/connectors/embedded"
 	"github.com/culvert-dev/culvert/connectors/kafka/kafkatest"
 	"github.com/culvert-dev/culvert/internal/kinesistest"
+	"github.com/culvert-dev/culvert/internal/natstest"
 	"github.com/culvert-dev/culvert/internal/tap"
 )
 
@@ -82,26 +80,12 @@ func TestTestCommandBadFile(t *testing.T) {
 	}
 }
 
-func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
 // TestTapReplayDiffJetStream taps a JetStream stream with the CLI, replays
 // the tap file as a dry run and to the real outputs, and diffs two
 // pipeline versions on it.
 func TestTapReplayDiffJetStream(t *testing.T) {
-	srv, err := embedded.Start(context.Background(), embedded.Options{DataDir: t.TempDir(), Port: -1, Logger: quietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	}()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	srv := natstest.Server(t)
+	nc := natstest.Connect(t, srv)
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "SHOP_EVENTS", Subjects: []string{"shop.events.>"}}); err != nil {
@@ -377,20 +361,8 @@ func TestTestCommandUpdate(t *testing.T) {
 // TestTapNATSForDuration taps a core NATS subject with the CLI until --for
 // ends it; the file keeps subjects and headers.
 func TestTapNATSForDuration(t *testing.T) {
-	srv, err := embedded.Start(context.Background(), embedded.Options{DataDir: t.TempDir(), Port: -1, Logger: quietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	}()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	srv := natstest.Server(t)
+	nc := natstest.Connect(t, srv)
 	out := filepath.Join(t.TempDir(), "sensors.ndjson")
 	start := time.Now()
 	p := startCLI(t, "", nil, nil, "tap", "nats://sensors.>", "--for", "2s", "-o", out, "--nats-url", srv.ClientURL())
@@ -427,20 +399,8 @@ func TestTapNATSForDuration(t *testing.T) {
 // shows plain progress lines off a terminal, and on Ctrl-C exits 0 with
 // every record in the file.
 func TestTapFollowUntilInterrupt(t *testing.T) {
-	srv, err := embedded.Start(context.Background(), embedded.Options{DataDir: t.TempDir(), Port: -1, Logger: quietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	}()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	srv := natstest.Server(t)
+	nc := natstest.Connect(t, srv)
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "METRICS", Subjects: []string{"metrics.>"}}); err != nil {

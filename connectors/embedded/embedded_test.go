@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/culvert-dev/culvert/connectors/embedded"
-	"github.com/culvert-dev/culvert/connectors/internal/natstest"
+	"github.com/culvert-dev/culvert/internal/natstest"
 )
 
 func TestStartPublishShutdown(t *testing.T) {

@@ -13,8 +13,8 @@ import (
 	gojs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/culvert-dev/culvert/connectors"
-	"github.com/culvert-dev/culvert/connectors/internal/natstest"
 	"github.com/culvert-dev/culvert/connectors/jetstream"
+	"github.com/culvert-dev/culvert/internal/natstest"
 )
 
 // delivery is one message handed to one of the sources of a group test.

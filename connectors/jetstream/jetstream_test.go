@@ -14,9 +14,9 @@ import (
 
 	"github.com/culvert-dev/culvert/connectors"
 	"github.com/culvert-dev/culvert/connectors/connectortest"
-	"github.com/culvert-dev/culvert/connectors/internal/natstest"
 	"github.com/culvert-dev/culvert/connectors/jetstream"
 	"github.com/culvert-dev/culvert/connectors/natsmsg"
+	"github.com/culvert-dev/culvert/internal/natstest"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 )
 

@@ -17,9 +17,9 @@ import (
 
 	"github.com/culvert-dev/culvert/connectors"
 	"github.com/culvert-dev/culvert/connectors/connectortest"
-	"github.com/culvert-dev/culvert/connectors/internal/natstest"
 	"github.com/culvert-dev/culvert/connectors/kinesis/leases"
 	"github.com/culvert-dev/culvert/internal/kinesistest"
+	"github.com/culvert-dev/culvert/internal/natstest"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 )
 

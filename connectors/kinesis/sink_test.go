@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/culvert-dev/culvert/connectors/internal/natstest"
 	"github.com/culvert-dev/culvert/connectors/kinesis/leases"
 	"github.com/culvert-dev/culvert/internal/kinesistest"
+	"github.com/culvert-dev/culvert/internal/natstest"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 )
 

@@ -15,9 +15,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/culvert-dev/culvert/connectors/embedded"
 	"github.com/culvert-dev/culvert/connectors/kafka/kafkatest"
 	"github.com/culvert-dev/culvert/connectors/memory"
+	"github.com/culvert-dev/culvert/internal/natstest"
 	"github.com/culvert-dev/culvert/internal/runner"
 	"github.com/culvert-dev/culvert/internal/tap"
 	"github.com/culvert-dev/culvert/pipelines"
@@ -127,15 +127,7 @@ func TestDryRun(t *testing.T) {
 // are real JetStream streams on an embedded server, and reads them back
 // with a plain client.
 func TestReplayToRealOutputs(t *testing.T) {
-	srv, err := embedded.Start(context.Background(), embedded.Options{DataDir: t.TempDir(), Port: -1, Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	}()
+	srv := natstest.Server(t)
 	p := loadExample(t, "order-events")
 	f, err := os.Open("../../examples/order-events/events.ndjson")
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"github.com/culvert-dev/culvert/connectors/embedded"
 	"github.com/culvert-dev/culvert/connectors/kafka/kafkatest"
 	"github.com/culvert-dev/culvert/internal/kinesistest"
+	"github.com/culvert-dev/culvert/internal/natstest"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 )
 
@@ -67,21 +69,8 @@ func values(recs []*culvertv1.Record) string {
 
 func startNATS(t *testing.T) (*embedded.Server, *nats.Conn) {
 	t.Helper()
-	srv, err := embedded.Start(context.Background(), embedded.Options{DataDir: t.TempDir(), Port: -1, Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return srv, nc
+	srv := natstest.Server(t)
+	return srv, natstest.Connect(t, srv)
 }
 
 func TestCaptureNATS(t *testing.T) {
@@ -366,36 +355,13 @@ func TestCaptureJetStreamFollow(t *testing.T) {
 		t.Fatal(err)
 	}
 	js.Publish(ctx, "live.old", []byte("old"))
-	s, _ := ParseSource("jetstream://LIVE?from=latest", time.Now())
-	got := make(chan string, 10)
-	done := make(chan error, 1)
-	go func() {
-		done <- Capture(ctx, s, Options{NATSURL: srv.ClientURL(), Count: 2, Logger: quiet()}, func(r *culvertv1.Record) error {
-			got <- string(r.Value)
-			return nil
-		})
-	}()
-	deadline := time.After(15 * time.Second)
-	for i := 0; ; i++ {
+	got, done := liveCapture(t, "jetstream://LIVE?from=latest", Options{NATSURL: srv.ClientURL(), Count: 2})
+	vs := followWhile(t, got, done, 100*time.Millisecond, func(i int) {
 		js.Publish(ctx, "live.new", []byte(fmt.Sprintf("new%d", i)))
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatal(err)
-			}
-			close(got)
-			for v := range got {
-				if v == "old" {
-					t.Errorf("from=latest delivered a stored record")
-				}
-			}
-			goto stored
-		case <-deadline:
-			t.Fatal("follow did not stop at its count")
-		case <-time.After(100 * time.Millisecond):
-		}
+	})
+	if len(vs) != 2 || slices.Contains(vs, "old") {
+		t.Errorf("from=latest with count 2: got %v, want two new records", vs)
 	}
-stored:
 	cut := time.Now()
 	time.Sleep(20 * time.Millisecond)
 	js.Publish(ctx, "live.after", []byte("after-cut"))
@@ -412,6 +378,33 @@ stored:
 
 // liveCapture starts a capture in the background and returns its records
 // as they come and its result.
+// followWhile calls produce every interval (with 0, 1, ...) until the
+// live capture behind got and done ends by itself, and returns what it
+// captured; it fails t if the capture fails or has not ended within 20s.
+func followWhile(t *testing.T, got <-chan string, done <-chan error, every time.Duration, produce func(i int)) []string {
+	t.Helper()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	deadline := time.After(20 * time.Second)
+	for i := 0; ; i++ {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			var vs []string
+			for v := range got {
+				vs = append(vs, v)
+			}
+			return vs
+		case <-tick.C:
+			produce(i)
+		case <-deadline:
+			t.Fatal("the live capture did not stop at its count")
+		}
+	}
+}
+
 func liveCapture(t *testing.T, src string, o Options) (<-chan string, <-chan error) {
 	t.Helper()
 	s, err := ParseSource(src, time.Now())
@@ -471,31 +464,17 @@ func TestCaptureKafkaTimesAndFollow(t *testing.T) {
 	// Following from the end: only what is produced after the tap started.
 	got, done := liveCapture(t, "kafka://"+brokers+"/clicks?from=latest", Options{Count: 3})
 	cl := c.Client(t)
-	for i := 0; ; i++ {
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatal(err)
-			}
-			var vs []string
-			for v := range got {
-				vs = append(vs, v)
-			}
-			if len(vs) != 3 {
-				t.Fatalf("follow: got %v, want 3 records", vs)
-			}
-			for _, v := range vs {
-				if !strings.HasPrefix(v, "live-") {
-					t.Errorf("follow from latest delivered stored record %s", v)
-				}
-			}
-			return
-		case <-time.After(100 * time.Millisecond):
-			if err := cl.ProduceSync(context.Background(), &kgo.Record{Topic: "clicks", Value: []byte(fmt.Sprintf("live-%d", i))}).FirstErr(); err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatal("follow did not stop at its count")
+	vs := followWhile(t, got, done, 100*time.Millisecond, func(i int) {
+		if err := cl.ProduceSync(context.Background(), &kgo.Record{Topic: "clicks", Value: []byte(fmt.Sprintf("live-%d", i))}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if len(vs) != 3 {
+		t.Fatalf("follow: got %v, want 3 records", vs)
+	}
+	for _, v := range vs {
+		if !strings.HasPrefix(v, "live-") {
+			t.Errorf("follow from latest delivered stored record %s", v)
 		}
 	}
 }
@@ -566,24 +545,8 @@ func TestCaptureKinesisPositions(t *testing.T) {
 
 	o.Count = 2
 	got, done := liveCapture(t, "kinesis://views?from=latest", o)
-	for i := 0; ; i++ {
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatal(err)
-			}
-			var vs []string
-			for v := range got {
-				vs = append(vs, v)
-			}
-			if len(vs) != 2 || !strings.HasPrefix(vs[0], "live-") || !strings.HasPrefix(vs[1], "live-") {
-				t.Fatalf("follow from latest: got %v", vs)
-			}
-			return
-		case <-time.After(300 * time.Millisecond):
-			put(fmt.Sprintf("live-%d", i))
-		case <-time.After(30 * time.Second):
-			t.Fatal("follow did not stop at its count")
-		}
+	vs := followWhile(t, got, done, 300*time.Millisecond, func(i int) { put(fmt.Sprintf("live-%d", i)) })
+	if len(vs) != 2 || !strings.HasPrefix(vs[0], "live-") || !strings.HasPrefix(vs[1], "live-") {
+		t.Fatalf("follow from latest: got %v", vs)
 	}
 }

@@ -10,7 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/culvert-dev/culvert/connectors/internal/natstest"
+	"github.com/culvert-dev/culvert/internal/natstest"
 )
 
 // stores returns one fresh store of each kind, against a real embedded

@@ -1,5 +1,5 @@
 // Package natstest starts a real embedded nats-server with JetStream for
-// tests of the nats and jetstream connectors, and connects clients to it.
+// tests (connectors, the tap, replay and CLI tests), and connects clients to it.
 // It is test support only and never mocks the server.
 package natstest
 
