@@ -21,13 +21,16 @@ const ExitTempFail = 75
 // execInst runs one process per record.
 type execInst struct {
 	cfg    Config
+	env    []string // ExecEnv(cfg.Env): every start's Env
 	mu     sync.Mutex
 	busy   bool
 	closed bool
 	dead   chan struct{}
 }
 
-func newExec(cfg Config) *execInst { return &execInst{cfg: cfg, dead: make(chan struct{})} }
+func newExec(cfg Config) *execInst {
+	return &execInst{cfg: cfg, env: ExecEnv(cfg.Env), dead: make(chan struct{})}
+}
 
 func (x *execInst) Dead() <-chan struct{} { return x.dead }
 func (x *execInst) Err() error            { return nil }
@@ -87,8 +90,8 @@ func (x *execInst) run(ctx context.Context, rec *culvertv1.Record) Result {
 	cfg := &x.cfg
 	tail := newLogTail(cfg.Logger.With("record", rec.Id))
 	spec := cfg.spec(tail)
-	spec.Env = ExecEnv(cfg.Env)
-	spec.StartEnv = append([]string{}, execenv.Encode(rec, cfg.Function, cfg.Pipeline)...)
+	spec.Env = x.env
+	spec.StartEnv = execenv.Encode(rec, cfg.Function, cfg.Pipeline) // never nil: a start of one spec
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	proc, err := cfg.Runtime.Start(ctx, spec)

@@ -420,14 +420,8 @@ func checkEcho(t *T) error {
 			r.ContentType = "application/json"
 			recs = append(recs, r)
 		}
-		res, err := t.roundTrip(p, id, recs...)
-		if err != nil {
+		if err := t.answer(p, id, recs...); err != nil {
 			return err
-		}
-		for i, rr := range res {
-			if err := t.expect(rr, recs[i]); err != nil {
-				return fmt.Errorf("batch %d: %w", id, err)
-			}
 		}
 	}
 	return nil

@@ -3,7 +3,6 @@
 package container
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/cgroups/manager"
 
+	"github.com/culvert-dev/culvert/internal/testbin"
 	"github.com/culvert-dev/culvert/sandbox"
 )
 
@@ -85,8 +85,8 @@ func removeParent(r *Runtime) {
 // run starts spec, feeds it stdin, and returns its stdout, stderr and exit.
 func run(t testing.TB, r *Runtime, spec sandbox.Spec, stdin string, timeout time.Duration) (string, string, sandbox.Exit) {
 	t.Helper()
-	var stderr bytes.Buffer
-	spec.Stderr = &lockedWriter{w: &stderr}
+	var stderr testbin.Buffer
+	spec.Stderr = &stderr
 	if spec.Name == "" {
 		spec.Name = "test"
 	}
@@ -107,12 +107,6 @@ func run(t testing.TB, r *Runtime, spec sandbox.Spec, stdin string, timeout time
 	ex := p.Wait()
 	return string(out), stderr.String(), ex
 }
-
-type lockedWriter struct {
-	w io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) { return l.w.Write(p) }
 
 func hostile(args ...string) sandbox.Spec {
 	return sandbox.Spec{Path: hostileBin, Args: args, Tenant: "t1"}

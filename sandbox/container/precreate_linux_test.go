@@ -5,14 +5,17 @@ package container
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/culvert-dev/culvert/internal/testbin"
 	"github.com/culvert-dev/culvert/sandbox"
 )
 
@@ -352,5 +355,39 @@ func TestPreamble(t *testing.T) {
 		if _, err := readPreamble(strings.NewReader(bad)); err == nil {
 			t.Errorf("readPreamble(%q): no error", bad)
 		}
+	}
+}
+
+// TestLauncherUnavailable: where the launcher cannot run (here its files
+// are made unavailable), an exec-mode spec's starts go cold and still get
+// their per-start environment and stdin, and the runtime stops creating
+// launcher containers for the spec instead of failing at every start.
+func TestLauncherUnavailable(t *testing.T) {
+	r := newRuntime(t, true)
+	r.launcherOnce.Do(func() { r.launcherErr = errors.New("launcher: unavailable in this test") })
+	var logs testbin.Buffer
+	r.log = slog.New(slog.NewTextHandler(&logs, nil))
+	spec := hostile("env")
+	spec.Name, spec.Env, spec.StartEnv = "nolauncher", []string{"PATH=/usr/bin:/bin", "BASE=1", "X=base"}, []string{}
+	r.Precreate(spec, 2)
+	waitUntil(t, "the failed creations", func() bool { return r.pending() == 0 })
+	want := fmt.Sprintf("OK fds= exe=%s pid1=%s BASE=1 X=rec FN= stdin=%q\n", hostileBin, hostileBin, "in")
+	for i := range 2 {
+		spec.StartEnv = []string{"HOSTILE_ATTEMPT=launched", "X=rec"}
+		out, stderr, ex := run(t, r, spec, "in", 20*time.Second)
+		if out != want || !ex.Success() {
+			t.Fatalf("start %d: stdout %q (exit %v, stderr %q), want %q", i, out, ex, stderr, want)
+		}
+	}
+	time.Sleep(600 * time.Millisecond) // past upGrace: a refill would have begun
+	if st := r.Stats(); st.Precreated != 0 || st.Cold != 2 {
+		t.Fatalf("%+v, want 2 cold starts", st)
+	}
+	if n := r.pending(); n != 0 {
+		t.Fatalf("%d launcher containers waiting or being created after the launcher failed", n)
+	}
+	// The two asked for at load failed; the starts tried no more.
+	if n := strings.Count(logs.String(), "could not pre-create a container"); n != 2 {
+		t.Fatalf("%d failed creations, want the 2 at load only:\n%s", n, logs.String())
 	}
 }

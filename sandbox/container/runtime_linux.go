@@ -291,7 +291,7 @@ type spares struct {
 	// waiters are starts that found none ready and wait for one being
 	// created, oldest first; each gets one, or nil if its creation failed.
 	waiters []chan *instance
-	failed  bool // a launcher container failed: no more for this spec
+	failed  bool // the launcher cannot run: no more launcher containers for this spec
 }
 
 func (s *spares) idle() bool { return len(s.ready) == 0 && s.filling == 0 && len(s.waiters) == 0 }
@@ -399,7 +399,10 @@ func (r *Runtime) refill(key, tenantName string, spec sandbox.Spec) {
 			r.pooled--
 			switch {
 			case err != nil:
-				s.failed = s.failed || launch
+				// A launcher that cannot run here will not run next
+				// time either; other failures (a cgroup, a full disk)
+				// may pass, and the next start tries again.
+				s.failed = s.failed || errors.As(err, new(launcherError))
 			case r.closed:
 			case len(s.waiters) > 0:
 				s.waiters[0] <- inst
@@ -530,7 +533,7 @@ func (r *Runtime) create(tenantName string, spec sandbox.Spec, launch bool) (_ *
 		var largs []string
 		if largs, extra, err = r.launcherFds(); err != nil {
 			inst.closePipes()
-			return nil, err
+			return nil, launcherError{err}
 		}
 		defer closeAll(extra)
 		args = append(largs, args...)
@@ -569,11 +572,18 @@ func (r *Runtime) create(tenantName string, spec sandbox.Spec, launch bool) (_ *
 			inst.stderrTo <- &stderr
 			inst.releaseNet = nil // the deferred release does it
 			inst.discard()
-			return nil, fmt.Errorf("%w; its stderr: %q", err, tail(stderr.Bytes(), 512))
+			return nil, launcherError{fmt.Errorf("%w; its stderr: %q", err, tail(stderr.Bytes(), 512))}
 		}
 	}
 	return inst, nil
 }
+
+// launcherError is a failure of the launcher itself (it cannot be found,
+// opened or started), as opposed to the container around it.
+type launcherError struct{ err error }
+
+func (e launcherError) Error() string { return e.err.Error() }
+func (e launcherError) Unwrap() error { return e.err }
 
 // launcherFds opens what the launcher runs from and returns the init's
 // command line for it. This binary is linked dynamically (cgo: nsenter,
