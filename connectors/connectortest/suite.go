@@ -394,7 +394,15 @@ type running struct {
 func start(t testing.TB, src connectors.Source, h connectors.Handler) *running {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{t: t, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- src.Run(ctx, h) }()
+	go func() {
+		err := src.Run(ctx, h)
+		if ctx.Err() == nil {
+			// Ended on its own, before the test's cleanup cancelled it: say
+			// so now, or a test waiting for records reports only a timeout.
+			t.Logf("Run returned before it was stopped: %v", err)
+		}
+		r.done <- err
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {

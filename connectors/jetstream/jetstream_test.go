@@ -92,7 +92,31 @@ func (e *env) NewSource(t *testing.T) connectors.Source {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { src.Close() })
+	t.Cleanup(func() { e.logConsumerIfFailed(t) }) // runs first: before Close naks
 	return src
+}
+
+// logConsumerIfFailed logs the server's view of the source's consumer
+// (pending, ack pending, waiting pulls) when t failed, so that a stalled
+// delivery can be told apart from a stalled source.
+func (e *env) logConsumerIfFailed(t *testing.T) {
+	if !t.Failed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c, err := e.h.js.Consumer(ctx, e.stream(), e.sourceConfig().Durable)
+	if err != nil {
+		t.Logf("consumer info: %v", err)
+		return
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		t.Logf("consumer info: %v", err)
+		return
+	}
+	t.Logf("consumer %s at the failure: delivered %d (stream seq %d), ack floor %d, ack pending %d, pending %d, waiting pulls %d, redelivered %d",
+		info.Name, info.Delivered.Consumer, info.Delivered.Stream, info.AckFloor.Consumer, info.NumAckPending, info.NumPending, info.NumWaiting, info.NumRedelivered)
 }
 
 func (e *env) OutputSubject(t *testing.T) string { return fmt.Sprintf("ctout.%d.x", e.id) }
