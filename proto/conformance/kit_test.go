@@ -41,7 +41,8 @@ func goExamples(t *testing.T) string {
 		}
 		cmd := exec.Command("go", "build", "-o", binDir+string(filepath.Separator),
 			"./examples/functions/passthrough", "./examples/functions/faulty", "./examples/functions/broken",
-			"./examples/functions/conformance", "./examples/functions/enrich")
+			"./examples/functions/conformance", "./examples/functions/enrich",
+			"./proto/conformance/testdata/stateful")
 		cmd.Dir = repoRoot(t)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = &buildError{string(out), err}
@@ -176,6 +177,54 @@ func TestTransformMode(t *testing.T) {
 				t.Errorf("the text report does not show what binary-values leaves out:\n%s", text.String())
 			}
 			t.Logf("%s:\n%s", name, text.String())
+		})
+	}
+}
+
+// TestTransformModeStateful: a function whose answers depend on more than
+// the record. One that answers a sample differently each time it is sent
+// (a counter) passes every rule it is run against (all but the
+// convention's), each saying that answers were checked for
+// shape only and why; one that answers a sample alone the same every time
+// but differently when it shares a batch (its position in the batch) fails
+// the rules that batch samples, each naming the record and the difference.
+func TestTransformModeStateful(t *testing.T) {
+	bin := goExamples(t)
+	samples := enrichSamples(t)
+	for _, tc := range []struct {
+		mode   string
+		wantOK bool
+		reason string // in every failure (wantOK false) or every note (true)
+	}{
+		{"counter", true, "answered differently when sent twice"},
+		{"position", false, "answered unlike the same sample sent alone"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			rep, err := conformance.Run(context.Background(), conformance.Options{
+				Command: []string{filepath.Join(bin, "stateful"), tc.mode}, Samples: samples, Parallel: 4,
+				NoConvention: true, // stateful answers every record the same way
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var text strings.Builder
+			rep.WriteText(&text)
+			if rep.OK() != tc.wantOK || len(rep.Results) != len(conformance.Rules()) {
+				t.Fatalf("OK %v, want %v:\n%s", rep.OK(), tc.wantOK, text.String())
+			}
+			for _, r := range rep.Results {
+				switch {
+				case r.Status == conformance.Skip:
+				case tc.wantOK && !strings.Contains(r.Note, tc.reason):
+					t.Errorf("%s: note %q does not say %q", r.Rule, r.Note, tc.reason)
+				case !tc.wantOK && r.Status == conformance.Fail && !strings.Contains(r.Reason, tc.reason):
+					t.Errorf("%s failed for another reason: %s", r.Rule, r.Reason)
+				}
+			}
+			if !tc.wantOK && rep.Failed < 2 {
+				t.Errorf("%d rules failed, want every rule that batches samples to:\n%s", rep.Failed, text.String())
+			}
+			t.Logf("%s:\n%s", tc.mode, text.String())
 		})
 	}
 }
