@@ -1,0 +1,79 @@
+// Package spawn is the direct cold-start path of sandbox/container: a
+// small C program that runs in a constructor, before the Go runtime, when
+// the culvert binary is started with _CULVERT_SPAWN set. Importing the
+// package (sandbox/container does) links it into every binary that can
+// run containers; in every other start of such a binary the constructor
+// returns at once.
+//
+// # Processes
+//
+// The runtime starts /proc/self/exe with os/exec (no namespace flags on
+// the Go side, so Go uses vfork, cheap from a large parent), with the
+// instance's stdio pipes as fds 0-2, the request pipe's read end as fd 3,
+// the status pipe's write end as fd 4 and _CULVERT_SPAWN=3,4 as its only
+// environment. That process, the shim, reads the request, joins the
+// prepared network namespace if one is named, clones the container init
+// into new namespaces, writes its uid_map and gid_map, reports the init's
+// host pid on the status pipe, releases it through a pipe, closes the
+// status pipe and waits for it. It exits with the init's exit status, or
+// dies of the signal that killed it. The runtime puts the shim in the
+// instance's cgroup before it writes the request, so everything the shim
+// clones is in the cgroup from its first instruction.
+//
+// The init (pid 1 of its namespaces), in this order: PR_SET_PDEATHSIG
+// (SIGKILL) and wait for the release; setsid; setgroups(0), setresgid(0),
+// setresuid(0), then PR_SET_PDEATHSIG again and a check that the shim is
+// still there; sethostname; / made MS_PRIVATE|MS_REC; the root bound onto
+// itself; the mounts in order (each destination resolved inside the root
+// with openat2 RESOLVE_IN_ROOT; read-only binds remounted read-only with
+// the nosuid/nodev/noexec flags the source mount has, which a user
+// namespace may not clear); /dev: the device nodes bound from the host,
+// and the ptmx, fd, stdin, stdout, stderr (and core) links, as runc makes
+// them; /dev (any non-bind mount with MS_RDONLY) remounted read-only;
+// pivot_root(".", ".") and the old root detached; masked paths (/dev/null
+// over files, a read-only tmpfs over directories) and read-only paths;
+// / remounted read-only; loopback up, when the network namespace is new;
+// rlimits; every fd above 2 marked close-on-exec; chdir to the working
+// directory; the command looked up (a name with a slash as given,
+// otherwise in the environment's PATH, inside the new root); all
+// capabilities dropped (bounding set, ambient, then capset to zero;
+// the uid stays 0 in the namespace); no_new_privs; the seccomp filter,
+// last; execve. A step that fails writes its name and errno to the status
+// pipe and the init exits.
+//
+// # Request format (version 1)
+//
+// All integers are little-endian. A 12-byte header: "CVSP", the version
+// byte 1, three zero bytes, and the length of the body (u32, at most
+// 16 MiB). The body is a sequence of records: a u16 tag, a u32 payload
+// length, the payload. Strings are raw bytes without NUL. An unknown tag,
+// a record past the end, or a fixed-size record of the wrong size fails
+// the request.
+//
+//	 1 root        string, absolute host path of the container's root
+//	 2 hostname    string
+//	 3 clone flags u64, the CLONE_NEW* flags of the init's clone
+//	 4 netns       string, a network namespace to join before the clone
+//	 5 uid map     string, written to /proc/PID/uid_map
+//	 6 gid map     string, written to /proc/PID/gid_map
+//	 7 mount       u64 mount flags, then source, destination, fstype
+//	               ("bind" for a bind mount) and data, each NUL-terminated
+//	 8 device      string, a host device node (/dev/NAME) bound at the same path
+//	 9 masked path string
+//	10 read-only path string
+//	11 rlimit      u32 resource, u64 soft, u64 hard
+//	12 arg         string, repeated: argv, argv[0] the command
+//	13 env         string, repeated: "K=V"
+//	14 cwd         string
+//	15 seccomp     a BPF program: struct sock_filter entries (8 bytes each)
+//	16 flags       u32: 1 read-only root, 2 no_new_privs, 4 bring loopback up
+//
+// Root, at least one arg, and both id maps are required.
+//
+// # Status
+//
+// The status pipe carries messages from the shim and the init: 'P' and a
+// u32 host pid (the init's), or 'E', a u32 errno, a u32 length and the
+// failed step's name. EOF after 'P' without an 'E' means the function was
+// exec'd (the init's copy of the pipe closes on exec).
+package spawn

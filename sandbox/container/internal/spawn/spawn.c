@@ -1,0 +1,705 @@
+// The direct spawner: a C constructor that runs before the Go runtime.
+// It does nothing unless _CULVERT_SPAWN is set; then this process is the
+// shim of one container start and never returns to Go. See doc.go for the
+// request format and the order of the steps.
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/openat2.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <grp.h>
+#include <unistd.h>
+
+#define SPAWN_ENV "_CULVERT_SPAWN"
+#define MAX_REQUEST (16u << 20)
+
+enum {
+	TAG_ROOT = 1,
+	TAG_HOSTNAME = 2,
+	TAG_CLONEFLAGS = 3,
+	TAG_NETNS = 4,
+	TAG_UIDMAP = 5,
+	TAG_GIDMAP = 6,
+	TAG_MOUNT = 7,
+	TAG_DEVICE = 8,
+	TAG_MASK = 9,
+	TAG_ROPATH = 10,
+	TAG_RLIMIT = 11,
+	TAG_ARG = 12,
+	TAG_ENV = 13,
+	TAG_CWD = 14,
+	TAG_SECCOMP = 15,
+	TAG_FLAGS = 16,
+};
+
+enum {
+	FLAG_READONLY_ROOT = 1,
+	FLAG_NO_NEW_PRIVS = 2,
+	FLAG_LOOPBACK = 4,
+};
+
+struct mnt {
+	uint64_t flags;
+	char *src, *dst, *type, *data;
+};
+
+struct rlim {
+	uint32_t resource;
+	uint64_t soft, hard;
+};
+
+struct strs {
+	char **v;
+	size_t n;
+};
+
+struct req {
+	char *root, *hostname, *netns, *uidmap, *gidmap, *cwd;
+	uint64_t cloneflags;
+	uint32_t flags;
+	struct mnt *mounts;
+	size_t nmounts;
+	struct strs devices, masks, ropaths, args, env;
+	struct rlim *rlimits;
+	size_t nrlimits;
+	unsigned char *bpf;
+	size_t bpflen;
+};
+
+static int status_fd = -1;
+
+static void put32(unsigned char *p, uint32_t v)
+{
+	p[0] = v;
+	p[1] = v >> 8;
+	p[2] = v >> 16;
+	p[3] = v >> 24;
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get64(const unsigned char *p)
+{
+	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
+// fail reports step and err on the status pipe ('E', errno as u32, step
+// length as u32, step) and exits.
+static void __attribute__((noreturn)) fail(const char *step, const char *arg, int err)
+{
+	unsigned char buf[1024];
+	size_t n = 0;
+	buf[0] = 'E';
+	put32(buf + 1, (uint32_t)err);
+	n = (size_t)snprintf((char *)buf + 9, sizeof(buf) - 9, "%s%s%s", step, arg ? " " : "", arg ? arg : "");
+	if (n > sizeof(buf) - 9 - 1)
+		n = sizeof(buf) - 9 - 1;
+	put32(buf + 5, (uint32_t)n);
+	if (status_fd >= 0) {
+		ssize_t w = write(status_fd, buf, 9 + n);
+		(void)w;
+	}
+	_exit(126);
+}
+
+static int read_full(int fd, void *buf, size_t n)
+{
+	unsigned char *p = buf;
+	while (n > 0) {
+		ssize_t r = read(fd, p, n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -1;
+		if (r == 0) {
+			errno = EPIPE;
+			return -1;
+		}
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t n)
+{
+	const unsigned char *p = buf;
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -1;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+	void *q = realloc(p, n);
+	if (q == NULL)
+		fail("read request", "(out of memory)", ENOMEM);
+	return q;
+}
+
+// str copies a payload that must hold no NUL into a C string.
+static char *str(const unsigned char *p, uint32_t n)
+{
+	if (memchr(p, 0, n) != NULL)
+		fail("read request", "(NUL in a string)", EINVAL);
+	char *s = xrealloc(NULL, (size_t)n + 1);
+	memcpy(s, p, n);
+	s[n] = 0;
+	return s;
+}
+
+static void push(struct strs *s, char *v)
+{
+	s->v = xrealloc(s->v, (s->n + 2) * sizeof(char *));
+	s->v[s->n++] = v;
+	s->v[s->n] = NULL;
+}
+
+// cstr takes one NUL-terminated string from *p, within end.
+static char *cstr(const unsigned char **p, const unsigned char *end)
+{
+	const unsigned char *z = memchr(*p, 0, (size_t)(end - *p));
+	if (z == NULL)
+		fail("read request", "(mount record)", EINVAL);
+	char *s = (char *)*p;
+	*p = z + 1;
+	return s;
+}
+
+static void read_request(int fd, struct req *r)
+{
+	unsigned char h[12];
+	memset(r, 0, sizeof(*r));
+	if (read_full(fd, h, sizeof(h)) < 0)
+		fail("read request", "(header)", errno);
+	if (memcmp(h, "CVSP", 4) != 0 || h[4] != 1 || h[5] != 0 || h[6] != 0 || h[7] != 0)
+		fail("read request", "(not version 1)", EPROTO);
+	uint32_t len = get32(h + 8);
+	if (len > MAX_REQUEST)
+		fail("read request", "(too long)", E2BIG);
+	unsigned char *b = xrealloc(NULL, len ? len : 1);
+	if (read_full(fd, b, len) < 0)
+		fail("read request", "(body)", errno);
+	const unsigned char *p = b, *end = b + len;
+	while (p < end) {
+		if (end - p < 6)
+			fail("read request", "(record header)", EPROTO);
+		unsigned tag = (unsigned)p[0] | (unsigned)p[1] << 8;
+		uint32_t n = get32(p + 2);
+		p += 6;
+		if (n > (uint32_t)(end - p))
+			fail("read request", "(record length)", EPROTO);
+		switch (tag) {
+		case TAG_ROOT: r->root = str(p, n); break;
+		case TAG_HOSTNAME: r->hostname = str(p, n); break;
+		case TAG_NETNS: r->netns = str(p, n); break;
+		case TAG_UIDMAP: r->uidmap = str(p, n); break;
+		case TAG_GIDMAP: r->gidmap = str(p, n); break;
+		case TAG_CWD: r->cwd = str(p, n); break;
+		case TAG_DEVICE: push(&r->devices, str(p, n)); break;
+		case TAG_MASK: push(&r->masks, str(p, n)); break;
+		case TAG_ROPATH: push(&r->ropaths, str(p, n)); break;
+		case TAG_ARG: push(&r->args, str(p, n)); break;
+		case TAG_ENV: push(&r->env, str(p, n)); break;
+		case TAG_CLONEFLAGS:
+			if (n != 8)
+				fail("read request", "(clone flags)", EPROTO);
+			r->cloneflags = get64(p);
+			break;
+		case TAG_FLAGS:
+			if (n != 4)
+				fail("read request", "(flags)", EPROTO);
+			r->flags = get32(p);
+			break;
+		case TAG_RLIMIT:
+			if (n != 20)
+				fail("read request", "(rlimit)", EPROTO);
+			r->rlimits = xrealloc(r->rlimits, (r->nrlimits + 1) * sizeof(struct rlim));
+			r->rlimits[r->nrlimits++] = (struct rlim){get32(p), get64(p + 4), get64(p + 12)};
+			break;
+		case TAG_SECCOMP:
+			if (n == 0 || n % sizeof(struct sock_filter) != 0 || n / sizeof(struct sock_filter) > BPF_MAXINSNS)
+				fail("read request", "(seccomp program)", EPROTO);
+			r->bpf = (unsigned char *)p;
+			r->bpflen = n;
+			break;
+		case TAG_MOUNT: {
+			if (n < 8)
+				fail("read request", "(mount record)", EPROTO);
+			const unsigned char *q = p + 8, *qe = p + n;
+			struct mnt m = {.flags = get64(p)};
+			m.src = cstr(&q, qe);
+			m.dst = cstr(&q, qe);
+			m.type = cstr(&q, qe);
+			m.data = cstr(&q, qe);
+			if (q != qe || m.dst[0] != '/')
+				fail("read request", "(mount record)", EPROTO);
+			r->mounts = xrealloc(r->mounts, (r->nmounts + 1) * sizeof(struct mnt));
+			r->mounts[r->nmounts++] = m;
+			break;
+		}
+		default:
+			fail("read request", "(unknown record)", EPROTO);
+		}
+		p += n;
+	}
+	if (r->root == NULL || r->root[0] != '/' || r->args.n == 0 || r->uidmap == NULL || r->gidmap == NULL)
+		fail("read request", "(root, command or id maps missing)", EPROTO);
+	if (r->env.v == NULL)
+		push(&r->env, NULL), r->env.n = 0;
+}
+
+// tied re-arms PR_SET_PDEATHSIG (credential changes clear it) and exits if
+// the shim has gone meanwhile: the shim holds the write end of sync open
+// until it exits, so a hang-up on it means it is gone.
+static void tied(int sync_fd, const char *step)
+{
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+		fail("set parent death signal", step, errno);
+	struct pollfd pfd = {.fd = sync_fd, .events = POLLIN};
+	if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLERR)))
+		_exit(126);
+}
+
+// resolve opens path under rootfd (O_PATH), never leaving it.
+static int resolve(int rootfd, const char *path)
+{
+	struct open_how how = {
+		.flags = O_PATH | O_CLOEXEC,
+		.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+	};
+	while (*path == '/')
+		path++;
+	if (*path == 0)
+		path = ".";
+	return (int)syscall(SYS_openat2, rootfd, path, &how, sizeof(how));
+}
+
+// make_mountpoint creates the missing directories of path under rootfd
+// and path itself (a directory, or an empty file when the source is not
+// one), as libcontainer does for mount points not in the root. Components
+// are not followed if they are symlinks.
+static void make_mountpoint(int rootfd, const char *path, const char *src)
+{
+	char buf[4096];
+	struct stat st;
+	int isdir = src == NULL || (stat(src, &st) == 0 && S_ISDIR(st.st_mode));
+	if (strlen(path) >= sizeof(buf))
+		fail("mount point", path, ENAMETOOLONG);
+	strcpy(buf, path);
+	int dir = dup(rootfd);
+	char *save = NULL;
+	char *c = strtok_r(buf, "/", &save);
+	while (c != NULL) {
+		char *next = strtok_r(NULL, "/", &save);
+		if (next == NULL && !isdir) {
+			int f = openat(dir, c, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+			if (f < 0 && errno != EEXIST)
+				fail("mount point", path, errno);
+			if (f >= 0)
+				close(f);
+			break;
+		}
+		if (mkdirat(dir, c, 0755) < 0 && errno != EEXIST)
+			fail("mount point", path, errno);
+		int d = openat(dir, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (d < 0)
+			fail("mount point", path, errno);
+		close(dir);
+		dir = d;
+		c = next;
+	}
+	close(dir);
+}
+
+static void fdpath(char *buf, size_t n, int fd)
+{
+	snprintf(buf, n, "/proc/self/fd/%d", fd);
+}
+
+// locked returns the mount flags of the mount at path that a mount
+// namespace owned by a user namespace may not clear.
+static unsigned long locked(const char *path)
+{
+	struct statvfs st;
+	unsigned long f = 0;
+	if (statvfs(path, &st) < 0)
+		return 0;
+	if (st.f_flag & ST_NOSUID)
+		f |= MS_NOSUID;
+	if (st.f_flag & ST_NODEV)
+		f |= MS_NODEV;
+	if (st.f_flag & ST_NOEXEC)
+		f |= MS_NOEXEC;
+	return f;
+}
+
+// remount_ro makes the bind mount at path read-only, keeping the flags
+// it must keep (the atime flags are kept by the kernel when none is given).
+static int remount_ro(const char *path, unsigned long flags)
+{
+	flags &= MS_NOSUID | MS_NODEV | MS_NOEXEC;
+	return mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | flags | locked(path), NULL);
+}
+
+static int is_dev_tmpfs(const struct mnt *m)
+{
+	return strcmp(m->type, "tmpfs") == 0 && strcmp(m->dst, "/dev") == 0;
+}
+
+static void setup_dev(int rootfd, const struct req *r)
+{
+	char p[64];
+	int dev = resolve(rootfd, "/dev");
+	if (dev < 0)
+		fail("mount", "/dev", errno);
+	for (size_t i = 0; i < r->devices.n; i++) {
+		const char *host = r->devices.v[i];
+		if (strncmp(host, "/dev/", 5) != 0 || strchr(host + 5, '/') != NULL)
+			fail("bind device", host, EINVAL);
+		int f = openat(dev, host + 5, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+		if (f < 0)
+			fail("bind device", host, errno);
+		close(f);
+		int t = resolve(rootfd, host);
+		if (t < 0)
+			fail("bind device", host, errno);
+		fdpath(p, sizeof(p), t);
+		if (mount(host, p, NULL, MS_BIND, NULL) < 0)
+			fail("bind device", host, errno);
+		close(t);
+	}
+	static const char *links[][2] = {
+		{"pts/ptmx", "ptmx"},
+		{"/proc/self/fd", "fd"},
+		{"/proc/self/fd/0", "stdin"},
+		{"/proc/self/fd/1", "stdout"},
+		{"/proc/self/fd/2", "stderr"},
+	};
+	for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++)
+		if (symlinkat(links[i][0], dev, links[i][1]) < 0 && errno != EEXIST)
+			fail("symlink /dev", links[i][1], errno);
+	if (access("/proc/kcore", F_OK) == 0 && symlinkat("/proc/kcore", dev, "core") < 0 && errno != EEXIST)
+		fail("symlink /dev", "core", errno);
+	close(dev);
+}
+
+static void do_mounts(int rootfd, const struct req *r)
+{
+	char p[64];
+	int have_dev = 0;
+	for (size_t i = 0; i < r->nmounts; i++) {
+		const struct mnt *m = &r->mounts[i];
+		int bind = strcmp(m->type, "bind") == 0;
+		int t = resolve(rootfd, m->dst);
+		if (t < 0 && errno == ENOENT) {
+			make_mountpoint(rootfd, m->dst, bind ? m->src : NULL);
+			t = resolve(rootfd, m->dst);
+		}
+		if (t < 0)
+			fail("mount", m->dst, errno);
+		fdpath(p, sizeof(p), t);
+		if (bind) {
+			if (mount(m->src, p, NULL, MS_BIND | (m->flags & MS_REC), NULL) < 0)
+				fail("bind", m->src, errno);
+			close(t);
+			if (m->flags & MS_RDONLY) {
+				// Through the mount just made, not the one under it.
+				if ((t = resolve(rootfd, m->dst)) < 0)
+					fail("bind", m->dst, errno);
+				fdpath(p, sizeof(p), t);
+				if (remount_ro(p, m->flags) < 0)
+					fail("remount read-only", m->dst, errno);
+				close(t);
+			}
+			continue;
+		}
+		// Read-only filesystems are made read-only once filled (/dev).
+		unsigned long fl = m->flags & ~(unsigned long)MS_RDONLY;
+		if (mount(m->src, p, m->type, fl, m->data[0] ? m->data : NULL) < 0)
+			fail("mount", m->dst, errno);
+		close(t);
+		if (is_dev_tmpfs(m))
+			have_dev = 1;
+	}
+	if (have_dev)
+		setup_dev(rootfd, r);
+	for (size_t i = 0; i < r->nmounts; i++) {
+		const struct mnt *m = &r->mounts[i];
+		if (strcmp(m->type, "bind") == 0 || !(m->flags & MS_RDONLY))
+			continue;
+		int t = resolve(rootfd, m->dst);
+		if (t < 0)
+			fail("remount read-only", m->dst, errno);
+		fdpath(p, sizeof(p), t);
+		if (mount(m->src, p, m->type, MS_REMOUNT | m->flags, m->data[0] ? m->data : NULL) < 0)
+			fail("remount read-only", m->dst, errno);
+		close(t);
+	}
+}
+
+static void mask_paths(const struct req *r)
+{
+	for (size_t i = 0; i < r->masks.n; i++) {
+		const char *path = r->masks.v[i];
+		struct stat st;
+		if (stat(path, &st) < 0) {
+			if (errno == ENOENT)
+				continue;
+			fail("mask", path, errno);
+		}
+		int err = S_ISDIR(st.st_mode) ? mount("tmpfs", path, "tmpfs", MS_RDONLY, NULL)
+					      : mount("/dev/null", path, NULL, MS_BIND, NULL);
+		if (err < 0)
+			fail("mask", path, errno);
+	}
+	for (size_t i = 0; i < r->ropaths.n; i++) {
+		const char *path = r->ropaths.v[i];
+		if (access(path, F_OK) < 0) {
+			if (errno == ENOENT)
+				continue;
+			fail("read-only path", path, errno);
+		}
+		if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) < 0 || remount_ro(path, MS_NOSUID | MS_NODEV | MS_NOEXEC) < 0)
+			fail("read-only path", path, errno);
+	}
+}
+
+static void loopback_up(void)
+{
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		fail("loopback up", NULL, errno);
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof(ifr));
+	strcpy(ifr.ifr_name, "lo");
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
+		fail("loopback up", NULL, errno);
+	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+	if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+		fail("loopback up", NULL, errno);
+	close(s);
+}
+
+// lookup resolves the command as libcontainer's init does (exec.LookPath
+// inside the new root): a name with a slash as it is, otherwise the first
+// executable regular file of that name in the environment's PATH.
+static const char *lookup(const struct req *r)
+{
+	const char *name = r->args.v[0];
+	static char buf[4096];
+	struct stat st;
+	if (strchr(name, '/') != NULL) {
+		if (stat(name, &st) < 0)
+			fail("find command", name, errno);
+		if (S_ISDIR(st.st_mode) || access(name, X_OK) < 0)
+			fail("find command", name, S_ISDIR(st.st_mode) ? EISDIR : errno);
+		return name;
+	}
+	const char *path = NULL;
+	for (size_t i = 0; i < r->env.n; i++)
+		if (strncmp(r->env.v[i], "PATH=", 5) == 0)
+			path = r->env.v[i] + 5;
+	while (path != NULL) {
+		const char *end = strchr(path, ':');
+		size_t n = end ? (size_t)(end - path) : strlen(path);
+		if (n == 0)
+			snprintf(buf, sizeof(buf), "./%s", name);
+		else
+			snprintf(buf, sizeof(buf), "%.*s/%s", (int)n, path, name);
+		if (stat(buf, &st) == 0 && S_ISREG(st.st_mode) && access(buf, X_OK) == 0)
+			return buf;
+		path = end ? end + 1 : NULL;
+	}
+	fail("find command", name, ENOENT);
+}
+
+static void drop_caps(void)
+{
+	for (int c = 0; c <= 63; c++)
+		if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0) {
+			if (errno == EINVAL)
+				break;
+			fail("drop capabilities", "(bounding set)", errno);
+		}
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
+		fail("drop capabilities", "(ambient)", errno);
+	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+	struct __user_cap_data_struct d[2];
+	memset(d, 0, sizeof(d));
+	if (syscall(SYS_capset, &h, d) < 0)
+		fail("drop capabilities", "(capset)", errno);
+}
+
+// init is the container's pid 1 until it execs the function.
+static void __attribute__((noreturn)) init_main(struct req *r, int sync_fd)
+{
+	char c;
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+		fail("set parent death signal", NULL, errno);
+	if (read_full(sync_fd, &c, 1) < 0)
+		_exit(126); // the shim is gone
+	if (setsid() < 0)
+		fail("setsid", NULL, errno);
+	if (setgroups(0, NULL) < 0)
+		fail("setgroups", NULL, errno);
+	if (setresgid(0, 0, 0) < 0)
+		fail("setresgid", NULL, errno);
+	if (setresuid(0, 0, 0) < 0)
+		fail("setresuid", NULL, errno);
+	tied(sync_fd, "(after setresuid)");
+	if (r->hostname != NULL && sethostname(r->hostname, strlen(r->hostname)) < 0)
+		fail("sethostname", NULL, errno);
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		fail("make / private", NULL, errno);
+	if (mount(r->root, r->root, "bind", MS_BIND | MS_REC, NULL) < 0)
+		fail("bind root", r->root, errno);
+	int rootfd = open(r->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (rootfd < 0)
+		fail("open root", r->root, errno);
+	do_mounts(rootfd, r);
+	if (fchdir(rootfd) < 0)
+		fail("chdir root", r->root, errno);
+	if (syscall(SYS_pivot_root, ".", ".") < 0)
+		fail("pivot_root", NULL, errno);
+	if (umount2(".", MNT_DETACH) < 0)
+		fail("unmount old root", NULL, errno);
+	if (chdir("/") < 0)
+		fail("chdir /", NULL, errno);
+	close(rootfd);
+	mask_paths(r);
+	if ((r->flags & FLAG_READONLY_ROOT) && remount_ro("/", 0) < 0)
+		fail("remount / read-only", NULL, errno);
+	if (r->flags & FLAG_LOOPBACK)
+		loopback_up();
+	for (size_t i = 0; i < r->nrlimits; i++) {
+		struct rlimit rl = {.rlim_cur = r->rlimits[i].soft, .rlim_max = r->rlimits[i].hard};
+		if (setrlimit((int)r->rlimits[i].resource, &rl) < 0)
+			fail("setrlimit", NULL, errno);
+	}
+	if (syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) < 0)
+		fail("close_range", NULL, errno);
+	if (chdir(r->cwd ? r->cwd : "/") < 0)
+		fail("chdir", r->cwd, errno);
+	const char *path = lookup(r);
+	drop_caps();
+	if ((r->flags & FLAG_NO_NEW_PRIVS) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		fail("no_new_privs", NULL, errno);
+	if (r->bpf != NULL) {
+		struct sock_fprog prog = {
+			.len = (unsigned short)(r->bpflen / sizeof(struct sock_filter)),
+			.filter = (struct sock_filter *)r->bpf,
+		};
+		if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
+			fail("seccomp", NULL, errno);
+	}
+	execve(path, r->args.v, r->env.v);
+	fail("execve", path, errno);
+}
+
+static void write_map(pid_t pid, const char *file, const char *map)
+{
+	char p[64];
+	snprintf(p, sizeof(p), "/proc/%d/%s", (int)pid, file);
+	int fd = open(p, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write_full(fd, map, strlen(map)) < 0) {
+		int err = errno;
+		kill(pid, SIGKILL);
+		fail("write", file, err);
+	}
+	close(fd);
+}
+
+static void __attribute__((noreturn)) shim(int reqfd, int stfd)
+{
+	struct req r;
+	status_fd = stfd;
+	// A signal relayed below must not leave a core of the shim.
+	struct rlimit nocore = {0, 0};
+	setrlimit(RLIMIT_CORE, &nocore);
+	read_request(reqfd, &r);
+	close(reqfd);
+	if (r.netns != NULL) {
+		int ns = open(r.netns, O_RDONLY | O_CLOEXEC);
+		if (ns < 0 || setns(ns, CLONE_NEWNET) < 0)
+			fail("join network namespace", r.netns, errno);
+		close(ns);
+	}
+	int sync[2];
+	if (pipe2(sync, O_CLOEXEC) < 0)
+		fail("pipe", NULL, errno);
+	pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)r.cloneflags | SIGCHLD, NULL, NULL, NULL, 0);
+	if (pid < 0)
+		fail("clone", NULL, errno);
+	if (pid == 0) {
+		close(sync[1]);
+		init_main(&r, sync[0]);
+	}
+	close(sync[0]);
+	write_map(pid, "uid_map", r.uidmap);
+	write_map(pid, "gid_map", r.gidmap);
+	unsigned char msg[5] = {'P'};
+	put32(msg + 1, (uint32_t)pid);
+	if (write_full(status_fd, msg, sizeof(msg)) < 0 || write_full(sync[1], "r", 1) < 0) {
+		kill(pid, SIGKILL);
+		_exit(126);
+	}
+	close(status_fd);
+	int st;
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			_exit(126);
+	if (WIFSIGNALED(st)) {
+		int sig = WTERMSIG(st);
+		sigset_t set;
+		signal(sig, SIG_DFL);
+		sigemptyset(&set);
+		sigaddset(&set, sig);
+		sigprocmask(SIG_UNBLOCK, &set, NULL);
+		kill(getpid(), sig);
+		_exit(128 + sig);
+	}
+	_exit(WEXITSTATUS(st));
+}
+
+__attribute__((constructor)) static void culvert_spawn(void)
+{
+	const char *v = getenv(SPAWN_ENV);
+	int reqfd, stfd;
+	if (v == NULL)
+		return;
+	if (sscanf(v, "%d,%d", &reqfd, &stfd) != 2 || reqfd < 3 || stfd < 3)
+		_exit(125);
+	shim(reqfd, stfd);
+}
