@@ -23,6 +23,7 @@ type Options struct {
 	Precreate    bool
 	Logger       *slog.Logger
 	Trace        func(step string)
+	StockCold    bool
 }
 
 // Runtime is not available on this operating system.

@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -62,6 +63,13 @@ type Options struct {
 	// steps at libcontainer's debug level through its log pipe, which this
 	// process's logrus receives. Debug logging costs a little time itself.
 	Trace func(step string)
+	// StockCold makes cold starts take libcontainer's stock path (Create,
+	// Start and Exec: the culvert binary re-executed as the container's
+	// init) instead of the direct spawner (package spawn: a C init that
+	// runs before the Go runtime). For comparison (bench/coldstart), and
+	// for a host where the spawner cannot run. Pre-created and launcher
+	// containers always use libcontainer.
+	StockCold bool
 }
 
 // Runtime runs function instances in libcontainer containers.
@@ -83,7 +91,11 @@ type Runtime struct {
 	closed  bool
 	bg      sync.WaitGroup
 
-	usedPool, coldStarts atomic.Uint64
+	usedPool, coldStarts, directStarts atomic.Uint64
+
+	bpfOnce sync.Once // the seccomp program of direct starts, compiled once
+	bpf     []byte
+	bpfErr  error
 
 	launcherOnce  sync.Once
 	launcherFiles []string // the ELF interpreter, this binary, its libraries
@@ -218,16 +230,40 @@ func (r *Runtime) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process
 			r.log.Warn("pre-created container failed to start its function; starting a new one", "instance", spec.Name, "error", err)
 		}
 	}
-	inst, err := r.create(tenantName, spec, false)
+	inst, err := r.startCold(tenantName, spec)
 	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
-	}
-	if err := inst.exec(spec); err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
 	r.coldStarts.Add(1)
 	if r.opts.Precreate && r.repeats(key) {
 		inst.afterUp(func() { r.refill(key, tenantName, spec) })
+	}
+	return inst, nil
+}
+
+// startCold starts spec with a container made for it now: through the
+// direct spawner, or libcontainer's stock path (Options.StockCold).
+func (r *Runtime) startCold(tenantName string, spec sandbox.Spec) (*instance, error) {
+	if !r.opts.StockCold {
+		inst, err := r.spawnDirect(tenantName, spec)
+		if err != nil {
+			return nil, err
+		}
+		stderr := spec.Stderr
+		if stderr == nil {
+			stderr = io.Discard
+		}
+		inst.stderrTo <- stderr
+		go inst.copyStderr()
+		r.directStarts.Add(1)
+		return inst, nil
+	}
+	inst, err := r.create(tenantName, spec, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := inst.exec(spec); err != nil {
+		return nil, err
 	}
 	return inst, nil
 }
@@ -239,13 +275,14 @@ const upGrace = 500 * time.Millisecond
 // Stats counts starts by the way they were served.
 type Stats struct {
 	// Precreated starts found a container waiting; Cold ones created
-	// theirs.
-	Precreated, Cold uint64
+	// theirs, Direct of them through the direct spawner (the others took
+	// libcontainer's stock path).
+	Precreated, Cold, Direct uint64
 }
 
 // Stats returns the runtime's start counters.
 func (r *Runtime) Stats() Stats {
-	return Stats{Precreated: r.usedPool.Load(), Cold: r.coldStarts.Load()}
+	return Stats{Precreated: r.usedPool.Load(), Cold: r.coldStarts.Load(), Direct: r.directStarts.Load()}
 }
 
 // Precreate creates n waiting containers for spec now (at most
@@ -481,21 +518,15 @@ func (r *Runtime) create(tenantName string, spec sandbox.Spec, launch bool) (_ *
 		return nil, err
 	}
 	id := "c" + r.tag + "-" + strconv.FormatUint(r.seq.Add(1), 10)
-	var netnsPath string
-	var releaseNet func() error
-	if spec.Isolation.Network.Mode == "egress" {
-		if r.opts.Network == nil {
-			return nil, fmt.Errorf("network egress is not available: this runtime has no network provider")
-		}
-		if netnsPath, releaseNet, err = r.opts.Network(context.Background(), tenantName, spec.Name, spec.Isolation.Network); err != nil {
-			return nil, err
-		}
-		defer func() {
-			if err != nil {
-				_ = releaseNet()
-			}
-		}()
+	netnsPath, releaseNet, err := r.prepareNet(tenantName, spec)
+	if err != nil {
+		return nil, err
 	}
+	defer func() {
+		if err != nil && releaseNet != nil {
+			_ = releaseNet()
+		}
+	}()
 	cfg, err := r.containerConfig(id, t, pr, spec.Isolation, netnsPath)
 	if err != nil {
 		return nil, err
@@ -692,10 +723,18 @@ func (i *instance) startLauncher(ready *os.File) error {
 	return nil
 }
 
-// instance is one container and its function process.
+// instance is one container and its function process, run by one of two
+// backends: libcontainer (c and p: cold on the stock path, pre-created,
+// launcher) or the direct spawner (cmd, the shim, and the init's pid).
 type instance struct {
 	c          *libcontainer.Container
 	p          *libcontainer.Process
+	cmd        *exec.Cmd       // direct: the shim, which exits as the init does
+	cgm        cgroups.Manager // direct: the instance's cgroup
+	initPid    int             // direct: the init's host pid
+	pidMu      sync.Mutex
+	pidfd      int  // direct: the init's pidfd, or -1
+	reaped     bool // direct: the shim has been waited for
 	launcher   bool // the init is the launcher, waiting for its preamble
 	cgroup     *cgroups.Cgroup
 	releaseNet func() error // egress namespace, after exit
@@ -795,6 +834,9 @@ func (u upReader) Read(p []byte) (int, error) {
 func (u upReader) Close() error { return u.i.stdout.Close() }
 
 func (i *instance) Pid() int {
+	if i.cmd != nil {
+		return i.initPid
+	}
 	pid, err := i.p.Pid()
 	if err != nil {
 		return -1
@@ -805,6 +847,9 @@ func (i *instance) Pid() int {
 // Kill kills the container's init, the function; the pid namespace takes
 // everything it started with it.
 func (i *instance) Kill() error {
+	if i.cmd != nil {
+		return i.killInit()
+	}
 	err := i.c.Signal(unix.SIGKILL)
 	if err != nil && (errors.Is(err, libcontainer.ErrNotRunning) || errors.Is(err, os.ErrProcessDone)) {
 		return nil
@@ -816,6 +861,14 @@ func (i *instance) Kill() error {
 // destroys the container.
 func (i *instance) Wait() sandbox.Exit {
 	i.waitOnce.Do(func() {
+		if i.cmd != nil {
+			i.exit = i.waitDirect()
+			if i.releaseNet != nil {
+				go func() { _ = i.releaseNet() }()
+			}
+			<-i.drained
+			return
+		}
 		st, err := i.p.Wait()
 		i.exit = exitOf(st, err)
 		if m, merr := manager.New(i.cgroup); merr == nil {
