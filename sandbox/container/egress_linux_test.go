@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -36,35 +35,40 @@ func TestEgressJoinsNetwork(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = m.Close() })
-	state := t.TempDir()
-	_ = os.Chmod(filepath.Dir(state), 0o711)
-	r, err := New(Options{
-		StateDir: state, CgroupParent: "culvert-test-egress", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Network: func(ctx context.Context, tenant, instance string, n sandbox.Network) (string, func() error, error) {
-			a, err := m.Prepare(ctx, tenant, instance, n)
-			if err != nil {
-				return "", nil, err
+	for _, stock := range []bool{false, true} {
+		t.Run(map[bool]string{false: "direct", true: "libcontainer"}[stock], func(t *testing.T) {
+			r := newRuntimeWith(t, Options{
+				StockCold: stock,
+				Network: func(ctx context.Context, tenant, instance string, n sandbox.Network) (string, func() error, error) {
+					a, err := m.Prepare(ctx, tenant, instance, n)
+					if err != nil {
+						return "", nil, err
+					}
+					return a.Path, a.Close, nil
+				},
+			})
+			tests := []struct{ addr, want string }{
+				{nettest.OutsideA + ":8080", "ESCAPED connected to " + nettest.OutsideA + ":8080"}, // the allowed one: it must work
+				{nettest.OutsideA + ":9090", "DENIED"},
+				{nettest.OutsideB + ":8080", "DENIED"},
+				{nettest.HostLoopbackTCP, "DENIED"},
 			}
-			return a.Path, a.Close, nil
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Close(); removeParent(r) })
-	tests := []struct{ addr, want string }{
-		{nettest.OutsideA + ":8080", "ESCAPED connected to " + nettest.OutsideA + ":8080"}, // the allowed one: it must work
-		{nettest.OutsideA + ":9090", "DENIED"},
-		{nettest.OutsideB + ":8080", "DENIED"},
-		{nettest.HostLoopbackTCP, "DENIED"},
-	}
-	for _, tt := range tests {
-		spec := hostile("connect", tt.addr)
-		spec.Isolation.Network = sandbox.Network{Mode: "egress", Allow: []sandbox.Endpoint{{CIDR: nettest.OutsideA + "/32", FromPort: 8080, ToPort: 8080}}}
-		out, stderr, ex := run2(t, r, spec)
-		if got := strings.TrimSpace(out); !strings.HasPrefix(got, tt.want) {
-			t.Errorf("connect %s: %q (exit %v, stderr %q), want %s", tt.addr, got, ex, stderr, tt.want)
-		}
+			for _, tt := range tests {
+				spec := hostile("connect", tt.addr)
+				spec.Isolation.Network = sandbox.Network{Mode: "egress", Allow: []sandbox.Endpoint{{CIDR: nettest.OutsideA + "/32", FromPort: 8080, ToPort: 8080}}}
+				out, stderr, ex := run2(t, r, spec)
+				if got := strings.TrimSpace(out); !strings.HasPrefix(got, tt.want) {
+					t.Errorf("connect %s: %q (exit %v, stderr %q), want %s", tt.addr, got, ex, stderr, tt.want)
+				}
+			}
+			wantDirect := uint64(len(tests))
+			if stock {
+				wantDirect = 0
+			}
+			if st := r.Stats(); st.Cold != uint64(len(tests)) || st.Direct != wantDirect {
+				t.Errorf("stats %+v: want %d cold starts, %d of them direct", st, len(tests), wantDirect)
+			}
+		})
 	}
 }
 

@@ -21,25 +21,26 @@ import (
 // checks that it failed, and how. Each case runs directly and after an
 // execve, so the filter and the rest hold across exec.
 func TestHostile(t *testing.T) {
-	r := newRuntime(t, false)
-	for _, tt := range hostileCases(r.opts.StateDir) {
-		for _, via := range []string{"direct", "after execve"} {
-			t.Run(tt.name+"/"+via, func(t *testing.T) {
-				t.Parallel()
-				args := tt.args
-				if via != "direct" {
-					args = append([]string{"exec"}, args...)
-				}
-				spec := hostile(args...)
-				spec.Isolation.Root.TmpfsBytes = tt.tmpfs
-				out, stderr, ex := run(t, r, spec, "", 20*time.Second)
-				line := strings.TrimSpace(out)
-				if !regexp.MustCompile(tt.want).MatchString(line) {
-					t.Errorf("got %q (exit %v, stderr %q), want %s", line, ex, stderr, tt.want)
-				}
-			})
+	coldPaths(t, func(t *testing.T, r *Runtime) {
+		for _, tt := range hostileCases(r.opts.StateDir) {
+			for _, via := range []string{"direct", "after execve"} {
+				t.Run(tt.name+"/"+via, func(t *testing.T) {
+					t.Parallel()
+					args := tt.args
+					if via != "direct" {
+						args = append([]string{"exec"}, args...)
+					}
+					spec := hostile(args...)
+					spec.Isolation.Root.TmpfsBytes = tt.tmpfs
+					out, stderr, ex := run(t, r, spec, "", 20*time.Second)
+					line := strings.TrimSpace(out)
+					if !regexp.MustCompile(tt.want).MatchString(line) {
+						t.Errorf("got %q (exit %v, stderr %q), want %s", line, ex, stderr, tt.want)
+					}
+				})
+			}
 		}
-	}
+	})
 }
 
 // TestHostileLaunched runs the same attempts in functions started through
@@ -149,135 +150,137 @@ func pathPrefixes(p string) []string {
 // loopback cannot be reached, and a listener inside cannot be reached from
 // the host.
 func TestHostileNetwork(t *testing.T) {
-	r := newRuntime(t, false)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan struct{}, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- struct{}{}
-			c.Close()
+	coldPaths(t, func(t *testing.T, r *Runtime) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
-	out, _, _ := run(t, r, hostile("connect", ln.Addr().String()), "", 10*time.Second)
-	if got := strings.TrimSpace(out); got != "DENIED ECONNREFUSED" {
-		t.Errorf("connect to the host's loopback: %q, want DENIED ECONNREFUSED", got)
-	}
-	select {
-	case <-accepted:
-		t.Error("the host server accepted a connection from the sandbox")
-	default:
-	}
+		defer ln.Close()
+		accepted := make(chan struct{}, 1)
+		go func() {
+			if c, err := ln.Accept(); err == nil {
+				accepted <- struct{}{}
+				c.Close()
+			}
+		}()
+		out, _, _ := run(t, r, hostile("connect", ln.Addr().String()), "", 10*time.Second)
+		if got := strings.TrimSpace(out); got != "DENIED ECONNREFUSED" {
+			t.Errorf("connect to the host's loopback: %q, want DENIED ECONNREFUSED", got)
+		}
+		select {
+		case <-accepted:
+			t.Error("the host server accepted a connection from the sandbox")
+		default:
+		}
 
-	// UDP to a server on the host's loopback never arrives.
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	got := make(chan string, 1)
-	go func() {
-		b := make([]byte, 64)
-		_ = pc.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if n, _, err := pc.ReadFrom(b); err == nil {
-			got <- string(b[:n])
+		// UDP to a server on the host's loopback never arrives.
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
 		}
-		close(got)
-	}()
-	out, _, _ = run(t, r, hostile("udp", pc.LocalAddr().String()), "", 10*time.Second)
-	if !strings.HasPrefix(strings.TrimSpace(out), "DENIED") {
-		t.Errorf("udp to the host's loopback: %q, want DENIED", out)
-	}
-	if m, ok := <-got; ok {
-		t.Errorf("the host received a datagram from the sandbox: %q", m)
-	}
+		defer pc.Close()
+		got := make(chan string, 1)
+		go func() {
+			b := make([]byte, 64)
+			_ = pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if n, _, err := pc.ReadFrom(b); err == nil {
+				got <- string(b[:n])
+			}
+			close(got)
+		}()
+		out, _, _ = run(t, r, hostile("udp", pc.LocalAddr().String()), "", 10*time.Second)
+		if !strings.HasPrefix(strings.TrimSpace(out), "DENIED") {
+			t.Errorf("udp to the host's loopback: %q, want DENIED", out)
+		}
+		if m, ok := <-got; ok {
+			t.Errorf("the host received a datagram from the sandbox: %q", m)
+		}
 
-	// A listener inside: the host tries the same port on every host address.
-	spec := hostile("listen", "0.0.0.0:47123")
-	spec.Name = "listener"
-	done := make(chan string, 1)
-	go func() { out, _, _ := run(t, r, spec, "", 10*time.Second); done <- out }()
-	time.Sleep(300 * time.Millisecond)
-	for _, a := range []string{"127.0.0.1:47123", "[::1]:47123"} {
-		if c, err := net.DialTimeout("tcp", a, time.Second); err == nil {
-			c.Close()
-			t.Errorf("reached the sandbox's listener at %s from the host", a)
+		// A listener inside: the host tries the same port on every host address.
+		spec := hostile("listen", "0.0.0.0:47123")
+		spec.Name = "listener"
+		done := make(chan string, 1)
+		go func() { out, _, _ := run(t, r, spec, "", 10*time.Second); done <- out }()
+		time.Sleep(300 * time.Millisecond)
+		for _, a := range []string{"127.0.0.1:47123", "[::1]:47123"} {
+			if c, err := net.DialTimeout("tcp", a, time.Second); err == nil {
+				c.Close()
+				t.Errorf("reached the sandbox's listener at %s from the host", a)
+			}
 		}
-	}
-	out = <-done
-	if !strings.Contains(out, "LISTENING") || !strings.Contains(out, "DENIED") {
-		t.Errorf("listener: %q, want it to listen and never be reached", out)
-	}
+		out = <-done
+		if !strings.Contains(out, "LISTENING") || !strings.Contains(out, "DENIED") {
+			t.Errorf("listener: %q, want it to listen and never be reached", out)
+		}
+	})
 }
 
 // TestHostileRootDir runs with a files directory as the root that ships a
 // setuid-root binary, a device node and symlinks pointing out of it.
 func TestHostileRootDir(t *testing.T) {
-	r := newRuntime(t, false)
-	dir := t.TempDir()
-	_ = os.Chmod(filepath.Dir(dir), 0o711)
-	_ = os.Chmod(dir, 0o755)
-	b, err := os.ReadFile(hostileBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustWrite := func(name string, mode os.FileMode) {
-		if err := os.WriteFile(filepath.Join(dir, name), b, mode); err != nil {
+	coldPaths(t, func(t *testing.T, r *Runtime) {
+		dir := t.TempDir()
+		_ = os.Chmod(filepath.Dir(dir), 0o711)
+		_ = os.Chmod(dir, 0o755)
+		b, err := os.ReadFile(hostileBin)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Chmod(filepath.Join(dir, name), mode); err != nil {
+		mustWrite := func(name string, mode os.FileMode) {
+			if err := os.WriteFile(filepath.Join(dir, name), b, mode); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(filepath.Join(dir, name), mode); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mustWrite("fn", 0o755)
+		mustWrite("suid", 0o755|os.ModeSetuid)
+		if err := os.Mkdir(filepath.Join(dir, "bin"), 0o755); err != nil {
 			t.Fatal(err)
 		}
-	}
-	mustWrite("fn", 0o755)
-	mustWrite("suid", 0o755|os.ModeSetuid)
-	if err := os.Mkdir(filepath.Join(dir, "bin"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "bin", "suid"), b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	_ = os.Chmod(filepath.Join(dir, "bin", "suid"), 0o755|os.ModeSetuid)
-	if err := syscall.Mknod(filepath.Join(dir, "devnode"), syscall.S_IFCHR|0o666, int(unixMkdev(1, 1))); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mknod(filepath.Join(dir, "bin", "mem"), syscall.S_IFCHR|0o666, int(unixMkdev(1, 1))); err != nil {
-		t.Fatal(err)
-	}
-	for name, target := range map[string]string{"link": "/etc/shadow", "uplink": "../../../../../../etc/shadow", "bin/link": "/etc/passwd"} {
-		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, "bin", "suid"), b, 0o755); err != nil {
 			t.Fatal(err)
 		}
-	}
-	tests := []struct {
-		args []string
-		want string
-	}{
-		{[]string{"ls", "/"}, `^OK /bin,/bin/link,/bin/mem,/bin/suid,/dev,/fn,/link,/proc,/suid,/tmp,/uplink$`},
-		{[]string{"symlink-out", "/link"}, `^DENIED ENOENT$`},
-		{[]string{"symlink-out", "/uplink"}, `^DENIED ENOENT$`},
-		{[]string{"symlink-out", "/bin/link"}, `^DENIED ENOENT$`},
-		{[]string{"open-dev", "/devnode"}, `^DENIED ENOENT$`},         // not carried into the root
-		{[]string{"open-dev", "/bin/mem"}, `^DENIED (EACCES|EPERM)$`}, // nodev
-		{[]string{"setuid-root", "/suid", "euid"}, `^OK OK euid=0$`},  // uid 0 *inside*: setuid gains nothing
-		{[]string{"write", "/fn"}, `^DENIED EROFS$`},
-		{[]string{"write", "/bin/new"}, `^DENIED EROFS$`},
-	}
-	for _, tt := range tests {
-		spec := sandbox.Spec{Path: "/fn", Args: tt.args, Tenant: "t1"}
-		spec.Isolation.Root.Dir = dir
-		out, stderr, ex := run(t, r, spec, "", 10*time.Second)
-		if got := strings.TrimSpace(out); !regexp.MustCompile(tt.want).MatchString(got) {
-			t.Errorf("%v: got %q (exit %v, stderr %q), want %s", tt.args, got, ex, stderr, tt.want)
+		_ = os.Chmod(filepath.Join(dir, "bin", "suid"), 0o755|os.ModeSetuid)
+		if err := syscall.Mknod(filepath.Join(dir, "devnode"), syscall.S_IFCHR|0o666, int(unixMkdev(1, 1))); err != nil {
+			t.Fatal(err)
 		}
-	}
-	// The host files the links name are untouched and were never readable.
-	if _, err := os.Stat(filepath.Join(dir, "pwned")); err == nil {
-		t.Error("the function wrote into its files directory")
-	}
+		if err := syscall.Mknod(filepath.Join(dir, "bin", "mem"), syscall.S_IFCHR|0o666, int(unixMkdev(1, 1))); err != nil {
+			t.Fatal(err)
+		}
+		for name, target := range map[string]string{"link": "/etc/shadow", "uplink": "../../../../../../etc/shadow", "bin/link": "/etc/passwd"} {
+			if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tests := []struct {
+			args []string
+			want string
+		}{
+			{[]string{"ls", "/"}, `^OK /bin,/bin/link,/bin/mem,/bin/suid,/dev,/fn,/link,/proc,/suid,/tmp,/uplink$`},
+			{[]string{"symlink-out", "/link"}, `^DENIED ENOENT$`},
+			{[]string{"symlink-out", "/uplink"}, `^DENIED ENOENT$`},
+			{[]string{"symlink-out", "/bin/link"}, `^DENIED ENOENT$`},
+			{[]string{"open-dev", "/devnode"}, `^DENIED ENOENT$`},         // not carried into the root
+			{[]string{"open-dev", "/bin/mem"}, `^DENIED (EACCES|EPERM)$`}, // nodev
+			{[]string{"setuid-root", "/suid", "euid"}, `^OK OK euid=0$`},  // uid 0 *inside*: setuid gains nothing
+			{[]string{"write", "/fn"}, `^DENIED EROFS$`},
+			{[]string{"write", "/bin/new"}, `^DENIED EROFS$`},
+		}
+		for _, tt := range tests {
+			spec := sandbox.Spec{Path: "/fn", Args: tt.args, Tenant: "t1"}
+			spec.Isolation.Root.Dir = dir
+			out, stderr, ex := run(t, r, spec, "", 10*time.Second)
+			if got := strings.TrimSpace(out); !regexp.MustCompile(tt.want).MatchString(got) {
+				t.Errorf("%v: got %q (exit %v, stderr %q), want %s", tt.args, got, ex, stderr, tt.want)
+			}
+		}
+		// The host files the links name are untouched and were never readable.
+		if _, err := os.Stat(filepath.Join(dir, "pwned")); err == nil {
+			t.Error("the function wrote into its files directory")
+		}
+	})
 }
 
 func unixMkdev(major, minor uint32) uint64 {

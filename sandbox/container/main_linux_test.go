@@ -57,16 +57,22 @@ func TestMain(m *testing.M) {
 // parent, cleaned up after the test.
 func newRuntime(t testing.TB, precreate bool) *Runtime {
 	t.Helper()
+	return newRuntimeWith(t, Options{Precreate: precreate})
+}
+
+// newRuntimeWith is newRuntime with more options (StateDir, CgroupParent
+// and Logger are the test's own).
+func newRuntimeWith(t testing.TB, opts Options) *Runtime {
+	t.Helper()
 	if err := Check(); err != nil {
 		t.Skip("cannot sandbox here: ", err)
 	}
 	state := t.TempDir()
 	// The tenants' host uids must traverse it (t.TempDir's parent is 0700).
 	_ = os.Chmod(filepath.Dir(state), 0o711)
-	r, err := New(Options{
-		StateDir: state, CgroupParent: "culvert-test-" + strings.ToLower(filepath.Base(state)),
-		Precreate: precreate, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	opts.StateDir, opts.CgroupParent = state, "culvert-test-"+strings.ToLower(filepath.Base(state))
+	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	r, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,4 +116,30 @@ func run(t testing.TB, r *Runtime, spec sandbox.Spec, stdin string, timeout time
 
 func hostile(args ...string) sandbox.Spec {
 	return sandbox.Spec{Path: hostileBin, Args: args, Tenant: "t1"}
+}
+
+// coldPaths runs f once per cold-start path, each with a runtime of its
+// own that does not pre-create: the direct spawner (the default) and
+// libcontainer's stock path. Once f and its subtests are done, it checks
+// that the starts really took that path.
+func coldPaths(t *testing.T, f func(t *testing.T, r *Runtime)) {
+	for _, p := range []struct {
+		name  string
+		stock bool
+	}{{"direct", false}, {"libcontainer", true}} {
+		t.Run(p.name, func(t *testing.T) {
+			r := newRuntimeWith(t, Options{StockCold: p.stock})
+			t.Cleanup(func() {
+				st := r.Stats()
+				want := st.Cold
+				if p.stock {
+					want = 0
+				}
+				if st.Cold == 0 || st.Direct != want {
+					t.Errorf("stats %+v: want cold starts, %d of them direct", st, want)
+				}
+			})
+			f(t, r)
+		})
+	}
 }

@@ -322,12 +322,10 @@ func Decode(b []byte) (*Request, error) {
 			if l < 8 {
 				return nil, errors.New("spawn: short mount record")
 			}
-			f := strings.SplitAfterN(string(v[8:]), "\x00", 5)
-			if len(f) != 4 || !strings.HasSuffix(f[3], "\x00") {
+			rest, ok := strings.CutSuffix(string(v[8:]), "\x00")
+			f := strings.Split(rest, "\x00")
+			if !ok || len(f) != 4 {
 				return nil, errors.New("spawn: mount record does not hold four NUL-terminated strings")
-			}
-			for i := range f {
-				f[i] = strings.TrimSuffix(f[i], "\x00")
 			}
 			if !strings.HasPrefix(f[1], "/") {
 				return nil, fmt.Errorf("spawn: mount destination %q is not absolute", f[1])

@@ -1,0 +1,229 @@
+//go:build linux
+
+package container
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/cgroups/manager"
+
+	"github.com/culvert-dev/culvert/sandbox"
+	"github.com/culvert-dev/culvert/sandbox/container/internal/spawn"
+)
+
+// TestColdEnvironment: a cold start of a spec with a StartEnv (exec mode)
+// gives the function its base and per-start environment and exactly its
+// stdin; it holds no descriptor above 2, and neither its own exe nor pid
+// 1's is the culvert binary, on both cold paths (TestLauncher checks the
+// same through the launcher).
+func TestColdEnvironment(t *testing.T) {
+	coldPaths(t, func(t *testing.T, r *Runtime) {
+		spec := hostile("env")
+		spec.Name, spec.Env = "coldenv", []string{"PATH=/usr/bin:/bin", "BASE=1", "X=base"}
+		spec.StartEnv = []string{"HOSTILE_ATTEMPT=launched", "X=a b=c"}
+		stdin := "the record\x00\n\xffbytes"
+		want := fmt.Sprintf("OK fds= exe=%s pid1=%s BASE=1 X=a b=c FN= stdin=%q\n", hostileBin, hostileBin, stdin)
+		out, stderr, ex := run(t, r, spec, stdin, 20*time.Second)
+		if out != want || !ex.Success() {
+			t.Fatalf("stdout %q (exit %v, stderr %q), want %q", out, ex, stderr, want)
+		}
+	})
+}
+
+// TestColdPathEvidence: the host's view of a running function shows which
+// path started it. On the direct path its parent is the shim (this binary
+// started as "culvert-spawn", a child of this process); on libcontainer's
+// its parent is this process itself.
+func TestColdPathEvidence(t *testing.T) {
+	coldPaths(t, func(t *testing.T, r *Runtime) {
+		p, err := r.Start(t.Context(), withName(hostile("sleep", "5")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = p.Kill(); p.Wait() }()
+		ppid := parentOf(t, p.Pid())
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", ppid))
+		if r.opts.StockCold {
+			if ppid != os.Getpid() {
+				t.Errorf("the function's parent is %d (%q), want this process", ppid, cmdline)
+			}
+			return
+		}
+		if string(cmdline) != "culvert-spawn\x00" || parentOf(t, ppid) != os.Getpid() {
+			t.Errorf("the function's parent is %d (%q), want the shim, a child of this process", ppid, cmdline)
+		}
+	})
+}
+
+func parentOf(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^PPid:\s+(\d+)`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no PPid in /proc/%d/status", pid)
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// TestDirectSpawnFailure: a step of the direct path that fails is
+// reported with the instance's name, the step and its errno, and leaves
+// no process and no cgroup behind.
+func TestDirectSpawnFailure(t *testing.T) {
+	r := newRuntime(t, false)
+	dir := t.TempDir()
+	_ = os.Chmod(filepath.Dir(dir), 0o711)
+	_ = os.Chmod(dir, 0o755)
+	if err := os.WriteFile(filepath.Join(dir, "fn"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	gone := filepath.Join(dir, "gone")
+	if err := os.WriteFile(gone, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	noCmd := sandbox.Spec{Name: "nocmd", Path: "/nope", Tenant: "t1"}
+	noCmd.Isolation.Root.Dir = dir
+	bindGone := hostile("whoami")
+	bindGone.Name, bindGone.Isolation.Root.Binds = "bindgone", []string{gone}
+	// The bind's root is built while its source exists; the source goes
+	// before the start that fails.
+	if out, _, ex := run(t, r, bindGone, "", 10*time.Second); !ex.Success() {
+		t.Fatalf("with the bind's source there: exit %v, stdout %q", ex, out)
+	}
+	if err := os.Remove(gone); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		spec sandbox.Spec
+		want string
+	}{
+		{noCmd, "start nocmd: spawn: find command /nope: no such file or directory"},
+		{bindGone, "start bindgone: spawn: bind " + gone + ": no such file or directory"},
+	} {
+		_, err := r.Start(t.Context(), withName(tt.spec))
+		var f *spawn.Failure
+		if err == nil || err.Error() != tt.want || !errors.As(err, &f) {
+			t.Errorf("start: %v, want %q (a *spawn.Failure)", err, tt.want)
+		}
+		if kids := shimChildren(t); len(kids) > 0 {
+			t.Errorf("%s: shims left running: %v", tt.spec.Name, kids)
+		}
+		if left := instanceCgroups(t, r, "t1"); len(left) > 0 {
+			t.Errorf("%s: cgroups left behind: %v", tt.spec.Name, left)
+		}
+	}
+	if st := r.Stats(); st.Direct != 1 {
+		t.Errorf("stats %+v: want the one start that worked", st)
+	}
+}
+
+// shimChildren lists this process's children that are shims.
+func shimChildren(t *testing.T) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if string(cmdline) == "culvert-spawn\x00" && regexp.MustCompile(`(?m)^PPid:\s+`+strconv.Itoa(os.Getpid())+`$`).Match(b) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// instanceCgroups lists the cgroups left under tenant's cgroup, in every
+// hierarchy.
+func instanceCgroups(t *testing.T, r *Runtime, tenant string) []string {
+	t.Helper()
+	cg := &cgroups.Cgroup{Path: filepath.Join("/", r.opts.CgroupParent, cgroupName(tenant)), Resources: &cgroups.Resources{}}
+	m, err := manager.New(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, p := range m.GetPaths() {
+		ents, _ := os.ReadDir(p)
+		for _, e := range ents {
+			if e.IsDir() {
+				out = append(out, filepath.Join(p, e.Name()))
+			}
+		}
+	}
+	return out
+}
+
+// TestShimRejectsBadRequests: the C decoder refuses what the format does
+// not allow, and says so on the status pipe.
+func TestShimRejectsBadRequests(t *testing.T) {
+	good, err := (&spawn.Request{Root: "/nonexistent", UIDMap: "0 100000 1\n", GIDMap: "0 100000 1\n", Args: []string{"/fn"}}).Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	withBody := func(body []byte) []byte {
+		b := append([]byte("CVSP\x01\x00\x00\x00"), byte(len(body)), byte(len(body)>>8), 0, 0)
+		return append(b, body...)
+	}
+	for _, tt := range []struct {
+		name string
+		req  []byte
+	}{
+		{"empty", nil},
+		{"bad magic", append([]byte("XXXX"), good[4:]...)},
+		{"version 2", append([]byte("CVSP\x02"), good[5:]...)},
+		{"truncated body", good[:len(good)-3]},
+		{"unknown record", withBody([]byte{99, 0, 0, 0, 0, 0})},
+		{"record past the end", withBody([]byte{1, 0, 50, 0, 0, 0, '/'})},
+		{"NUL in a string", withBody([]byte{1, 0, 3, 0, 0, 0, '/', 0, 'x'})},
+		{"no root", withBody(nil)},
+		{"bad rlimit", withBody([]byte{11, 0, 3, 0, 0, 0, 1, 2, 3})},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			reqR, reqW, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stR, stW, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stR.Close()
+			cmd := &exec.Cmd{Path: "/proc/self/exe", Args: []string{"culvert-spawn"}, Env: []string{spawn.Env + "=" + spawn.EnvValue}, ExtraFiles: []*os.File{reqR, stW}}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			reqR.Close()
+			stW.Close()
+			_, _ = reqW.Write(tt.req)
+			reqW.Close()
+			_, err = spawn.ReadPid(stR)
+			var f *spawn.Failure
+			if !errors.As(err, &f) || !strings.HasPrefix(f.Step, "read request") {
+				t.Errorf("got %v, want a failure of the step \"read request\"", err)
+			}
+			if err := cmd.Wait(); err == nil {
+				t.Error("the shim exited 0")
+			}
+		})
+	}
+}
