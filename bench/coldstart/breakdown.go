@@ -94,7 +94,13 @@ func breakdown(work, hello string, n int) error {
 	limits := sandbox.Limits{MemoryBytes: 64 << 20, Pids: 32, CPU: 1}
 	spec := sandbox.Spec{Name: "bench", Path: hello, Env: []string{"PATH=/bin"}, Tenant: "bench", Stderr: io.Discard,
 		Isolation: sandbox.Isolation{Limits: limits}}
-	opts := container.Options{StateDir: filepath.Join(work, "bd-cold"), CgroupParent: "culvert-bench", Logger: log, Trace: rec.mark}
+	opts := container.Options{StateDir: filepath.Join(work, "bd-direct"), CgroupParent: "culvert-bench", Logger: log, Trace: rec.mark}
+	direct, err := container.New(opts)
+	if err != nil {
+		return err
+	}
+	defer direct.Close()
+	opts.StateDir, opts.StockCold = filepath.Join(work, "bd-cold"), true
 	cold, err := container.New(opts)
 	if err != nil {
 		return err
@@ -127,7 +133,7 @@ func breakdown(work, hello string, n int) error {
 		}
 		return steps, nil
 	}
-	var coldRuns, warmRuns [][]step
+	var directRuns, coldRuns, warmRuns [][]step
 	var plain []time.Duration
 	for i := range n + 1 {
 		t0 := time.Now()
@@ -141,6 +147,10 @@ func breakdown(work, hello string, n int) error {
 		}
 		if i > 0 {
 			plain = append(plain, d)
+		}
+		ds, err := one(direct)
+		if err != nil {
+			return fmt.Errorf("cold, direct: %w", err)
 		}
 		s, err := one(cold)
 		if err != nil {
@@ -157,13 +167,15 @@ func breakdown(work, hello string, n int) error {
 		waitPool(warm) // the creation this start set off, before the next cold one
 		time.Sleep(20 * time.Millisecond)
 		if i > 0 { // the first of each is a warm-up
-			coldRuns, warmRuns = append(coldRuns, s), append(warmRuns, w)
+			directRuns, coldRuns, warmRuns = append(directRuns, ds), append(coldRuns, s), append(warmRuns, w)
 		}
 	}
 	fmt.Printf("breakdown: %d starts of each path, steps in order of their median time since Start was called\n\n", n)
-	printPhases("cold (Create + Start + Exec), by phase", coldRuns, coldPhases)
+	printPhases("cold, direct spawner, by phase", directRuns, directPhases)
+	printPhases("cold, libcontainer stock (Create + Start + Exec), by phase", coldRuns, coldPhases)
 	printPhases("pre-created (timed from Start; the container waits on its exec fifo), by phase", warmRuns, warmPhases)
-	printSteps("cold, every step", coldRuns)
+	printSteps("cold, direct, every step", directRuns)
+	printSteps("cold, libcontainer, every step", coldRuns)
 	printSteps("pre-created, every step", warmRuns)
 	slices.Sort(plain)
 	fmt.Printf("plain exec of the same binary, same run: p50 %.2f ms\n", ms(pct(plain, 50)))
@@ -225,6 +237,15 @@ var coldPhases = []phase{
 	{"seccomp: libseccomp compile + load", "init: init: closing the pipe"},
 	{"Start returns (init waits on the exec fifo)", "runtime: Start returned"},
 	{"Exec: exec fifo handshake", "runtime: Exec returned"},
+	{"the function's exec to its first output", "bench: first output read"},
+}
+
+var directPhases = []phase{
+	{"runtime: tenant, root, config, request (BPF compiled once)", "runtime: root, config and request ready"},
+	{"vfork + exec of this binary as the shim", "runtime: spawner started"},
+	{"cgroup: manager.New + Apply(shim) + Set", "runtime: cgroup applied"},
+	{"request written; shim: clone, uid/gid maps", "runtime: init pid reported"},
+	{"init: mounts, pivot_root, masks, caps, seccomp, execve", "runtime: function exec'd"},
 	{"the function's exec to its first output", "bench: first output read"},
 }
 

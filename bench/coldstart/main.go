@@ -2,9 +2,10 @@
 
 // Command coldstart measures how long a function takes from "start it" to
 // its first line of output (handshake-ready; waiting for the exit and
-// cleaning up are not timed), for: a plain exec; Culvert's libcontainer
-// sandbox, cold (create + start + exec) and pre-created (exec of a
-// container created ahead); and `runc run` and `crun run` on an equivalent
+// cleaning up are not timed), for: a plain exec; Culvert's sandbox, cold
+// through the direct spawner (the default) and through libcontainer's
+// stock path (create + start + exec), and pre-created (exec of a
+// libcontainer container created ahead); and `runc run` and `crun run` on an equivalent
 // OCI bundle (the same static binary, a read-only root, fresh user, pid,
 // mount, ipc, uts, network and cgroup namespaces, the same seccomp
 // allowlist, the same cgroup limits). Samples are interleaved, in a
@@ -14,10 +15,11 @@
 //	sudo go run -tags seccomp ./bench/coldstart [-n 100] [-culvert bin/culvert]
 //
 // Rows named "part:" time pieces of the cold path on their own (the
-// re-exec of the init binary, libseccomp compiling the profile), to show
-// where its time goes. With -breakdown it prints instead when each step of
-// a cold and of a pre-created start happens (the runtime's steps and the
-// container init's, from libcontainer's debug log):
+// re-exec of the init binary, libseccomp compiling the profile, the exec
+// of a binary up to the direct path's spawner), to show where its time
+// goes. With -breakdown it prints instead when each step of a direct
+// cold, a libcontainer cold and a pre-created start happens (the
+// runtime's steps and libcontainer's container init's, from its debug log):
 //
 //	sudo go run -tags seccomp ./bench/coldstart -breakdown -n 30
 //
@@ -123,11 +125,16 @@ func run(n int) error {
 	limits := sandbox.Limits{MemoryBytes: 64 << 20, Pids: 32, CPU: 1}
 	spec := sandbox.Spec{Name: "bench", Path: hello, Env: []string{"PATH=/bin"}, Tenant: "bench", Stderr: io.Discard,
 		Isolation: sandbox.Isolation{Limits: limits}}
-	cold, err := container.New(container.Options{StateDir: filepath.Join(work, "cold"), CgroupParent: "culvert-bench", Logger: log})
+	cold, err := container.New(container.Options{StateDir: filepath.Join(work, "cold"), CgroupParent: "culvert-bench", Logger: log, StockCold: true})
 	if err != nil {
 		return err
 	}
 	defer cold.Close()
+	direct, err := container.New(container.Options{StateDir: filepath.Join(work, "direct"), CgroupParent: "culvert-bench", Logger: log})
+	if err != nil {
+		return err
+	}
+	defer direct.Close()
 	warm, err := container.New(container.Options{StateDir: filepath.Join(work, "warm"), CgroupParent: "culvert-bench", Precreate: true, Logger: log})
 	if err != nil {
 		return err
@@ -192,7 +199,10 @@ func run(n int) error {
 		{name: "plain exec", isolation: "none", sample: func(int) (func() error, error) {
 			return firstLine(exec.Command(hello))
 		}},
-		{name: "culvert sandbox, cold", isolation: "7 ns, RO root, seccomp, cgroup v1 limits", sample: func(int) (func() error, error) {
+		{name: "culvert sandbox, cold direct", isolation: "7 ns, RO root, seccomp, cgroup v1 limits; C shim + init, BPF compiled once", sample: func(int) (func() error, error) {
+			return culvertSample(direct, spec)
+		}},
+		{name: "cold, libcontainer stock", isolation: "same; Create + Start + Exec (Options.StockCold)", sample: func(int) (func() error, error) {
 			return culvertSample(cold, spec)
 		}},
 		{name: "culvert sandbox, pre-created", isolation: "same; container created ahead, timed from exec",
@@ -238,6 +248,9 @@ func run(n int) error {
 		{name: "part: re-exec of this binary", isolation: "fork+exec to exit: Go runtime and package inits (the container init does this)", sample: func(int) (func() error, error) {
 			return nothing, exec.Command(self, "-nop").Run()
 		}},
+		{name: "part: spawner exec", isolation: "this binary started as the shim, to its constructor's exit (direct path's first step)", sample: func(int) (func() error, error) {
+			return nothing, spawnerExec(self)
+		}},
 		{name: "part: libseccomp compile", isolation: "the profile to BPF, as runc's init does per cold start", sample: func(int) (func() error, error) {
 			return nothing, compileProfile(devnull)
 		}},
@@ -245,6 +258,8 @@ func run(n int) error {
 	if *culvertBin != "" {
 		parts = append(parts, &row{name: "part: exec of culvert binary", isolation: *culvertBin + " -h to exit: its runtime and ~270 package inits", sample: func(int) (func() error, error) {
 			return nothing, exec.Command(*culvertBin, "-h").Run()
+		}}, &row{name: "part: spawner exec, culvert binary", isolation: *culvertBin + " started as the shim, to its constructor's exit", sample: func(int) (func() error, error) {
+			return nothing, spawnerExec(*culvertBin)
 		}})
 	}
 	for _, tool := range []string{"runc", "crun"} {
@@ -356,6 +371,36 @@ func firstLine(cmd *exec.Cmd) (func() error, error) {
 }
 
 func nothing() error { return nil }
+
+// spawnerExec starts bin as the direct path's shim (the variable and
+// descriptors of sandbox/container/internal/spawn) with an empty request,
+// which its C constructor refuses before the Go runtime starts: the cost
+// of exec'ing the binary up to the spawner.
+func spawnerExec(bin string) error {
+	reqR, reqW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	stR, stW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer stR.Close()
+	cmd := &exec.Cmd{Path: bin, Args: []string{"culvert-spawn"}, Env: []string{"_CULVERT_SPAWN=3,4"}, ExtraFiles: []*os.File{reqR, stW}}
+	err = cmd.Start()
+	_ = reqR.Close()
+	_ = stW.Close()
+	_ = reqW.Close()
+	if err != nil {
+		return err
+	}
+	msg, _ := io.ReadAll(stR)
+	err = cmd.Wait()
+	if !strings.Contains(string(msg), "read request") {
+		return fmt.Errorf("%s as the shim: status %q, exit %v: not the spawner", bin, msg, err)
+	}
+	return nil
+}
 
 func waitPool(r *container.Runtime) {
 	deadline := time.Now().Add(10 * time.Second)
