@@ -39,6 +39,7 @@ type resultDecoder struct {
 	outs    []Output     // handed on with each batch, then replaced
 	last    int          // len(outs) of the last batch
 	recs    wire.Records // where decoded records live
+	ids     idArena      // where derived output ids live
 	sent    *sentBatch   // the batch being answered, if known (decodeAnswer)
 }
 
@@ -380,24 +381,14 @@ func (d *resultDecoder) unchanged(i int, v []byte) *culvertv1.Record {
 	}
 	sp := sb.spans[i]
 	in := sb.recs[i]
-	if !bytes.Equal(v, sb.buf[sp.start:sp.end]) || !knownFields(v) {
+	// v is the encoding of in, unknown fields included: in must have none,
+	// or the copy would lack them (or, for unknown bytes that repeat a
+	// known field, differ from what decoding v gives).
+	if !bytes.Equal(v, sb.buf[sp.start:sp.end]) || len(in.ProtoReflect().GetUnknown()) != 0 {
 		return nil
 	}
 	r := d.recs.New()
 	r.Id, r.Key, r.Value, r.ContentType = in.Id, in.Key, in.Value, in.ContentType
 	r.Headers, r.EventTime, r.Source = in.Headers, in.EventTime, in.Source
 	return r
-}
-
-// knownFields reports whether b, an encoded Record, holds only fields that
-// Record declares (1 to 7).
-func knownFields(b []byte) bool {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeField(b)
-		if n < 0 || num < 1 || num > 7 || typ != protowire.BytesType {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
 }

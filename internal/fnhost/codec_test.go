@@ -221,11 +221,16 @@ func sent(t testing.TB, id uint64, recs []*culvertv1.Record) *sentBatch {
 func TestUnchangedOutputs(t *testing.T) {
 	unknown := &culvertv1.Record{Id: "u"}
 	unknown.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1))
+	// Unknown bytes that repeat a known field: decoding the record's
+	// encoding gives the later value, which the record itself does not have.
+	repeated := &culvertv1.Record{Id: "r", Value: []byte("first")}
+	repeated.ProtoReflect().SetUnknown(protowire.AppendString(protowire.AppendTag(nil, 3, protowire.BytesType), "second"))
 	in := []*culvertv1.Record{
 		{Id: "kafka:in:0:1", Key: []byte("k1"), Value: []byte("v1"), EventTime: timestamppb.New(time.Unix(5, 6)),
 			Source: &culvertv1.Position{Connector: "kafka", Stream: "in", Partition: "0", Offset: 1}},
 		{Id: "kafka:in:0:2", Value: []byte("v2"), Headers: []*culvertv1.Header{{Name: "h", Value: []byte("x")}}},
 		unknown,
+		repeated,
 	}
 	changed := proto.Clone(in[0]).(*culvertv1.Record)
 	changed.Value = []byte("other")
@@ -246,11 +251,11 @@ func TestUnchangedOutputs(t *testing.T) {
 		frame []byte
 		taken []bool // per output: taken from its input record
 	}{
-		{"passthrough", answer(9, one(in[0]), one(in[1]), one(in[2])), []bool{true, true, false}},
-		{"changed", answer(9, one(changed), one(in[1]), nil), []bool{false, true}},
-		{"fan-out", answer(9, one(in[0], in[0]), nil, nil), []bool{true, true}},
-		{"another input's record", answer(9, one(in[1]), one(in[0]), nil), []bool{false, false}},
-		{"another batch", answer(8, one(in[0]), one(in[1]), one(in[2])), []bool{false, false, false}},
+		{"passthrough", answer(9, one(in[0]), one(in[1]), one(in[2]), one(in[3])), []bool{true, true, false, false}},
+		{"changed", answer(9, one(changed), one(in[1]), nil, nil), []bool{false, true}},
+		{"fan-out", answer(9, one(in[0], in[0]), nil, nil, nil), []bool{true, true}},
+		{"another input's record", answer(9, one(in[1]), one(in[0]), nil, nil), []bool{false, false}},
+		{"another batch", answer(8, one(in[0]), one(in[1]), one(in[2]), one(in[3])), []bool{false, false, false, false}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -387,4 +392,32 @@ func FuzzUnchangedOutputs(f *testing.F) {
 		}
 		sameDecoding(t, b, &d, want)
 	})
+}
+
+// TestIDArena: derived ids built in shared chunks equal those built one by
+// one, and stay intact while later ids fill and replace the chunk.
+func TestIDArena(t *testing.T) {
+	tests := []struct {
+		name, in, function string
+	}{
+		{"short", "kafka:in:0:1", "fn"},
+		{"empty input id", "", "fn"},
+		{"long input id", strings.Repeat("x", idChunk), "fn"},
+		{"non-ASCII", "ü:1", "fünf"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var a idArena
+			var got, want []string
+			for n := range 3 * idChunk / max(len(tc.in), 1) {
+				got = append(got, a.derive(tc.in, tc.function, n))
+				want = append(want, (*idArena)(nil).derive(tc.in, tc.function, n))
+			}
+			for n := range got {
+				if got[n] != want[n] || want[n] != fmt.Sprintf("%s/%s.%d", tc.in, tc.function, n) {
+					t.Fatalf("id %d: %q from the arena, %q on its own", n, got[n], want[n])
+				}
+			}
+		})
+	}
 }

@@ -133,7 +133,7 @@ func (x *execInst) run(ctx context.Context, rec *culvertv1.Record) Result {
 		return Result{}
 	}
 	outs := []Output{{Record: &culvertv1.Record{Value: out.Bytes(), Headers: rec.Headers}}}
-	fillOutputs(cfg.Function, rec, outs)
+	fillOutputs(cfg.Function, rec, outs, nil)
 	return Result{Outputs: outs}
 }
 

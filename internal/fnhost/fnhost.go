@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"github.com/culvert-dev/culvert/sandbox"
@@ -226,11 +227,12 @@ var ErrDead = errors.New("instance is not running")
 // (proto/SPEC.md, "Outputs"): a derived id (also when the function kept the
 // input's id, so that ids stay unique), the input's key, content type and
 // event time, and always the input's source position.
-func fillOutputs(function string, in *culvertv1.Record, outs []Output) {
+// Derived ids are built in ids when it is not nil.
+func fillOutputs(function string, in *culvertv1.Record, outs []Output, ids *idArena) {
 	for n, o := range outs {
 		r := o.Record
 		if r.Id == "" || r.Id == in.Id {
-			r.Id = in.Id + "/" + function + "." + strconv.Itoa(n) // hot path: no fmt
+			r.Id = ids.derive(in.Id, function, n)
 		}
 		if len(r.Key) == 0 {
 			r.Key = in.Key
@@ -243,4 +245,34 @@ func fillOutputs(function string, in *culvertv1.Record, outs []Output) {
 		}
 		r.Source = in.Source
 	}
+}
+
+// idArena builds derived output ids in shared chunks: one allocation for
+// many ids instead of one each. An id kept long pins its chunk (at most
+// idChunk bytes). The zero value is ready; a nil *idArena allocates each id
+// on its own. It is not safe for concurrent use.
+type idArena struct{ buf []byte }
+
+const idChunk = 4 << 10
+
+// derive returns "<in>/<function>.<n>".
+func (a *idArena) derive(in, function string, n int) string {
+	if a == nil {
+		return in + "/" + function + "." + strconv.Itoa(n) // no fmt: hot path
+	}
+	size := len(in) + len(function) + 2 + 20 // 20: the longest int
+	if size > idChunk/4 {
+		return in + "/" + function + "." + strconv.Itoa(n)
+	}
+	if cap(a.buf)-len(a.buf) < size {
+		a.buf = make([]byte, 0, idChunk)
+	}
+	start := len(a.buf)
+	a.buf = append(a.buf, in...)
+	a.buf = append(a.buf, '/')
+	a.buf = append(a.buf, function...)
+	a.buf = append(a.buf, '.')
+	a.buf = strconv.AppendInt(a.buf, int64(n), 10)
+	// The bytes are never written again: the next id starts after them.
+	return unsafe.String(&a.buf[start], len(a.buf)-start)
 }

@@ -250,7 +250,7 @@ func (f *framed) result(br *resultDecoder) error {
 		// One array for the batch; each record's outputs are capped so that
 		// appending to them cannot reach its neighbour's.
 		outs := br.outs[rr.start:rr.end:rr.end]
-		fillOutputs(f.cfg.Function, in, outs)
+		fillOutputs(f.cfg.Function, in, outs, &br.ids)
 		res[i].Outputs = outs
 	}
 	br.handedOn()

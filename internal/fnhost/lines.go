@@ -138,7 +138,7 @@ func (l *lines) readLoop() {
 				continue
 			}
 			out := []Output{{Record: &culvertv1.Record{Value: line, Headers: in.Headers}}}
-			fillOutputs(l.cfg.Function, in, out)
+			fillOutputs(l.cfg.Function, in, out, nil)
 			res[i].Outputs = out
 		}
 		l.complete(call, res)
