@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 
 	"github.com/opencontainers/cgroups/manager"
@@ -69,6 +70,13 @@ func (r *Runtime) spawnDirect(tenantName string, spec sandbox.Spec) (_ *instance
 	if err != nil {
 		return nil, err
 	}
+	// The shim waits in the instance's cgroup beside the function: one
+	// more pid, so that the function may have as many as on libcontainer's
+	// path.
+	if p := cfg.Cgroups.Resources.PidsLimit; p != nil && *p > 0 {
+		n := *p + 1
+		cfg.Cgroups.Resources.PidsLimit = &n
+	}
 	args := append([]string{spec.Path}, spec.Args...)
 	req, err := spawn.FromConfig(cfg, args, sandbox.MergeEnv(spec.Env, spec.StartEnv), "/", bpf)
 	if err != nil {
@@ -119,7 +127,14 @@ func (r *Runtime) spawnDirect(tenantName string, spec sandbox.Spec) (_ *instance
 	inR, outW, errW, reqR, stW = nil, nil, nil, nil, nil
 	inst.cmd = cmd
 	r.trace("runtime: spawner started")
-	m, err := manager.New(cfg.Cgroups)
+	// The instance's cgroup is below the tenant's in every hierarchy:
+	// finding the hierarchies again (manager.New parses mountinfo per
+	// controller) is not needed.
+	paths := make(map[string]string, len(t.paths))
+	for k, p := range t.paths {
+		paths[k] = filepath.Join(p, id)
+	}
+	m, err := manager.NewWithPaths(cfg.Cgroups, paths)
 	if err == nil {
 		inst.cgm = m
 		if err = m.Apply(cmd.Process.Pid); err == nil {

@@ -109,6 +109,7 @@ type tenant struct {
 	hostID uint32
 	cgroup string
 	limits sandbox.Limits
+	paths  map[string]string // the tenant cgroup in each hierarchy (read-only once made)
 }
 
 // New checks that this host can sandbox (see Check) and returns a
@@ -197,6 +198,7 @@ func (r *Runtime) tenant(name string) (*tenant, error) {
 	if err := m.Set(res); err != nil {
 		return nil, fmt.Errorf("tenant %q: setting cgroup limits: %w", name, err)
 	}
+	t.paths = m.GetPaths()
 	r.slots[slot] = name
 	r.tenants[name] = t
 	return t, nil
