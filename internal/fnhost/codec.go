@@ -252,7 +252,7 @@ type span struct{ start, end int }
 
 // write encodes m (a HostMessage holding the Batch of call) as one frame
 // and writes it with one call to w, keeping the encoding until the answer.
-func (s *sentBatches) write(w io.Writer, m *culvertv1.HostMessage, maxFrame int, call *Call) error {
+func (s *sentBatches) write(w io.Writer, m *culvertv1.HostMessage, maxFrame int, call *Call, p *pipe) error {
 	s.mu.Lock()
 	var sb *sentBatch
 	if n := len(s.free); n > 0 {
@@ -273,6 +273,7 @@ func (s *sentBatches) write(w io.Writer, m *culvertv1.HostMessage, maxFrame int,
 	s.mu.Lock()
 	s.q = append(s.q, sb)
 	s.mu.Unlock()
+	p.fit(len(b))
 	_, err = w.Write(b)
 	return err
 }

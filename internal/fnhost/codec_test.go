@@ -204,7 +204,7 @@ func sent(t testing.TB, id uint64, recs []*culvertv1.Record) *sentBatch {
 	t.Helper()
 	var s sentBatches
 	m := &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Batch{Batch: &culvertv1.Batch{Id: id, Records: recs, DeadlineUnixMs: 1 << 41, Attempt: 2}}}
-	if err := s.write(io.Discard, m, 0, &Call{Records: recs, id: id}); err != nil {
+	if err := s.write(io.Discard, m, 0, &Call{Records: recs, id: id}, nil); err != nil {
 		t.Fatal(err)
 	}
 	sb := s.head()
@@ -297,7 +297,7 @@ func TestSentBatchesRelease(t *testing.T) {
 	recs := []*culvertv1.Record{{Id: "a"}}
 	m := &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Batch{Batch: &culvertv1.Batch{Id: 1, Records: recs}}}
 	for id := uint64(1); id <= 3; id++ {
-		if err := s.write(io.Discard, m, 0, &Call{Records: recs, id: id}); err != nil {
+		if err := s.write(io.Discard, m, 0, &Call{Records: recs, id: id}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -313,7 +313,7 @@ func TestSentBatchesRelease(t *testing.T) {
 		t.Errorf("%d buffers kept for reuse, want 3", len(s.free))
 	}
 	// A call whose records are not the batch's: not indexed.
-	if err := s.write(io.Discard, m, 0, &Call{Records: append(recs, recs...), id: 4}); err != nil {
+	if err := s.write(io.Discard, m, 0, &Call{Records: append(recs, recs...), id: 4}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if h := s.head(); h == nil || h.recs != nil {

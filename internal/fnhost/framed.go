@@ -31,6 +31,9 @@ type framed struct {
 	dec  resultDecoder // owned by readLoop
 	sent sentBatches   // batches written (under wmu) and not answered
 
+	inPipe  *pipe // stdin, grown under wmu
+	outPipe *pipe // stdout, grown by readLoop
+
 	stopPing chan struct{}
 }
 
@@ -44,6 +47,8 @@ func startFramed(ctx context.Context, cfg Config) (Instance, error) {
 		r:        framing.NewReader(c.proc.Stdout(), cfg.MaxFrame),
 		w:        framing.NewWriter(c.proc.Stdin(), cfg.MaxFrame),
 		stopPing: make(chan struct{}),
+		inPipe:   newPipe(c.proc.Stdin()),
+		outPipe:  newPipe(c.proc.Stdout()),
 	}
 	hello := &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Hello{Hello: &culvertv1.Hello{
 		Versions:           []uint32{ProtocolVersion},
@@ -107,7 +112,7 @@ func (f *framed) Submit(ctx context.Context, call *Call) error {
 	f.msg.Msg = &culvertv1.HostMessage_Batch{Batch: &f.batch}
 	var err error
 	if validRecords(call.Records) {
-		err = f.sent.write(f.proc.Stdin(), &f.msg, f.cfg.MaxFrame, call)
+		err = f.sent.write(f.proc.Stdin(), &f.msg, f.cfg.MaxFrame, call, f.inPipe)
 	} else {
 		// Package proto refuses invalid UTF-8 with its own error.
 		err = f.w.Write(wire.ProtoOnly{Message: &f.msg})
@@ -152,6 +157,7 @@ func (f *framed) readLoop(ready chan<- error) {
 			f.readError(err)
 			return
 		}
+		f.outPipe.fit(len(b) + 5)                           // the next answer is likely as large
 		if !first && f.dec.decodeAnswer(b, f.sent.head()) { // the common case, without proto
 			if err = f.result(&f.dec); err != nil {
 				return
