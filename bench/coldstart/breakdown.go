@@ -243,7 +243,7 @@ var coldPhases = []phase{
 var directPhases = []phase{
 	{"runtime: tenant, root, config, request (BPF compiled once)", "runtime: root, config and request ready"},
 	{"vfork + exec of this binary as the shim", "runtime: spawner started"},
-	{"cgroup: manager.New + Apply(shim) + Set", "runtime: cgroup applied"},
+	{"cgroup: manager.NewWithPaths + Apply(shim) + Set", "runtime: cgroup applied"},
 	{"request written; shim: clone, uid/gid maps", "runtime: init pid reported"},
 	{"init: mounts, pivot_root, masks, caps, seccomp, execve", "runtime: function exec'd"},
 	{"the function's exec to its first output", "bench: first output read"},
