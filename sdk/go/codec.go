@@ -36,6 +36,16 @@ func validBatchResult(br *culvertv1.BatchResult) bool {
 type batchDecoder struct {
 	last int          // records in the last batch
 	recs wire.Records // where decoded records live
+	// reuse: the batch's record slice is kept for the next batch (no
+	// handler sees it); done clears it.
+	reuse bool
+	slice []*culvertv1.Record
+}
+
+// done drops the references to the last batch's records held by the
+// reused slice.
+func (d *batchDecoder) done() {
+	clear(d.slice[:cap(d.slice)])
 }
 
 // decode decodes a frame body; nothing in the batch aliases b. It returns
@@ -53,7 +63,12 @@ func (d *batchDecoder) decode(b []byte) (*culvertv1.Batch, bool) {
 	if n < 0 || 2+n != len(b) {
 		return nil, false
 	}
-	bt := &culvertv1.Batch{Records: make([]*culvertv1.Record, 0, d.last)}
+	bt := &culvertv1.Batch{}
+	if d.reuse {
+		bt.Records = d.slice[:0]
+	} else {
+		bt.Records = make([]*culvertv1.Record, 0, d.last)
+	}
 	for len(body) > 0 {
 		num, typ, n := protowire.ConsumeTag(body)
 		if n < 0 {
@@ -93,6 +108,9 @@ func (d *batchDecoder) decode(b []byte) (*culvertv1.Batch, bool) {
 		}
 	}
 	d.last = len(bt.Records)
+	if d.reuse {
+		d.slice = bt.Records
+	}
 	if len(bt.Records) == 0 {
 		bt.Records = nil // as proto leaves it
 	}

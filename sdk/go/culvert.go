@@ -150,8 +150,9 @@ func WithAgent(agent string) Option {
 }
 
 // PerRecord turns a Handler into a BatchHandler that calls it for each record
-// in order, turning a panic into a permanent failure of that record. Run
-// uses it; it is exported for Serve.
+// in order, turning a panic into a permanent failure of that record. It is
+// exported for Serve; Run does the same without it, reusing the batch's
+// record slice and the results (which no handler sees) from batch to batch.
 func PerRecord(h Handler) BatchHandler {
 	return func(ctx context.Context, recs []*Record) []Result {
 		res := make([]Result, len(recs))

@@ -34,7 +34,20 @@ const Version = 1
 // (an *os.File or a pipe, not a bufio.Writer). Serve reads in through its own
 // buffer.
 func Serve(ctx context.Context, in io.Reader, out io.Writer, h BatchHandler, opts ...Option) error {
-	s := &server{h: h, cfg: config{agent: DefaultAgent}}
+	return newServer(in, out, h, nil, opts).serve(ctx)
+}
+
+// serveRecords is Serve for PerRecord(h), as Run uses it: the batch's
+// record slice and the results never reach a handler, so they are reused
+// from batch to batch.
+func serveRecords(ctx context.Context, in io.Reader, out io.Writer, h Handler, opts ...Option) error {
+	s := newServer(in, out, nil, h, opts)
+	s.dec.reuse = true
+	return s.serve(ctx)
+}
+
+func newServer(in io.Reader, out io.Writer, h BatchHandler, per Handler, opts []Option) *server {
+	s := &server{h: h, per: per, cfg: config{agent: DefaultAgent}}
 	for _, o := range opts {
 		o(&s.cfg)
 	}
@@ -42,11 +55,12 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, h BatchHandler, opt
 	s.w = framing.NewWriter(out, framing.DefaultMaxFrame)
 	s.max = framing.DefaultMaxFrame
 	s.resultMsg.Msg = &culvertv1.FunctionMessage_Result{Result: &s.result}
-	return s.serve(ctx)
+	return s
 }
 
 type server struct {
 	h   BatchHandler
+	per Handler // instead of h: called per record, with res reused
 	cfg config
 	r   *framing.Reader
 	w   *framing.Writer
@@ -63,6 +77,7 @@ type server struct {
 	outs  []culvertv1.Output
 	outp  []*culvertv1.Output
 	fails []culvertv1.Failure
+	res   []Result // per's results
 }
 
 func (s *server) serve(ctx context.Context) error {
@@ -234,6 +249,13 @@ func (s *server) call(ctx context.Context, recs []*Record) (res []Result) {
 			res = failAll(len(recs), panicked(fmt.Sprintf("batch of %d records", len(recs)), v))
 		}
 	}()
+	if s.per != nil {
+		s.res = grow(s.res, len(recs))
+		for i, rec := range recs {
+			s.res[i] = callOne(ctx, s.per, rec)
+		}
+		return s.res
+	}
 	res = s.h(ctx, recs)
 	if len(res) != len(recs) {
 		err := fmt.Errorf("culvert: the BatchHandler returned %d results for %d records", len(res), len(recs))
@@ -330,6 +352,8 @@ func (s *server) clear() {
 		s.rrs[i].Outputs, s.rrs[i].Failure = nil, nil
 	}
 	s.result.Results = nil
+	clear(s.res)
+	s.dec.done()
 }
 
 // grow returns s with length n, keeping its backing array when it can.
