@@ -1,3 +1,5 @@
+//go:build linux && cgo
+
 // The direct spawner: a C constructor that runs before the Go runtime.
 // It does nothing unless _CULVERT_SPAWN is set; then this process is the
 // shim of one container start and never returns to Go. See doc.go for the
