@@ -138,11 +138,16 @@ func New(opts Options) (*Runtime, error) {
 	removeStaleRoots(filepath.Join(opts.StateDir, "roots"))
 	var tag [4]byte
 	_, _ = rand.Read(tag[:])
-	return &Runtime{
+	r := &Runtime{
 		opts: opts, log: opts.Logger, tag: hex.EncodeToString(tag[:]),
 		roots: map[string]*preparedRoot{}, tenants: map[string]*tenant{}, slots: map[uint32]string{},
 		keys: map[string]*spares{}, maxPool: maxPool,
-	}, nil
+	}
+	if err := r.claimOwner(); err != nil {
+		return nil, err
+	}
+	r.sweepOrphans() // containers of culvert processes that exited without Close
+	return r, nil
 }
 
 // Name implements sandbox.Runtime.
@@ -489,6 +494,7 @@ func (r *Runtime) Close() error {
 		inst.discard()
 	}
 	r.removeTenantCgroups() // those still in use by running instances stay
+	r.releaseOwner()
 	return nil
 }
 
