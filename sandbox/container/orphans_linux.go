@@ -35,7 +35,9 @@ type owner struct {
 	start uint64 // in clock ticks after boot: /proc/PID/stat field 22
 }
 
-func (o owner) String() string { return strconv.Itoa(o.pid) + " " + strconv.FormatUint(o.start, 10) + "\n" }
+func (o owner) String() string {
+	return strconv.Itoa(o.pid) + " " + strconv.FormatUint(o.start, 10) + "\n"
+}
 
 // self is this process as an owner.
 func self() (owner, error) {

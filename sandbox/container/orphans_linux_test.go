@@ -218,7 +218,6 @@ func TestOrphansSwept(t *testing.T) {
 	}
 }
 
-
 func TestOwnerFile(t *testing.T) {
 	me, err := self()
 	if err != nil {
