@@ -157,7 +157,9 @@ func (f *framed) readLoop(ready chan<- error) {
 			f.readError(err)
 			return
 		}
-		f.outPipe.fit(len(b) + 5)                           // the next answer is likely as large
+		// Room for a frame as large as this one (body and length prefix):
+		// the next answer is likely as large.
+		f.outPipe.fit(len(b) + 5)
 		if !first && f.dec.decodeAnswer(b, f.sent.head()) { // the common case, without proto
 			if err = f.result(&f.dec); err != nil {
 				return
