@@ -61,24 +61,13 @@ func orphanMain() error {
 		return err
 	}
 	// Wait until two are waiting again (the start took one).
-	for deadline := time.Now().Add(30 * time.Second); waiting(r) < 2; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); r.waiting() < 2; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the spares were not refilled: %d waiting", waiting(r))
+			return fmt.Errorf("the spares were not refilled: %d waiting", r.waiting())
 		}
 	}
 	fmt.Println("READY")
 	select {}
-}
-
-// waiting counts the runtime's waiting containers.
-func waiting(r *Runtime) int {
-	r.pmu.Lock()
-	defer r.pmu.Unlock()
-	n := 0
-	for _, s := range r.keys {
-		n += len(s.ready)
-	}
-	return n
 }
 
 // leftover is a container of the state directory, as found on disk.
@@ -130,7 +119,7 @@ func TestOrphansSwept(t *testing.T) {
 	state, parent := live.opts.StateDir, live.opts.CgroupParent
 	spec := withName(hostile("sleep", "120"))
 	live.Precreate(spec, 1)
-	waitUntil(t, "the live runtime's spare", func() bool { return waiting(live) == 1 })
+	waitUntil(t, "the live runtime's spare", func() bool { return live.waiting() == 1 })
 
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), orphanStateEnv+"="+state, orphanParentEnv+"="+parent, orphanBinEnv+"="+hostileBin)
