@@ -241,10 +241,9 @@ var coldPhases = []phase{
 }
 
 var directPhases = []phase{
-	{"runtime: tenant, root, config, request (BPF compiled once)", "runtime: root, config and request ready"},
-	{"vfork + exec of this binary as the shim", "runtime: spawner started"},
-	{"cgroup: manager.NewWithPaths + Apply(shim) + Set", "runtime: cgroup applied"},
-	{"request written; shim: clone, uid/gid maps", "runtime: init pid reported"},
+	{"runtime: tenant, root, config, cgroup taken, request", "runtime: root, config and request ready"},
+	{"fork server: send the fds, fork the shim, answer", "runtime: shim forked by the server"},
+	{"shim: request, join cgroup, clone, uid/gid maps", "runtime: init pid reported"},
 	{"init: mounts, pivot_root, masks, caps, seccomp, execve", "runtime: function exec'd"},
 	{"the function's exec to its first output", "bench: first output read"},
 }

@@ -135,6 +135,11 @@ func run(n int) error {
 		return err
 	}
 	defer direct.Close()
+	directExec, err := container.New(container.Options{StateDir: filepath.Join(work, "direct-exec"), CgroupParent: "culvert-bench", Logger: log, ExecShim: true})
+	if err != nil {
+		return err
+	}
+	defer directExec.Close()
 	warm, err := container.New(container.Options{StateDir: filepath.Join(work, "warm"), CgroupParent: "culvert-bench", Precreate: true, Logger: log})
 	if err != nil {
 		return err
@@ -199,8 +204,11 @@ func run(n int) error {
 		{name: "plain exec", isolation: "none", sample: func(int) (func() error, error) {
 			return firstLine(exec.Command(hello))
 		}},
-		{name: "culvert sandbox, cold direct", isolation: "7 ns, RO root, seccomp, cgroup v1 limits; C shim + init, BPF compiled once", sample: func(int) (func() error, error) {
+		{name: "culvert sandbox, cold direct", isolation: "7 ns, RO root, seccomp, cgroup v1 limits; C shim forked by the fork server, cgroup made ahead, BPF compiled once", sample: func(int) (func() error, error) {
 			return culvertSample(direct, spec)
+		}},
+		{name: "cold direct, shim exec'd", isolation: "same, the shim exec'd per start (Options.ExecShim)", sample: func(int) (func() error, error) {
+			return culvertSample(directExec, spec)
 		}},
 		{name: "cold, libcontainer stock", isolation: "same; Create + Start + Exec (Options.StockCold)", sample: func(int) (func() error, error) {
 			return culvertSample(cold, spec)

@@ -9,10 +9,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
+	"time"
 
-	"github.com/opencontainers/cgroups/manager"
 	"golang.org/x/sys/unix"
 
 	"github.com/culvert-dev/culvert/sandbox"
@@ -41,9 +40,14 @@ func (r *Runtime) seccompProgram() ([]byte, error) {
 	return r.bpf, r.bpfErr
 }
 
+// spawnTimeout bounds a direct start from the shim's start to the
+// function's exec (a hung mount must not hold Start for ever).
+const spawnTimeout = 30 * time.Second
+
 // spawnDirect starts spec's function through the direct spawner and
-// returns once the function has been exec'd (or a step failed).
-func (r *Runtime) spawnDirect(tenantName string, spec sandbox.Spec) (_ *instance, err error) {
+// returns once the function has been exec'd (or a step failed, ctx ended,
+// or r.spawnTimeout passed: the start is then killed and undone).
+func (r *Runtime) spawnDirect(ctx context.Context, tenantName string, spec sandbox.Spec) (_ *instance, err error) {
 	t, err := r.tenant(tenantName)
 	if err != nil {
 		return nil, err
@@ -77,18 +81,39 @@ func (r *Runtime) spawnDirect(tenantName string, spec sandbox.Spec) (_ *instance
 		n := *p + 1
 		cfg.Cgroups.Resources.PidsLimit = &n
 	}
+	// The instance's cgroup: one made ahead, or made now. The shim joins
+	// it itself before it clones, so everything the shim clones starts in
+	// it.
+	cgKey := cgroupKey(t, cfg.Cgroups.Resources)
+	cg := r.cgroups.take(cgKey)
+	if cg == nil {
+		if cg, err = r.makeCgroup(t, cfg.Cgroups.Resources); err != nil {
+			return nil, err
+		}
+		r.trace("runtime: cgroup made")
+	}
+	defer func() {
+		if err != nil {
+			_ = cg.m.Destroy()
+		}
+	}()
 	args := append([]string{spec.Path}, spec.Args...)
 	req, err := spawn.FromConfig(cfg, args, sandbox.MergeEnv(spec.Env, spec.StartEnv), "/", bpf)
 	if err != nil {
 		return nil, err
 	}
+	req.Cgroups, req.OptCgroups = cg.paths, cg.optPaths
 	reqBytes, err := req.Encode()
 	if err != nil {
 		return nil, err
 	}
+	if r.holdRequest { // tests: a start that never gets past reading its request
+		reqBytes = reqBytes[:len(reqBytes)-1]
+	}
 	r.trace("runtime: root, config and request ready")
 
-	inst := &instance{cgroup: cfg.Cgroups, trace: r.trace, releaseNet: releaseNet, stderrTo: make(chan io.Writer, 1), drained: make(chan struct{}), pidfd: -1}
+	inst := &instance{cgroup: cg.cg, cgm: cg.m, trace: r.trace, releaseNet: releaseNet, life: r.life,
+		stderrTo: make(chan io.Writer, 1), drained: make(chan struct{}), pidfd: -1}
 	var inR, outW, errW, reqR, reqW, stR, stW *os.File
 	closeChild := func() {
 		for _, f := range []*os.File{inR, outW, errW, reqR, stW} {
@@ -96,6 +121,7 @@ func (r *Runtime) spawnDirect(tenantName string, spec sandbox.Spec) (_ *instance
 				_ = f.Close()
 			}
 		}
+		inR, outW, errW, reqR, stW = nil, nil, nil, nil, nil
 	}
 	defer func() {
 		closeChild()
@@ -114,49 +140,51 @@ func (r *Runtime) spawnDirect(tenantName string, spec sandbox.Spec) (_ *instance
 			return nil, err
 		}
 	}
-	// No namespace flags: Go starts the shim with vfork, whose cost does
-	// not grow with this process's memory.
-	cmd := &exec.Cmd{
-		Path: "/proc/self/exe", Args: []string{"culvert-spawn"}, Env: []string{spawn.Env + "=" + spawn.EnvValue},
-		Stdin: inR, Stdout: outW, Stderr: errW, ExtraFiles: []*os.File{reqR, stW}, // fds 3 and 4
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting the spawner: %w", err)
+	if err := r.startShim(inst, [5]*os.File{inR, outW, errW, reqR, stW}); err != nil {
+		return nil, err
 	}
 	closeChild()
-	inR, outW, errW, reqR, stW = nil, nil, nil, nil, nil
-	inst.cmd = cmd
-	r.trace("runtime: spawner started")
-	// The instance's cgroup is below the tenant's in every hierarchy:
-	// finding the hierarchies again (manager.New parses mountinfo per
-	// controller) is not needed.
-	paths := make(map[string]string, len(t.paths))
-	for k, p := range t.paths {
-		paths[k] = filepath.Join(p, id)
-	}
-	m, err := manager.NewWithPaths(cfg.Cgroups, paths)
-	if err == nil {
-		inst.cgm = m
-		if err = m.Apply(cmd.Process.Pid); err == nil {
-			err = m.Set(cfg.Cgroups.Resources)
+	// From here every failure kills and waits for the shim (and the init
+	// with it) and removes the cgroup.
+	defer func() {
+		if err != nil {
+			inst.abort()
 		}
+	}()
+	deadline := time.Now().Add(r.spawnTimeout)
+	_ = stR.SetReadDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = stR.SetReadDeadline(time.Now()) })
+	defer stop()
+	// explain turns a status read cut short into the reason.
+	explain := func(err error) error {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if cerr := ctx.Err(); cerr != nil {
+				return fmt.Errorf("spawn: cancelled before the function was exec'd: %w", cerr)
+			}
+			return fmt.Errorf("spawn: the function was not exec'd within %v (a hung mount?): killed", r.spawnTimeout)
+		}
+		return fmt.Errorf("spawn: %w", err)
 	}
-	if err != nil {
-		inst.abort()
-		return nil, fmt.Errorf("cgroup %s: %w", cfg.Cgroups.Path, err)
-	}
-	r.trace("runtime: cgroup applied")
-	// Only now: everything the shim clones starts in the cgroup.
-	if _, err := reqW.Write(reqBytes); err != nil {
-		inst.abort()
-		return nil, fmt.Errorf("writing the spawn request: %w", err)
-	}
-	_ = reqW.Close()
-	reqW = nil
+	// The pipe holds a request of normal size; a larger one is written
+	// while the shim reads it.
+	writeErr := make(chan error, 1)
+	go func() {
+		_, werr := reqW.Write(reqBytes)
+		writeErr <- werr
+	}()
 	pid, err := spawn.ReadPid(stR)
 	if err != nil {
-		inst.abort()
-		return nil, fmt.Errorf("spawn: %w", err)
+		return nil, explain(err)
+	}
+	if werr := <-writeErr; werr != nil {
+		return nil, fmt.Errorf("writing the spawn request: %w", werr)
+	}
+	if !r.holdRequest {
+		_ = reqW.Close()
+		reqW = nil
 	}
 	inst.initPid = pid
 	if fd, perr := unix.PidfdOpen(pid, 0); perr == nil {
@@ -164,11 +192,52 @@ func (r *Runtime) spawnDirect(tenantName string, spec sandbox.Spec) (_ *instance
 	}
 	r.trace("runtime: init pid reported")
 	if err := spawn.ReadResult(stR); err != nil {
-		inst.abort()
-		return nil, fmt.Errorf("spawn: %w", err)
+		return nil, explain(err)
 	}
 	r.trace("runtime: function exec'd")
+	inst.afterUp(func() {
+		r.cgroups.refill(cgKey, func() (*readyCgroup, error) { return r.makeCgroup(t, cfg.Cgroups.Resources) }, r.warnCgroup)
+	})
 	return inst, nil
+}
+
+func (r *Runtime) warnCgroup(err error) {
+	r.log.Warn("could not make an instance cgroup ahead", "error", err)
+}
+
+// startShim starts the shim of inst with files as its fds 0-4: forked by
+// the fork server, or, if there is none and none can be started (or
+// Options.ExecShim), by exec of this binary.
+func (r *Runtime) startShim(inst *instance, files [5]*os.File) error {
+	if r.server != nil {
+		pid, delivered, err := r.server.fork(files)
+		if err == nil {
+			p, ferr := os.FindProcess(pid) // a pidfd: the shim is this process's child
+			if ferr != nil {
+				return fmt.Errorf("spawn: shim %d: %w", pid, ferr)
+			}
+			inst.shim = p
+			r.trace("runtime: shim forked by the server")
+			return nil
+		}
+		if delivered {
+			return err
+		}
+		r.log.Warn("fork server unavailable; this start execs its shim", "error", err)
+	}
+	// No namespace flags: Go starts the shim with vfork, whose cost does
+	// not grow with this process's memory.
+	cmd := &exec.Cmd{
+		Path: "/proc/self/exe", Args: []string{"culvert-spawn"}, Env: []string{spawn.Env + "=" + spawn.EnvValue},
+		Stdin: files[0], Stdout: files[1], Stderr: files[2],
+		ExtraFiles: []*os.File{files[3], files[4], r.life.r}, // fds 3, 4 and 5
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting the spawner: %w", err)
+	}
+	inst.shim = cmd.Process
+	r.trace("runtime: spawner started")
+	return nil
 }
 
 // abort ends a direct start that failed: the shim, the init with it, the
@@ -176,8 +245,8 @@ func (r *Runtime) spawnDirect(tenantName string, spec sandbox.Spec) (_ *instance
 func (i *instance) abort() {
 	i.releaseNet = nil
 	_ = i.killInit()
-	_ = i.cmd.Process.Kill()
-	_ = i.cmd.Wait()
+	_ = i.shim.Kill()
+	_, _ = i.shim.Wait()
 	i.closePidfd()
 	if i.cgm != nil {
 		_ = i.cgm.Destroy()
@@ -201,7 +270,7 @@ func (i *instance) killInit() error {
 	}
 	// No init known (the start failed before it was reported): the shim
 	// takes it along (PR_SET_PDEATHSIG).
-	if err := i.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := i.shim.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return err
 	}
 	return nil
@@ -219,8 +288,8 @@ func (i *instance) closePidfd() {
 
 // waitDirect waits for the shim, which exits as the init did.
 func (i *instance) waitDirect() sandbox.Exit {
-	err := i.cmd.Wait()
-	ex := exitOf(i.cmd.ProcessState, err)
+	st, err := i.shim.Wait()
+	ex := exitOf(st, err)
 	i.closePidfd()
 	if n, oerr := i.cgm.OOMKillCount(); oerr == nil && n > 0 && !ex.Success() {
 		ex.OOMKilled = true

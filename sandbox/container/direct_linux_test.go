@@ -59,7 +59,7 @@ func TestColdPathEvidence(t *testing.T) {
 			}
 			return
 		}
-		if string(cmdline) != "culvert-spawn\x00" || parentOf(t, ppid) != os.Getpid() {
+		if !isShim(cmdline) || parentOf(t, ppid) != os.Getpid() {
 			t.Errorf("the function's parent is %d (%q), want the shim, a child of this process", ppid, cmdline)
 		}
 	})
@@ -130,6 +130,13 @@ func TestDirectSpawnFailure(t *testing.T) {
 	}
 }
 
+// isShim reports whether cmdline is a shim's: "culvert-spawn", exec'd,
+// or forked by the fork server (its argv[0], "culvert-spawn-server",
+// overwritten with NULs after the name).
+func isShim(cmdline []byte) bool {
+	return strings.TrimRight(string(cmdline), "\x00") == "culvert-spawn"
+}
+
 // shimChildren lists this process's children that are shims.
 func shimChildren(t *testing.T) []int {
 	t.Helper()
@@ -145,7 +152,7 @@ func shimChildren(t *testing.T) []int {
 		}
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if string(cmdline) == "culvert-spawn\x00" && regexp.MustCompile(`(?m)^PPid:\s+`+strconv.Itoa(os.Getpid())+`$`).Match(b) {
+		if isShim(cmdline) && regexp.MustCompile(`(?m)^PPid:\s+`+strconv.Itoa(os.Getpid())+`$`).Match(b) {
 			out = append(out, pid)
 		}
 	}
@@ -153,9 +160,20 @@ func shimChildren(t *testing.T) []int {
 }
 
 // instanceCgroups lists the cgroups left under tenant's cgroup, in every
-// hierarchy.
+// hierarchy, but for those made ahead and waiting in the runtime's pool.
 func instanceCgroups(t *testing.T, r *Runtime, tenant string) []string {
 	t.Helper()
+	r.cgroups.bg.Wait() // refills under way
+	pooled := map[string]bool{}
+	r.cgroups.mu.Lock()
+	for _, rs := range r.cgroups.ready {
+		for _, c := range rs {
+			for _, p := range append(c.paths, c.optPaths...) {
+				pooled[p] = true
+			}
+		}
+	}
+	r.cgroups.mu.Unlock()
 	cg := &cgroups.Cgroup{Path: filepath.Join("/", r.opts.CgroupParent, cgroupName(tenant)), Resources: &cgroups.Resources{}}
 	m, err := manager.New(cg)
 	if err != nil {
@@ -165,7 +183,7 @@ func instanceCgroups(t *testing.T, r *Runtime, tenant string) []string {
 	for _, p := range m.GetPaths() {
 		ents, _ := os.ReadDir(p)
 		for _, e := range ents {
-			if e.IsDir() {
+			if e.IsDir() && !pooled[filepath.Join(p, e.Name())] {
 				out = append(out, filepath.Join(p, e.Name()))
 			}
 		}

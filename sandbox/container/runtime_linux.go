@@ -14,7 +14,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -70,6 +69,10 @@ type Options struct {
 	// for a host where the spawner cannot run. Pre-created and launcher
 	// containers always use libcontainer.
 	StockCold bool
+	// ExecShim makes every direct start exec its shim (this binary, in
+	// the spawner's shim mode) instead of having the runtime's fork server
+	// fork it. For comparison (bench/coldstart).
+	ExecShim bool
 }
 
 // Runtime runs function instances in libcontainer containers.
@@ -100,6 +103,12 @@ type Runtime struct {
 	launcherOnce  sync.Once
 	launcherFiles []string // the ELF interpreter, this binary, its libraries
 	launcherErr   error
+
+	life         *life         // held for this process's life (see life)
+	server       *forkServer   // direct starts' shims; nil with ExecShim
+	cgroups      *cgroupPool   // instance cgroups made ahead
+	spawnTimeout time.Duration // bound of a direct start
+	holdRequest  bool          // tests: direct starts never send their request's last byte
 }
 
 var _ sandbox.Runtime = (*Runtime)(nil)
@@ -138,10 +147,18 @@ func New(opts Options) (*Runtime, error) {
 	removeStaleRoots(filepath.Join(opts.StateDir, "roots"))
 	var tag [4]byte
 	_, _ = rand.Read(tag[:])
+	lf, err := newLife()
+	if err != nil {
+		return nil, err
+	}
 	r := &Runtime{
 		opts: opts, log: opts.Logger, tag: hex.EncodeToString(tag[:]),
 		roots: map[string]*preparedRoot{}, tenants: map[string]*tenant{}, slots: map[uint32]string{},
 		keys: map[string]*spares{}, maxPool: maxPool,
+		life: lf, cgroups: newCgroupPool(), spawnTimeout: spawnTimeout,
+	}
+	if !opts.StockCold && !opts.ExecShim {
+		r.server = &forkServer{life: lf, exe: "/proc/self/exe", sock: -1}
 	}
 	if err := r.claimOwner(); err != nil {
 		return nil, err
@@ -237,7 +254,7 @@ func (r *Runtime) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process
 			r.log.Warn("pre-created container failed to start its function; starting a new one", "instance", spec.Name, "error", err)
 		}
 	}
-	inst, err := r.startCold(tenantName, spec)
+	inst, err := r.startCold(ctx, tenantName, spec)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
@@ -250,9 +267,9 @@ func (r *Runtime) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Process
 
 // startCold starts spec with a container made for it now: through the
 // direct spawner, or libcontainer's stock path (Options.StockCold).
-func (r *Runtime) startCold(tenantName string, spec sandbox.Spec) (*instance, error) {
+func (r *Runtime) startCold(ctx context.Context, tenantName string, spec sandbox.Spec) (*instance, error) {
 	if !r.opts.StockCold {
-		inst, err := r.spawnDirect(tenantName, spec)
+		inst, err := r.spawnDirect(ctx, tenantName, spec)
 		if err != nil {
 			return nil, err
 		}
@@ -493,6 +510,10 @@ func (r *Runtime) Close() error {
 	for _, inst := range pool {
 		inst.discard()
 	}
+	if r.server != nil {
+		r.server.close()
+	}
+	r.cgroups.close()
 	r.removeTenantCgroups() // those still in use by running instances stay
 	r.releaseOwner()
 	return nil
@@ -737,7 +758,8 @@ func (i *instance) startLauncher(ready *os.File) error {
 type instance struct {
 	c          *libcontainer.Container
 	p          *libcontainer.Process
-	cmd        *exec.Cmd       // direct: the shim, which exits as the init does
+	shim       *os.Process     // direct: the shim (this process's child), which exits as the init does
+	life       *life           // direct: kept reachable while the instance runs
 	cgm        cgroups.Manager // direct: the instance's cgroup
 	initPid    int             // direct: the init's host pid
 	pidMu      sync.Mutex
@@ -815,9 +837,13 @@ func (i *instance) afterUp(fn func()) {
 	var once sync.Once
 	run := func() { once.Do(fn) }
 	t := time.AfterFunc(upGrace, run)
+	prev := i.up
 	i.up = func() {
 		t.Stop()
 		run()
+		if prev != nil {
+			prev()
+		}
 	}
 }
 
@@ -842,7 +868,7 @@ func (u upReader) Read(p []byte) (int, error) {
 func (u upReader) Close() error { return u.i.stdout.Close() }
 
 func (i *instance) Pid() int {
-	if i.cmd != nil {
+	if i.shim != nil {
 		return i.initPid
 	}
 	pid, err := i.p.Pid()
@@ -855,7 +881,7 @@ func (i *instance) Pid() int {
 // Kill kills the container's init, the function; the pid namespace takes
 // everything it started with it.
 func (i *instance) Kill() error {
-	if i.cmd != nil {
+	if i.shim != nil {
 		return i.killInit()
 	}
 	err := i.c.Signal(unix.SIGKILL)
@@ -869,7 +895,7 @@ func (i *instance) Kill() error {
 // destroys the container.
 func (i *instance) Wait() sandbox.Exit {
 	i.waitOnce.Do(func() {
-		if i.cmd != nil {
+		if i.shim != nil {
 			i.exit = i.waitDirect()
 			if i.releaseNet != nil {
 				go func() { _ = i.releaseNet() }()

@@ -15,16 +15,20 @@ import (
 )
 
 // Env is the variable that makes a start of this binary a shim, and
-// EnvValue its value: "REQUEST_FD,STATUS_FD".
+// EnvValue its value: "REQUEST_FD,STATUS_FD,LIFE_FD" (LIFE_FD may be
+// left out: the shim then does not watch a life pipe). ServerEnvValue
+// makes it the fork server: "server,SOCKET_FD,LIFE_FD".
 const (
-	Env      = "_CULVERT_SPAWN"
-	EnvValue = "3,4"
+	Env            = "_CULVERT_SPAWN"
+	EnvValue       = "3,4,5"
+	ServerEnvValue = "server,3,4"
 )
 
 // The shim's descriptors, as the runtime passes them (os/exec ExtraFiles).
 const (
 	RequestFd = 3
 	StatusFd  = 4
+	LifeFd    = 5
 )
 
 const (
@@ -51,6 +55,8 @@ const (
 	tagCwd        = 14
 	tagSeccomp    = 15
 	tagFlags      = 16
+	tagCgroup     = 17
+	tagOptCgroup  = 18
 )
 
 // Flags of a request.
@@ -85,6 +91,12 @@ type Request struct {
 	Cwd                   string
 	Seccomp               []byte // BPF, 8 bytes per instruction
 	Flags                 uint32
+	// Cgroups are the instance's cgroup directories, one per hierarchy:
+	// the shim writes its pid to each cgroup.procs before it clones.
+	Cgroups []string
+	// OptCgroups are cgroup directories the shim joins if it can (named
+	// hierarchies, which the cgroup manager joins the same way).
+	OptCgroups []string
 }
 
 // FromConfig builds the request for cfg, a container description that
@@ -210,6 +222,18 @@ func (r *Request) Encode() ([]byte, error) {
 		str(tagEnv, s)
 	}
 	opt(tagCwd, r.Cwd)
+	for _, s := range r.Cgroups {
+		if !strings.HasPrefix(s, "/") {
+			return nil, fmt.Errorf("spawn: cgroup %q is not an absolute path", s)
+		}
+		str(tagCgroup, s)
+	}
+	for _, s := range r.OptCgroups {
+		if !strings.HasPrefix(s, "/") {
+			return nil, fmt.Errorf("spawn: cgroup %q is not an absolute path", s)
+		}
+		str(tagOptCgroup, s)
+	}
 	if len(r.Seccomp) > 0 {
 		if len(r.Seccomp)%8 != 0 || len(r.Seccomp)/8 > 4096 {
 			return nil, fmt.Errorf("spawn: seccomp program of %d bytes is not a BPF program", len(r.Seccomp))
@@ -270,7 +294,7 @@ func Decode(b []byte) (*Request, error) {
 		var err error
 		var x string
 		switch tag {
-		case tagRoot, tagHostname, tagNetns, tagUIDMap, tagGIDMap, tagCwd, tagDevice, tagMask, tagROPath, tagArg, tagEnv:
+		case tagRoot, tagHostname, tagNetns, tagUIDMap, tagGIDMap, tagCwd, tagDevice, tagMask, tagROPath, tagArg, tagEnv, tagCgroup, tagOptCgroup:
 			if x, err = s(); err != nil {
 				return nil, err
 			}
@@ -298,6 +322,16 @@ func Decode(b []byte) (*Request, error) {
 			r.Args = append(r.Args, x)
 		case tagEnv:
 			r.Env = append(r.Env, x)
+		case tagCgroup:
+			if !strings.HasPrefix(x, "/") {
+				return nil, fmt.Errorf("spawn: cgroup %q is not an absolute path", x)
+			}
+			r.Cgroups = append(r.Cgroups, x)
+		case tagOptCgroup:
+			if !strings.HasPrefix(x, "/") {
+				return nil, fmt.Errorf("spawn: cgroup %q is not an absolute path", x)
+			}
+			r.OptCgroups = append(r.OptCgroups, x)
 		case tagCloneFlags:
 			if l != 8 {
 				return nil, errors.New("spawn: clone flags record is not 8 bytes")

@@ -197,7 +197,8 @@ func TestStatus(t *testing.T) {
 // the same bytes.
 func FuzzDecode(f *testing.F) {
 	good, err := (&Request{Root: "/r", Hostname: "h", UIDMap: "0 1 1\n", GIDMap: "0 1 1\n", Args: []string{"/fn", "x"}, Env: []string{"A=1"},
-		Mounts: []Mount{{Flags: 1, Source: "proc", Dest: "/proc", Type: "proc"}}, Rlimits: []Rlimit{{7, 1, 2}}, Seccomp: make([]byte, 8)}).Encode()
+		Mounts: []Mount{{Flags: 1, Source: "proc", Dest: "/proc", Type: "proc"}}, Rlimits: []Rlimit{{7, 1, 2}}, Seccomp: make([]byte, 8),
+		Cgroups: []string{"/sys/fs/cgroup/memory/x", "/sys/fs/cgroup/pids/x"}, OptCgroups: []string{"/sys/fs/cgroup/unified/x"}}).Encode()
 	if err != nil {
 		f.Fatal(err)
 	}

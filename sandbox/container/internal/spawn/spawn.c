@@ -53,6 +53,8 @@ enum {
 	TAG_CWD = 14,
 	TAG_SECCOMP = 15,
 	TAG_FLAGS = 16,
+	TAG_CGROUP = 17,
+	TAG_OPT_CGROUP = 18,
 };
 
 enum {
@@ -82,7 +84,7 @@ struct req {
 	uint32_t flags;
 	struct mnt *mounts;
 	size_t nmounts;
-	struct strs devices, masks, ropaths, args, env;
+	struct strs devices, masks, ropaths, args, env, cgroups, optcgroups;
 	struct rlim *rlimits;
 	size_t nrlimits;
 	unsigned char *bpf;
@@ -234,6 +236,8 @@ static void read_request(int fd, struct req *r)
 		case TAG_ROPATH: push(&r->ropaths, str(p, n)); break;
 		case TAG_ARG: push(&r->args, str(p, n)); break;
 		case TAG_ENV: push(&r->env, str(p, n)); break;
+		case TAG_CGROUP: push(&r->cgroups, str(p, n)); break;
+		case TAG_OPT_CGROUP: push(&r->optcgroups, str(p, n)); break;
 		case TAG_CLONEFLAGS:
 			if (n != 8)
 				fail("read request", "(clone flags)", EPROTO);
@@ -643,15 +647,53 @@ static void write_map(pid_t pid, const char *file, const char *map)
 	close(fd);
 }
 
-static void __attribute__((noreturn)) shim(int reqfd, int stfd)
+// join_cgroup writes this process's pid to dir/cgroup.procs; on failure
+// it returns the errno, or 0.
+static int join_cgroup(const char *dir, const char *pid, size_t n)
+{
+	char path[4096];
+	if (dir[0] != '/' || (size_t)snprintf(path, sizeof(path), "%s/cgroup.procs", dir) >= sizeof(path))
+		return EINVAL;
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	int err = write_full(fd, pid, n) < 0 ? errno : 0;
+	close(fd);
+	return err;
+}
+
+// join_cgroups moves the shim into the instance's cgroup, in every
+// hierarchy the request names, before it clones anything. The optional
+// ones (named hierarchies) are joined as the cgroup manager joins them:
+// where it can.
+static void join_cgroups(const struct req *r)
+{
+	char pid[16];
+	int n = snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	for (size_t i = 0; i < r->cgroups.n; i++) {
+		int err = join_cgroup(r->cgroups.v[i], pid, (size_t)n);
+		if (err != 0)
+			fail("join cgroup", r->cgroups.v[i], err);
+	}
+	for (size_t i = 0; i < r->optcgroups.n; i++)
+		(void)join_cgroup(r->optcgroups.v[i], pid, (size_t)n);
+}
+
+// shim runs one start: the request on reqfd, the status pipe on stfd.
+// life, if not -1, is the read end of the runtime's life pipe: when it
+// hangs up (every culvert process holding its write end is gone), the
+// shim kills the init, and with it the container's pid namespace.
+static void __attribute__((noreturn)) shim(int reqfd, int stfd, int life)
 {
 	struct req r;
 	status_fd = stfd;
 	// A signal relayed below must not leave a core of the shim.
 	struct rlimit nocore = {0, 0};
-	setrlimit(RLIMIT_CORE, &nocore);
+	if (setrlimit(RLIMIT_CORE, &nocore) < 0)
+		fail("setrlimit", "(shim core)", errno);
 	read_request(reqfd, &r);
 	close(reqfd);
+	join_cgroups(&r);
 	if (r.netns != NULL) {
 		int ns = open(r.netns, O_RDONLY | O_CLOEXEC);
 		if (ns < 0 || setns(ns, CLONE_NEWNET) < 0)
@@ -671,6 +713,12 @@ static void __attribute__((noreturn)) shim(int reqfd, int stfd)
 	close(sync[0]);
 	write_map(pid, "uid_map", r.uidmap);
 	write_map(pid, "gid_map", r.gidmap);
+	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (pidfd < 0) {
+		int err = errno;
+		kill(pid, SIGKILL);
+		fail("pidfd_open", "(init)", err);
+	}
 	unsigned char msg[5] = {'P'};
 	put32(msg + 1, (uint32_t)pid);
 	if (write_full(status_fd, msg, sizeof(msg)) < 0 || write_full(sync[1], "r", 1) < 0) {
@@ -678,6 +726,19 @@ static void __attribute__((noreturn)) shim(int reqfd, int stfd)
 		_exit(126);
 	}
 	close(status_fd);
+	// Wait for the init, or for the runtime to go.
+	for (;;) {
+		struct pollfd p[2] = {{.fd = pidfd, .events = POLLIN}, {.fd = life, .events = POLLIN}};
+		int n = poll(p, life >= 0 ? 2 : 1, -1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 || (life >= 0 && p[1].revents != 0)) {
+			kill(pid, SIGKILL);
+			break;
+		}
+		if (p[0].revents != 0)
+			break;
+	}
 	int st;
 	while (waitpid(pid, &st, 0) < 0)
 		if (errno != EINTR)
@@ -695,13 +756,128 @@ static void __attribute__((noreturn)) shim(int reqfd, int stfd)
 	_exit(WEXITSTATUS(st));
 }
 
-__attribute__((constructor)) static void culvert_spawn(void)
+// high moves fd to a descriptor at or above 64, close-on-exec, so that the
+// descriptors a start brings can take 0-4.
+static int high(int fd)
+{
+	int h = fcntl(fd, F_DUPFD_CLOEXEC, 64);
+	if (h < 0)
+		_exit(125);
+	close(fd);
+	return h;
+}
+
+// server_child is the shim of one start, forked by the server: the five
+// descriptors the start sent become 0-4 (stdin, stdout, stderr, request,
+// status), and the shim proceeds as one started by exec.
+static void __attribute__((noreturn)) server_child(int fds[5], int sock, int life, char *argv0)
+{
+	int tmp[5];
+	close(sock);
+	for (int i = 0; i < 5; i++)
+		if ((tmp[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 10)) < 0)
+			_exit(125);
+	for (int i = 0; i < 5; i++)
+		close(fds[i]);
+	for (int i = 0; i < 5; i++)
+		if (dup2(tmp[i], i) < 0)
+			_exit(125);
+	for (int i = 0; i < 5; i++)
+		close(tmp[i]);
+	// Named as a shim started by exec is, in ps and /proc.
+	if (argv0 != NULL) {
+		size_t n = strlen(argv0);
+		memset(argv0, 0, n);
+		memcpy(argv0, "culvert-spawn", n < 13 ? n : 13);
+	}
+	if (prctl(PR_SET_NAME, "culvert-spawn", 0, 0, 0) < 0)
+		_exit(125);
+	shim(3, 4, life);
+}
+
+// serve answers one message on sock: a byte and, as SCM_RIGHTS, the five
+// descriptors of a start. It forks the shim with CLONE_PARENT, so that the
+// shim is the runtime's child (the runtime waits for it and gets its exit
+// status), and answers the shim's pid, or -errno (s32).
+static void serve(int sock, int life, char *argv0)
+{
+	unsigned char b;
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(8 * sizeof(int))];
+	} cm;
+	struct iovec iov = {.iov_base = &b, .iov_len = 1};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf)};
+	ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+	if (n == 0)
+		_exit(0); // the runtime closed its end
+	if (n < 0) {
+		if (errno == EINTR || errno == EAGAIN)
+			return;
+		_exit(1);
+	}
+	int fds[8], nfds = 0;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+		for (int i = 0; i < k && nfds < 8; i++)
+			memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+	}
+	int32_t reply;
+	if (nfds != 5 || (mh.msg_flags & MSG_CTRUNC)) {
+		reply = -EPROTO;
+	} else {
+		pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)(CLONE_PARENT | SIGCHLD), NULL, NULL, NULL, 0);
+		if (pid == 0)
+			server_child(fds, sock, life, argv0);
+		reply = pid < 0 ? -errno : (int32_t)pid;
+	}
+	for (int i = 0; i < nfds; i++)
+		close(fds[i]);
+	unsigned char out[4];
+	put32(out, (uint32_t)reply);
+	if (send(sock, out, sizeof(out), MSG_NOSIGNAL) != (ssize_t)sizeof(out))
+		_exit(1);
+}
+
+// server is the fork server: one per runtime, it forks a shim per start
+// until the runtime closes the socket or its life pipe hangs up.
+static void __attribute__((noreturn)) server(int sock, int life, char *argv0)
+{
+	struct rlimit nocore = {0, 0};
+	if (setrlimit(RLIMIT_CORE, &nocore) < 0)
+		_exit(125);
+	sock = high(sock);
+	life = high(life);
+	for (;;) {
+		struct pollfd p[2] = {{.fd = sock, .events = POLLIN}, {.fd = life, .events = POLLIN}};
+		int n = poll(p, 2, -1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 || p[1].revents != 0)
+			_exit(0);
+		if (p[0].revents & POLLIN)
+			serve(sock, life, argv0);
+		else if (p[0].revents != 0)
+			_exit(0);
+	}
+}
+
+__attribute__((constructor)) static void culvert_spawn(int argc, char **argv, char **envp)
 {
 	const char *v = getenv(SPAWN_ENV);
-	int reqfd, stfd;
+	int reqfd, stfd, life = -1;
+	(void)envp;
 	if (v == NULL)
 		return;
-	if (sscanf(v, "%d,%d", &reqfd, &stfd) != 2 || reqfd < 3 || stfd < 3)
+	if (sscanf(v, "server,%d,%d", &reqfd, &life) == 2) {
+		if (reqfd < 3 || life < 3)
+			_exit(125);
+		server(reqfd, life, argc > 0 ? argv[0] : NULL);
+	}
+	int k = sscanf(v, "%d,%d,%d", &reqfd, &stfd, &life);
+	if (k < 2 || reqfd < 3 || stfd < 3 || (k == 3 && life < 3))
 		_exit(125);
-	shim(reqfd, stfd);
+	shim(reqfd, stfd, k == 3 ? life : -1);
 }

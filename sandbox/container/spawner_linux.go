@@ -1,0 +1,205 @@
+//go:build linux
+
+package container
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/culvert-dev/culvert/sandbox/container/internal/spawn"
+)
+
+// life is the runtime's life pipe. The runtime holds the write end for as
+// long as its process lives and never writes to it; every shim and the
+// fork server hold the read end and poll it. When the culvert process
+// ends, however it ends (SIGKILL, a crash), the kernel closes the write
+// end, the read end hangs up, and each shim kills its container's init
+// (pid 1 of its pid namespace: the kernel kills the rest with it) and the
+// fork server exits. No thread's lifetime is involved, unlike
+// PR_SET_PDEATHSIG on a child of a Go process.
+type life struct {
+	r, w *os.File
+}
+
+func newLife() (*life, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: life pipe: %w", err)
+	}
+	return &life{r: r, w: w}, nil
+}
+
+// forkServer is the runtime's long-lived spawner: the culvert binary
+// started once in the spawner's server mode (C, before the Go runtime,
+// single-threaded). Each direct start sends it its five descriptors
+// (stdin, stdout and stderr ends, the request pipe's read end, the status
+// pipe's write end) over a unix socket (SOCK_SEQPACKET, SCM_RIGHTS); the
+// server forks the shim with CLONE_PARENT, so that the shim is this
+// process's child, and answers the shim's pid. No exec per start.
+type forkServer struct {
+	life *life
+	exe  string // the binary to start in server mode: /proc/self/exe
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	sock    int           // this side of the socket pair, or -1
+	exited  chan struct{} // closed once cmd has been waited for
+	started int           // servers started, for tests
+	closed  bool
+}
+
+// serverReplyTimeout bounds how long a start waits for the server's
+// answer; past it the server is taken for hung, killed and restarted.
+const serverReplyTimeout = 2 * time.Second
+
+var errServerClosed = errors.New("sandbox: the fork server is closed")
+
+// startLocked starts the server. s.mu is held.
+func (s *forkServer) startLocked() error {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("fork server: socketpair: %w", err)
+	}
+	theirs := os.NewFile(uintptr(fds[1]), "spawn-server-socket")
+	defer theirs.Close()
+	tv := unix.NsecToTimeval(serverReplyTimeout.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fds[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		_ = unix.Close(fds[0])
+		return fmt.Errorf("fork server: socket timeout: %w", err)
+	}
+	cmd := &exec.Cmd{
+		Path: s.exe, Args: []string{"culvert-spawn-server"},
+		Env:        []string{spawn.Env + "=" + spawn.ServerEnvValue},
+		ExtraFiles: []*os.File{theirs, s.life.r}, // fds 3 and 4
+	}
+	if err := cmd.Start(); err != nil {
+		_ = unix.Close(fds[0])
+		return fmt.Errorf("fork server: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	s.cmd, s.sock, s.exited = cmd, fds[0], exited
+	s.started++
+	return nil
+}
+
+// stopLocked kills the server and waits for it. s.mu is held.
+func (s *forkServer) stopLocked() {
+	if s.cmd == nil {
+		return
+	}
+	_ = unix.Close(s.sock)
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+	s.cmd, s.sock = nil, -1
+}
+
+// fork asks the server for a shim holding files (as its fds 0-4) and
+// returns the shim's pid. A server that has died is restarted first. When
+// fork fails with delivered false, no shim holds the files and the start
+// may exec its shim instead; with delivered true, the server may have
+// forked one (it died or hung after the message reached it), and the
+// start must give up these files.
+func (s *forkServer) fork(files [5]*os.File) (pid int, delivered bool, err error) {
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return 0, false, errServerClosed
+	}
+	for attempt := 0; attempt < 2; attempt++ {
+		if s.cmd != nil {
+			select {
+			case <-s.exited:
+				s.stopLocked()
+			default:
+			}
+		}
+		if s.cmd == nil {
+			if err = s.startLocked(); err != nil {
+				return 0, false, err
+			}
+		}
+		if err = unix.Sendmsg(s.sock, []byte{1}, unix.UnixRights(fds...), nil, unix.MSG_NOSIGNAL); err != nil {
+			// Not delivered: the server is gone. Try a new one.
+			err = fmt.Errorf("fork server: send: %w", err)
+			s.stopLocked()
+			continue
+		}
+		pid, err = s.answerLocked()
+		var refused serverRefused
+		if err != nil && !errors.As(err, &refused) {
+			s.stopLocked()
+			return 0, true, err
+		}
+		return pid, false, err
+	}
+	return 0, false, err
+}
+
+// serverRefused is the server's answer that it could not fork (an errno).
+type serverRefused struct{ errno unix.Errno }
+
+func (e serverRefused) Error() string { return "fork server: clone: " + e.errno.Error() }
+
+func (s *forkServer) answerLocked() (int, error) {
+	var b [4]byte
+	for {
+		n, err := unix.Read(s.sock, b[:])
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("fork server: answer: %w", err)
+		}
+		if n != 4 {
+			return 0, fmt.Errorf("fork server: answer of %d bytes (the server ended)", n)
+		}
+		return decodeServerReply(b)
+	}
+}
+
+// decodeServerReply decodes the server's answer: a shim's pid, or a
+// negated errno.
+func decodeServerReply(b [4]byte) (int, error) {
+	v := int32(binary.LittleEndian.Uint32(b[:]))
+	switch {
+	case v > 0:
+		return int(v), nil
+	case v < 0 && v > -4096:
+		return 0, serverRefused{unix.Errno(-v)}
+	}
+	return 0, fmt.Errorf("fork server: answer %d is neither a pid nor an errno", v)
+}
+
+// close stops the server. Shims it forked are this process's children
+// and are not affected.
+func (s *forkServer) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	s.stopLocked()
+}
+
+// pid returns the running server's pid, or 0 (for tests).
+func (s *forkServer) pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}

@@ -1,0 +1,323 @@
+//go:build linux
+
+package container
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/culvert-dev/culvert/sandbox"
+)
+
+// TestCgroupPool: a direct start's cgroup replacement is made once the
+// instance is up; the next start of the same tenant and limits takes it
+// (its function runs in it, under its limits); its cgroup goes with it;
+// Close removes those still waiting.
+func TestCgroupPool(t *testing.T) {
+	r := newRuntime(t, false)
+	spec := hostile("whoami")
+	spec.Isolation.Limits = sandbox.Limits{MemoryBytes: 48 << 20, Pids: 16, CPU: 0.5}
+	if out, _, ex := run(t, r, spec, "", 10*time.Second); !ex.Success() {
+		t.Fatalf("first start: %q, exit %v", out, ex)
+	}
+	r.cgroups.bg.Wait()
+	if ready, taken := r.cgroups.stats(); ready != cgroupSpares || taken != 0 {
+		t.Fatalf("after the first start: %d ready, %d taken; want %d ready, none taken", ready, taken, cgroupSpares)
+	}
+	p, err := r.Start(t.Context(), withName(hostile("sleep", "10")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Other limits: not served from the pool.
+	if _, taken := r.cgroups.stats(); taken != 0 {
+		t.Fatalf("a start with other limits took a pooled cgroup")
+	}
+	_ = p.Kill()
+	p.Wait()
+	sleeper := hostile("sleep", "10")
+	sleeper.Isolation.Limits = spec.Isolation.Limits
+	p, err = r.Start(t.Context(), withName(sleeper))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst := p.(*instance)
+	if _, taken := r.cgroups.stats(); taken != 1 {
+		t.Fatalf("%d taken, want 1", taken)
+	}
+	paths := inst.cgm.GetPaths()
+	limit, _ := os.ReadFile(filepath.Join(paths["memory"], "memory.limit_in_bytes"))
+	if got := strings.TrimSpace(string(limit)); got != strconv.Itoa(48<<20) {
+		t.Errorf("memory.limit_in_bytes of the pooled cgroup: %q", got)
+	}
+	procs, _ := os.ReadFile(filepath.Join(paths["pids"], "cgroup.procs"))
+	if !strings.Contains(" "+strings.Join(strings.Fields(string(procs)), " ")+" ", " "+strconv.Itoa(p.Pid())+" ") {
+		t.Errorf("the function (%d) is not in its cgroup's pids hierarchy: %q", p.Pid(), procs)
+	}
+	_ = p.Kill()
+	p.Wait()
+	if _, err := os.Stat(paths["memory"]); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the instance's cgroup stays after Wait: %v", err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if left := instanceCgroups(t, r, "t1"); len(left) > 0 {
+		t.Errorf("cgroups left after Close: %v", left)
+	}
+}
+
+// TestForkServerRestart: direct starts' shims come from the fork server
+// (children of this process, waited for with their exit status); a
+// server that is killed is replaced at the next start; when none can be
+// started, the start execs its shim.
+func TestForkServerRestart(t *testing.T) {
+	r := newRuntime(t, false)
+	// "env" without HOSTILE_ATTEMPT exits 2.
+	if _, _, ex := run(t, r, hostile("env"), "", 10*time.Second); ex.Code != 2 {
+		t.Fatalf("exit %v, want code 2 (the shim's status, waited for by pid)", ex)
+	}
+	first := r.server.pid()
+	if first == 0 {
+		t.Fatal("no fork server after a direct start")
+	}
+	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, first)
+	if out, _, ex := run(t, r, hostile("whoami"), "", 10*time.Second); !ex.Success() {
+		t.Fatalf("start after the server was killed: %q, exit %v", out, ex)
+	}
+	second := r.server.pid()
+	if second == 0 || second == first || r.server.started != 2 {
+		t.Fatalf("server %d (was %d), %d started; want a new one", second, first, r.server.started)
+	}
+	// No server can start: the start execs its shim.
+	_ = syscall.Kill(second, syscall.SIGKILL)
+	waitGone(t, second)
+	r.server.mu.Lock()
+	r.server.exe = "/nonexistent"
+	r.server.mu.Unlock()
+	p, err := r.Start(t.Context(), withName(hostile("sleep", "10")))
+	if err != nil {
+		t.Fatalf("start without a fork server: %v", err)
+	}
+	defer func() { _ = p.Kill(); p.Wait() }()
+	ppid := parentOf(t, p.Pid())
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", ppid))
+	if string(cmdline) != "culvert-spawn\x00" || parentOf(t, ppid) != os.Getpid() {
+		t.Errorf("the function's parent is %d (%q), want a shim exec'd by this process", ppid, cmdline)
+	}
+}
+
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d still there", pid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+// TestSpawnCancel: a direct start stuck before the function's exec ends
+// when its ctx does, or at the runtime's bound, and leaves nothing behind.
+func TestSpawnCancel(t *testing.T) {
+	r := newRuntime(t, false)
+	r.holdRequest = true // the shim waits for the request's last byte for ever
+	for _, tt := range []struct {
+		name    string
+		timeout time.Duration // of ctx
+		bound   time.Duration // the runtime's
+		want    string
+	}{
+		{"ctx", 200 * time.Millisecond, 30 * time.Second, "cancelled before the function was exec'd: context deadline exceeded"},
+		{"bound", time.Minute, 200 * time.Millisecond, "was not exec'd within 200ms"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r.spawnTimeout = tt.bound
+			ctx, cancel := context.WithTimeout(t.Context(), tt.timeout)
+			defer cancel()
+			t0 := time.Now()
+			_, err := r.Start(ctx, withName(hostile("whoami")))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("start: %v, want %q", err, tt.want)
+			}
+			if d := time.Since(t0); d > 3*time.Second {
+				t.Errorf("start returned after %v", d)
+			}
+			if kids := shimChildren(t); len(kids) > 0 {
+				t.Errorf("shims left running: %v", kids)
+			}
+			if left := instanceCgroups(t, r, "t1"); len(left) > 0 {
+				t.Errorf("cgroups left behind: %v", left)
+			}
+		})
+	}
+}
+
+func TestDecodeServerReply(t *testing.T) {
+	for _, tt := range []struct {
+		v    int32
+		pid  int
+		fail string
+	}{
+		{1234, 1234, ""},
+		{-int32(unix.EAGAIN), 0, "fork server: clone: resource temporarily unavailable"},
+		{0, 0, "neither a pid nor an errno"},
+		{-5000, 0, "neither a pid nor an errno"},
+	} {
+		var b [4]byte
+		binary.LittleEndian.PutUint32(b[:], uint32(tt.v))
+		pid, err := decodeServerReply(b)
+		if pid != tt.pid || (err == nil) != (tt.fail == "") || err != nil && !strings.Contains(err.Error(), tt.fail) {
+			t.Errorf("%d: pid %d, error %v; want %d, %q", tt.v, pid, err, tt.pid, tt.fail)
+		}
+	}
+}
+
+// The life pipe test's helper: a culvert-like process (this test binary,
+// re-executed) that starts a direct instance, prints the pids and cgroup
+// directories to watch, and waits to be killed.
+const lifeHelperEnv = "CULVERT_TEST_LIFE_HELPER"
+
+func lifeHelper() int {
+	hostileBin = os.Getenv("CULVERT_TEST_HOSTILE")
+	state := os.Getenv(lifeHelperEnv)
+	r, err := New(Options{StateDir: state, CgroupParent: "culvert-test-life-" + filepath.Base(state), Logger: nil})
+	if err != nil {
+		fmt.Println("ERR", err)
+		return 1
+	}
+	// A function that ignores EOF and SIGTERM: only SIGKILL ends it.
+	p, err := r.Start(context.Background(), sandbox.Spec{Name: "life", Path: hostileBin, Args: []string{"sleep", "600"}, Tenant: "t1", Env: []string{"PATH=/bin"}})
+	if err != nil {
+		fmt.Println("ERR", err)
+		return 1
+	}
+	inst := p.(*instance)
+	fmt.Println("PIDS", inst.shim.Pid, p.Pid(), r.server.pid(), strings.Join(mapValues(inst.cgm.GetPaths()), " "))
+	select {}
+}
+
+func mapValues(m map[string]string) []string {
+	var out []string
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+// TestLifePipe: when the culvert process is SIGKILLed, its direct
+// instances' shims and inits and its fork server are gone within a
+// second or two, and their cgroups can be removed.
+func TestLifePipe(t *testing.T) {
+	if err := Check(); err != nil {
+		t.Skip("cannot sandbox here: ", err)
+	}
+	state := t.TempDir()
+	_ = os.Chmod(filepath.Dir(state), 0o711)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), lifeHelperEnv+"="+state, "CULVERT_TEST_HOSTILE="+hostileBin)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	f := strings.Fields(line)
+	if err != nil || len(f) < 5 || f[0] != "PIDS" {
+		t.Fatalf("helper said %q (%v)", line, err)
+	}
+	var pids []int
+	for _, s := range f[1:4] {
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			t.Fatalf("helper said %q", line)
+		}
+		pids = append(pids, n)
+	}
+	for i, pid := range pids {
+		if !alive(pid) {
+			t.Fatalf("%s %d is not running before the kill", []string{"shim", "init", "server"}[i], pid)
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	_, _ = io.Copy(io.Discard, out)
+	deadline := time.Now().Add(2 * time.Second)
+	for i, pid := range pids {
+		for alive(pid) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s %d still running 2s after culvert was killed", []string{"shim", "init", "server"}[i], pid)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	// The instance's cgroup can be removed; then the tenant's and the
+	// parent's, with the cgroups the helper had made ahead.
+	for _, dir := range f[4:] {
+		if err := rmdirRetry(dir); err != nil {
+			t.Errorf("removing the instance's cgroup %s: %v", dir, err)
+		}
+		parent := dir
+		for !strings.HasPrefix(filepath.Base(parent), "culvert-test-life-") && parent != "/" {
+			parent = filepath.Dir(parent)
+		}
+		removeTree(parent)
+	}
+}
+
+// rmdirRetry removes a cgroup directory, waiting out EBUSY (its last task
+// still leaving).
+func rmdirRetry(dir string) error {
+	var err error
+	for try := 0; try < 100; try++ {
+		if err = unix.Rmdir(dir); err == nil || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return err
+}
+
+// removeTree removes a cgroup directory and the cgroups below it.
+func removeTree(dir string) {
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.IsDir() {
+			removeTree(filepath.Join(dir, e.Name()))
+		}
+	}
+	_ = rmdirRetry(dir)
+}
