@@ -242,9 +242,8 @@ var coldPhases = []phase{
 
 var directPhases = []phase{
 	{"runtime: tenant, root, config, cgroup taken, request", "runtime: root, config and request ready"},
-	{"fork server: send the fds, fork the shim, answer", "runtime: shim forked by the server"},
-	{"shim: request, join cgroup, clone, uid/gid maps", "runtime: init pid reported"},
-	{"init: mounts, pivot_root, masks, caps, seccomp, execve", "runtime: function exec'd"},
+	{"request written; descriptors sent to the fork server", "runtime: request and descriptors sent"},
+	{"fork server, shim (cgroup, clone, maps), init up to execve", "runtime: function exec'd"},
 	{"the function's exec to its first output", "bench: first output read"},
 }
 

@@ -3,6 +3,7 @@
 package container
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -135,13 +138,32 @@ func (r *Runtime) spawnDirect(ctx context.Context, tenantName string, spec sandb
 			inst.closePipes()
 		}
 	}()
-	for _, p := range []struct{ r, w **os.File }{{&inR, &inst.stdin}, {&inst.stdout, &outW}, {&inst.stderr, &errW}, {&reqR, &reqW}, {&stR, &stW}} {
+	for _, p := range []struct{ r, w **os.File }{{&inR, &inst.stdin}, {&inst.stdout, &outW}, {&inst.stderr, &errW}, {&reqR, &reqW}} {
 		if *p.r, *p.w, err = os.Pipe(); err != nil {
 			return nil, err
 		}
 	}
+	// The status pipe stays blocking and out of Go's poller: the runtime
+	// waits for its hang-up, not for each message (waitHangup).
+	var st [2]int
+	if err := unix.Pipe2(st[:], unix.O_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("status pipe: %w", err)
+	}
+	stR, stW = os.NewFile(uintptr(st[0]), "spawn-status"), os.NewFile(uintptr(st[1]), "spawn-status")
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	// The request is in the pipe before the shim starts, so that the shim
+	// goes on at once; a large one is written while the shim reads it.
+	writeErr := make(chan error, 1)
+	if len(reqBytes) <= 4096 { // a pipe holds at least a page
+		_, werr := reqW.Write(reqBytes)
+		writeErr <- werr
+	} else {
+		go func() {
+			_, werr := reqW.Write(reqBytes)
+			writeErr <- werr
+		}()
 	}
 	if err := r.startShim(inst, [5]*os.File{inR, outW, errW, reqR, stW}); err != nil {
 		return nil, err
@@ -150,49 +172,70 @@ func (r *Runtime) spawnDirect(ctx context.Context, tenantName string, spec sandb
 	// From here every failure kills and waits for the shim (and the init
 	// with it) and removes the cgroup.
 	defer func() {
-		if err != nil {
-			inst.abort()
+		if err == nil {
+			return
 		}
-	}()
-	deadline := time.Now().Add(r.spawnTimeout)
-	_ = stR.SetReadDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = stR.SetReadDeadline(time.Now()) })
-	defer stop()
-	// explain turns a status read cut short into the reason.
-	explain := func(err error) error {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if cerr := ctx.Err(); cerr != nil {
-				return fmt.Errorf("spawn: cancelled before the function was exec'd: %w", cerr)
+		if inst.shim == nil {
+			if pid, perr := peekShimPid(stR); perr == nil {
+				inst.shim, _ = os.FindProcess(pid)
 			}
-			return fmt.Errorf("spawn: the function was not exec'd within %v (a hung mount?): killed", r.spawnTimeout)
 		}
-		return fmt.Errorf("spawn: %w", err)
-	}
-	// The pipe holds a request of normal size; a larger one is written
-	// while the shim reads it.
-	writeErr := make(chan error, 1)
-	go func() {
-		_, werr := reqW.Write(reqBytes)
-		writeErr <- werr
+		if inst.shim != nil {
+			inst.abort()
+		} else if r.server != nil && !errors.Is(err, errNoShim) {
+			// The server took the descriptors and no shim has said so:
+			// it is hung.
+			r.server.reset()
+		}
 	}()
-	pid, err := spawn.ReadPid(stR)
+	// Wait until the shim and the init have both closed the status pipe
+	// (the init's copy closes on its execve), then read what they wrote:
+	// one wake-up of this process per start rather than one per message.
+	if err := waitHangup(ctx, stR, time.Now().Add(r.spawnTimeout)); err != nil {
+		if errors.Is(err, errSpawnTimeout) {
+			return nil, fmt.Errorf("spawn: the function was not exec'd within %v (a hung mount?): killed", r.spawnTimeout)
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, fmt.Errorf("spawn: cancelled before the function was exec'd: %w", cerr)
+		}
+		return nil, fmt.Errorf("spawn: %w", err)
+	}
+	status, err := io.ReadAll(stR)
 	if err != nil {
-		return nil, explain(err)
+		return nil, fmt.Errorf("spawn: status: %w", err)
+	}
+	sr := bytes.NewReader(status)
+	shimPid, err := spawn.ReadShimPid(sr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errNoShim, err)
+	}
+	if inst.shim == nil {
+		// The server's shim is this process's child, not yet waited for:
+		// its pid is its own.
+		if inst.shim, err = os.FindProcess(shimPid); err != nil {
+			return nil, fmt.Errorf("spawn: shim %d: %w", shimPid, err)
+		}
+	}
+	pid, err := spawn.ReadPid(sr)
+	if err != nil {
+		return nil, fmt.Errorf("spawn: %w", err)
 	}
 	if werr := <-writeErr; werr != nil {
 		return nil, fmt.Errorf("writing the spawn request: %w", werr)
 	}
-	if !r.holdRequest {
-		_ = reqW.Close()
-		reqW = nil
-	}
 	inst.initPid = pid
+	// The init's pid is still its own while the shim has not reaped it:
+	// a pidfd opened now is the init's if the init is still the shim's
+	// child after it is open.
 	if fd, perr := unix.PidfdOpen(pid, 0); perr == nil {
-		inst.pidfd = fd
+		if parentPid(pid) == inst.shim.Pid {
+			inst.pidfd = fd
+		} else {
+			_ = unix.Close(fd)
+		}
 	}
-	r.trace("runtime: init pid reported")
-	if err := spawn.ReadResult(stR); err != nil {
-		return nil, explain(err)
+	if err := spawn.ReadResult(sr); err != nil {
+		return nil, fmt.Errorf("spawn: %w", err)
 	}
 	r.trace("runtime: function exec'd")
 	inst.afterUp(func() {
@@ -201,27 +244,98 @@ func (r *Runtime) spawnDirect(ctx context.Context, tenantName string, spec sandb
 	return inst, nil
 }
 
+var (
+	errSpawnTimeout = errors.New("spawn timed out")
+	errNoShim       = errors.New("spawn: no shim started")
+)
+
+// peekShimPid reads the shim's pid from the status pipe if it is there.
+func peekShimPid(st *os.File) (int, error) {
+	fds := []unix.PollFd{{Fd: int32(st.Fd()), Events: unix.POLLIN}}
+	if n, err := unix.Poll(fds, 0); err != nil || n == 0 || fds[0].Revents&unix.POLLIN == 0 {
+		return 0, errNoShim
+	}
+	return spawn.ReadShimPid(st)
+}
+
+// waitHangup waits until every writer of the pipe f (a blocking one) has
+// closed it, ctx ends (ctx.Err()), or deadline passes (errSpawnTimeout).
+func waitHangup(ctx context.Context, f *os.File, deadline time.Time) error {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("eventfd: %w", err)
+	}
+	var mu sync.Mutex
+	closed := false
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !closed {
+			_, _ = unix.Write(efd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		}
+	})
+	defer func() {
+		stop()
+		mu.Lock()
+		closed = true
+		_ = unix.Close(efd)
+		mu.Unlock()
+	}()
+	fd := int32(f.Fd())
+	for {
+		ms := time.Until(deadline).Milliseconds()
+		if ms <= 0 {
+			return errSpawnTimeout
+		}
+		fds := []unix.PollFd{{Fd: fd}, {Fd: int32(efd), Events: unix.POLLIN}}
+		_, err := unix.Poll(fds, int(min(ms, 1<<30)))
+		switch {
+		case errors.Is(err, unix.EINTR):
+		case err != nil:
+			return fmt.Errorf("poll: %w", err)
+		case fds[1].Revents != 0:
+			return ctx.Err()
+		case fds[0].Revents != 0: // POLLHUP (or POLLERR)
+			return nil
+		}
+	}
+}
+
+// parentPid returns pid's parent, or -1.
+func parentPid(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return -1
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return -1
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return -1
+	}
+	return ppid
+}
+
 func (r *Runtime) warnCgroup(err error) {
 	r.log.Warn("could not make an instance cgroup ahead", "error", err)
 }
 
 // startShim starts the shim of inst with files as its fds 0-4: forked by
-// the fork server, or, if there is none and none can be started (or
-// Options.ExecShim), by exec of this binary.
+// the fork server (inst.shim is then set from the status pipe), or, if
+// there is none and none can be started (or Options.ExecShim), by exec of
+// this binary.
 func (r *Runtime) startShim(inst *instance, files [5]*os.File) error {
 	if r.server != nil {
-		pid, delivered, err := r.server.fork(files)
+		err := r.server.fork(files)
 		if err == nil {
-			p, ferr := os.FindProcess(pid) // a pidfd: the shim is this process's child
-			if ferr != nil {
-				return fmt.Errorf("spawn: shim %d: %w", pid, ferr)
-			}
-			inst.shim = p
-			r.trace("runtime: shim forked by the server")
-			return nil
-		}
-		if delivered {
-			return err
+			r.trace("runtime: request and descriptors sent to the fork server")
+			return nil // the shim's pid comes on the status pipe
 		}
 		r.log.Warn("fork server unavailable; this start execs its shim", "error", err)
 	}

@@ -234,6 +234,9 @@ func TestShimRejectsBadRequests(t *testing.T) {
 			stW.Close()
 			_, _ = reqW.Write(tt.req)
 			reqW.Close()
+			if _, err := spawn.ReadShimPid(stR); err != nil {
+				t.Fatal(err)
+			}
 			_, err = spawn.ReadPid(stR)
 			var f *spawn.Failure
 			if !errors.As(err, &f) || !strings.HasPrefix(f.Step, "read request") {

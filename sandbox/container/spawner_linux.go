@@ -3,13 +3,11 @@
 package container
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -42,7 +40,8 @@ func newLife() (*life, error) {
 // (stdin, stdout and stderr ends, the request pipe's read end, the status
 // pipe's write end) over a unix socket (SOCK_SEQPACKET, SCM_RIGHTS); the
 // server forks the shim with CLONE_PARENT, so that the shim is this
-// process's child, and answers the shim's pid. No exec per start.
+// process's child; the shim reports its pid on the status pipe. No exec
+// per start.
 type forkServer struct {
 	life *life
 	exe  string // the binary to start in server mode: /proc/self/exe
@@ -55,10 +54,6 @@ type forkServer struct {
 	closed  bool
 }
 
-// serverReplyTimeout bounds how long a start waits for the server's
-// answer; past it the server is taken for hung, killed and restarted.
-const serverReplyTimeout = 2 * time.Second
-
 var errServerClosed = errors.New("sandbox: the fork server is closed")
 
 // startLocked starts the server. s.mu is held.
@@ -69,11 +64,6 @@ func (s *forkServer) startLocked() error {
 	}
 	theirs := os.NewFile(uintptr(fds[1]), "spawn-server-socket")
 	defer theirs.Close()
-	tv := unix.NsecToTimeval(serverReplyTimeout.Nanoseconds())
-	if err := unix.SetsockoptTimeval(fds[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		_ = unix.Close(fds[0])
-		return fmt.Errorf("fork server: socket timeout: %w", err)
-	}
 	cmd := &exec.Cmd{
 		Path: s.exe, Args: []string{"culvert-spawn-server"},
 		Env:        []string{spawn.Env + "=" + spawn.ServerEnvValue},
@@ -104,13 +94,11 @@ func (s *forkServer) stopLocked() {
 	s.cmd, s.sock = nil, -1
 }
 
-// fork asks the server for a shim holding files (as its fds 0-4) and
-// returns the shim's pid. A server that has died is restarted first. When
-// fork fails with delivered false, no shim holds the files and the start
-// may exec its shim instead; with delivered true, the server may have
-// forked one (it died or hung after the message reached it), and the
-// start must give up these files.
-func (s *forkServer) fork(files [5]*os.File) (pid int, delivered bool, err error) {
+// fork sends files to the server, which forks a shim holding them as
+// its fds 0-4; the shim reports its pid on the status pipe (files[4]). A
+// server that has died is restarted first. An error means no shim holds
+// the files: the start may exec its shim instead.
+func (s *forkServer) fork(files [5]*os.File) error {
 	fds := make([]int, len(files))
 	for i, f := range files {
 		fds[i] = int(f.Fd())
@@ -118,8 +106,9 @@ func (s *forkServer) fork(files [5]*os.File) (pid int, delivered bool, err error
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return 0, false, errServerClosed
+		return errServerClosed
 	}
+	var err error
 	for attempt := 0; attempt < 2; attempt++ {
 		if s.cmd != nil {
 			select {
@@ -130,59 +119,26 @@ func (s *forkServer) fork(files [5]*os.File) (pid int, delivered bool, err error
 		}
 		if s.cmd == nil {
 			if err = s.startLocked(); err != nil {
-				return 0, false, err
+				return err
 			}
 		}
-		if err = unix.Sendmsg(s.sock, []byte{1}, unix.UnixRights(fds...), nil, unix.MSG_NOSIGNAL); err != nil {
-			// Not delivered: the server is gone. Try a new one.
-			err = fmt.Errorf("fork server: send: %w", err)
-			s.stopLocked()
-			continue
+		// A whole message or none (SOCK_SEQPACKET); EPIPE or ECONNRESET
+		// when the server has gone: try a new one.
+		if err = unix.Sendmsg(s.sock, []byte{1}, unix.UnixRights(fds...), nil, unix.MSG_NOSIGNAL); err == nil {
+			return nil
 		}
-		pid, err = s.answerLocked()
-		var refused serverRefused
-		if err != nil && !errors.As(err, &refused) {
-			s.stopLocked()
-			return 0, true, err
-		}
-		return pid, false, err
+		err = fmt.Errorf("fork server: send: %w", err)
+		s.stopLocked()
 	}
-	return 0, false, err
+	return err
 }
 
-// serverRefused is the server's answer that it could not fork (an errno).
-type serverRefused struct{ errno unix.Errno }
-
-func (e serverRefused) Error() string { return "fork server: clone: " + e.errno.Error() }
-
-func (s *forkServer) answerLocked() (int, error) {
-	var b [4]byte
-	for {
-		n, err := unix.Read(s.sock, b[:])
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return 0, fmt.Errorf("fork server: answer: %w", err)
-		}
-		if n != 4 {
-			return 0, fmt.Errorf("fork server: answer of %d bytes (the server ended)", n)
-		}
-		return decodeServerReply(b)
-	}
-}
-
-// decodeServerReply decodes the server's answer: a shim's pid, or a
-// negated errno.
-func decodeServerReply(b [4]byte) (int, error) {
-	v := int32(binary.LittleEndian.Uint32(b[:]))
-	switch {
-	case v > 0:
-		return int(v), nil
-	case v < 0 && v > -4096:
-		return 0, serverRefused{unix.Errno(-v)}
-	}
-	return 0, fmt.Errorf("fork server: answer %d is neither a pid nor an errno", v)
+// reset stops the server (one that took a start's descriptors and
+// forked no shim in time): the next start starts a new one.
+func (s *forkServer) reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopLocked()
 }
 
 // close stops the server. Shims it forked are this process's children

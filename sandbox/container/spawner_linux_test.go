@@ -5,7 +5,6 @@ package container
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -177,26 +176,6 @@ func TestSpawnCancel(t *testing.T) {
 				t.Errorf("cgroups left behind: %v", left)
 			}
 		})
-	}
-}
-
-func TestDecodeServerReply(t *testing.T) {
-	for _, tt := range []struct {
-		v    int32
-		pid  int
-		fail string
-	}{
-		{1234, 1234, ""},
-		{-int32(unix.EAGAIN), 0, "fork server: clone: resource temporarily unavailable"},
-		{0, 0, "neither a pid nor an errno"},
-		{-5000, 0, "neither a pid nor an errno"},
-	} {
-		var b [4]byte
-		binary.LittleEndian.PutUint32(b[:], uint32(tt.v))
-		pid, err := decodeServerReply(b)
-		if pid != tt.pid || (err == nil) != (tt.fail == "") || err != nil && !strings.Contains(err.Error(), tt.fail) {
-			t.Errorf("%d: pid %d, error %v; want %d, %q", tt.v, pid, err, tt.pid, tt.fail)
-		}
 	}
 }
 

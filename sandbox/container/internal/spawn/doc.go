@@ -7,18 +7,36 @@
 //
 // # Processes
 //
-// The runtime starts /proc/self/exe with os/exec (no namespace flags on
-// the Go side, so Go uses vfork, cheap from a large parent), with the
-// instance's stdio pipes as fds 0-2, the request pipe's read end as fd 3,
-// the status pipe's write end as fd 4 and _CULVERT_SPAWN=3,4 as its only
-// environment. That process, the shim, reads the request, joins the
-// prepared network namespace if one is named, clones the container init
-// into new namespaces, writes its uid_map and gid_map, reports the init's
-// host pid on the status pipe, releases it through a pipe, closes the
-// status pipe and waits for it. It exits with the init's exit status, or
-// dies of the signal that killed it. The runtime puts the shim in the
-// instance's cgroup before it writes the request, so everything the shim
-// clones is in the cgroup from its first instruction.
+// The runtime starts /proc/self/exe once, as the fork server, with
+// _CULVERT_SPAWN=server,3,4: fd 3 is its end of a SOCK_SEQPACKET socket
+// pair, fd 4 the read end of the runtime's life pipe. For each start the
+// runtime writes the request into a fresh pipe and sends the server one
+// byte with five descriptors (SCM_RIGHTS): the instance's stdin, stdout
+// and stderr ends, the request pipe's read end and the status pipe's
+// write end. The server forks (clone with CLONE_PARENT, so that the new
+// process is the runtime's child, which the runtime waits for by pid) and
+// gives no answer; the child moves the five descriptors to 0-4, renames
+// itself culvert-spawn and is the shim. The server exits when the runtime
+// closes its end of the socket or the life pipe hangs up.
+//
+// Without the server (Options.ExecShim, or when the server cannot be
+// started), the runtime starts /proc/self/exe per start with os/exec (no
+// namespace flags on the Go side, so Go uses vfork, cheap from a large
+// parent), with the instance's stdio pipes as fds 0-2, the request pipe's
+// read end as fd 3, the status pipe's write end as fd 4, the life pipe's
+// read end as fd 5 and _CULVERT_SPAWN=3,4,5 as its only environment.
+//
+// The shim writes its own pid on the status pipe, reads the request,
+// joins the instance's cgroup (writes its pid to cgroup.procs in every
+// hierarchy the request names; the optional ones, named hierarchies, as
+// it can), joins the prepared network namespace if one is named, clones
+// the container init into new namespaces, writes its uid_map and gid_map,
+// opens a pidfd for it, reports the init's host pid on the status pipe,
+// releases it through a pipe, closes the status pipe and polls the init's
+// pidfd and the life pipe. If the life pipe hangs up (the culvert process
+// is gone), it SIGKILLs the init, pid 1 of its pid namespace, which takes
+// the rest of the namespace with it. It exits with the init's exit
+// status, or dies of the signal that killed it.
 //
 // The init (pid 1 of its namespaces), in this order: PR_SET_PDEATHSIG
 // (SIGKILL) and wait for the release; setsid; setgroups(0), setresgid(0),
@@ -67,13 +85,17 @@
 //	14 cwd         string
 //	15 seccomp     a BPF program: struct sock_filter entries (8 bytes each)
 //	16 flags       u32: 1 read-only root, 2 no_new_privs, 4 bring loopback up
+//	17 cgroup      string, repeated: a cgroup directory the shim joins before the clone
+//	18 opt cgroup  string, repeated: one it joins if it can (a named hierarchy)
 //
 // Root, at least one arg, and both id maps are required.
 //
 // # Status
 //
-// The status pipe carries messages from the shim and the init: 'P' and a
-// u32 host pid (the init's), or 'E', a u32 errno, a u32 length and the
-// failed step's name. EOF after 'P' without an 'E' means the function was
-// exec'd (the init's copy of the pipe closes on exec).
+// The status pipe carries messages from the shim and the init: first 'S'
+// and a u32 pid (the shim's own), then 'P' and a u32 host pid (the
+// init's), or 'E', a u32 errno, a u32 length and the failed step's name.
+// EOF after 'P' without an 'E' means the function was exec'd (the init's
+// copy of the pipe closes on exec). The runtime waits for the pipe's
+// hang-up and then reads all of it.
 package spawn

@@ -385,6 +385,22 @@ func (f *Failure) Error() string { return f.Step + ": " + f.Errno.Error() }
 
 func (f *Failure) Unwrap() error { return f.Errno }
 
+// ReadShimPid reads the shim's first message: its own pid.
+func ReadShimPid(st io.Reader) (int, error) {
+	var m [5]byte
+	if _, err := io.ReadFull(st, m[:]); err != nil {
+		return 0, fmt.Errorf("spawn: the shim did not start (no pid on the status pipe): %w", err)
+	}
+	if m[0] != 'S' {
+		return 0, fmt.Errorf("spawn: status: unknown message %q, want the shim's pid", m[0])
+	}
+	pid := binary.LittleEndian.Uint32(m[1:])
+	if pid == 0 || pid > 1<<22 {
+		return 0, fmt.Errorf("spawn: status: shim pid %d", pid)
+	}
+	return int(pid), nil
+}
+
 // ReadPid reads the status pipe up to the init's pid: the pid, or the
 // failure of a step before it.
 func ReadPid(st io.Reader) (int, error) {

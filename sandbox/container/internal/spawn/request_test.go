@@ -219,3 +219,43 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// FuzzStatus: the status pipe's decoders never panic, and a shim pid
+// they accept is in range.
+func FuzzStatus(f *testing.F) {
+	f.Add([]byte("S\x10\x00\x00\x00P\x11\x00\x00\x00"))
+	f.Add([]byte("S\x10\x00\x00\x00E\x02\x00\x00\x00\x04\x00\x00\x00step"))
+	f.Add([]byte("S\x00\x00\x00\x00"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		rd := bytes.NewReader(b)
+		pid, err := ReadShimPid(rd)
+		if err != nil {
+			return
+		}
+		if pid <= 0 || pid > 1<<22 {
+			t.Fatalf("shim pid %d accepted", pid)
+		}
+		if _, err := ReadPid(rd); err == nil {
+			_ = ReadResult(rd)
+		}
+	})
+}
+
+func TestReadShimPid(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		pid  int
+		fail string
+	}{
+		{"S\x10\x27\x00\x00", 10000, ""},
+		{"", 0, "the shim did not start"},
+		{"P\x10\x27\x00\x00", 0, "unknown message 'P'"},
+		{"S\x00\x00\x00\x00", 0, "shim pid 0"},
+		{"S\x10", 0, "the shim did not start"},
+	} {
+		pid, err := ReadShimPid(strings.NewReader(tt.in))
+		if pid != tt.pid || (err == nil) != (tt.fail == "") || err != nil && !strings.Contains(err.Error(), tt.fail) {
+			t.Errorf("%q: %d, %v; want %d, %q", tt.in, pid, err, tt.pid, tt.fail)
+		}
+	}
+}

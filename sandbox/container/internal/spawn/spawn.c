@@ -687,6 +687,13 @@ static void __attribute__((noreturn)) shim(int reqfd, int stfd, int life)
 {
 	struct req r;
 	status_fd = stfd;
+	// First its own pid: the runtime learns which child to wait for (a
+	// shim forked by the server is the runtime's child too) from the
+	// status pipe, with the rest.
+	unsigned char hello[5] = {'S'};
+	put32(hello + 1, (uint32_t)getpid());
+	if (write_full(status_fd, hello, sizeof(hello)) < 0)
+		_exit(126);
 	// A signal relayed below must not leave a core of the shim.
 	struct rlimit nocore = {0, 0};
 	if (setrlimit(RLIMIT_CORE, &nocore) < 0)
@@ -795,10 +802,11 @@ static void __attribute__((noreturn)) server_child(int fds[5], int sock, int lif
 	shim(3, 4, life);
 }
 
-// serve answers one message on sock: a byte and, as SCM_RIGHTS, the five
-// descriptors of a start. It forks the shim with CLONE_PARENT, so that the
-// shim is the runtime's child (the runtime waits for it and gets its exit
-// status), and answers the shim's pid, or -errno (s32).
+// serve takes one message from sock: a byte and, as SCM_RIGHTS, the five
+// descriptors of a start, and forks the shim with CLONE_PARENT, so that
+// the shim is the runtime's child (the runtime waits for it and gets its
+// exit status). There is no answer: the shim reports its pid on the
+// status pipe; if the clone fails, the status pipe closes without it.
 static void serve(int sock, int life, char *argv0)
 {
 	unsigned char b;
@@ -824,21 +832,13 @@ static void serve(int sock, int life, char *argv0)
 		for (int i = 0; i < k && nfds < 8; i++)
 			memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
 	}
-	int32_t reply;
-	if (nfds != 5 || (mh.msg_flags & MSG_CTRUNC)) {
-		reply = -EPROTO;
-	} else {
+	if (nfds == 5 && !(mh.msg_flags & MSG_CTRUNC)) {
 		pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)(CLONE_PARENT | SIGCHLD), NULL, NULL, NULL, 0);
 		if (pid == 0)
 			server_child(fds, sock, life, argv0);
-		reply = pid < 0 ? -errno : (int32_t)pid;
 	}
 	for (int i = 0; i < nfds; i++)
 		close(fds[i]);
-	unsigned char out[4];
-	put32(out, (uint32_t)reply);
-	if (send(sock, out, sizeof(out), MSG_NOSIGNAL) != (ssize_t)sizeof(out))
-		_exit(1);
 }
 
 // server is the fork server: one per runtime, it forks a shim per start
