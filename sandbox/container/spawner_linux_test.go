@@ -122,6 +122,58 @@ func TestForkServerRestart(t *testing.T) {
 	}
 }
 
+// TestForkServerClose: Close stops the server and waits for it; no
+// spawner process is left, running or as a zombie.
+func TestForkServerClose(t *testing.T) {
+	r := newRuntime(t, false)
+	if out, _, ex := run(t, r, hostile("whoami"), "", 10*time.Second); !ex.Success() {
+		t.Fatalf("start: %q, exit %v", out, ex)
+	}
+	if kids := spawnerChildren(t); len(kids) != 1 {
+		t.Errorf("children before Close: %v, want the server", kids)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if kids := spawnerChildren(t); len(kids) > 0 {
+		t.Errorf("children left after Close: %v", kids)
+	}
+}
+
+// spawnerChildren lists this process's children that are the spawner's:
+// the fork server ("exe", started as /proc/self/exe) and shims, running
+// or zombies, as "pid comm state".
+func spawnerChildren(t *testing.T) []string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		open, end := strings.IndexByte(string(b), '('), strings.LastIndexByte(string(b), ')')
+		if open < 0 || end < open {
+			continue
+		}
+		comm, f := string(b[open+1:end]), strings.Fields(string(b[end+1:]))
+		if len(f) < 2 || f[1] != strconv.Itoa(os.Getpid()) {
+			continue
+		}
+		switch comm {
+		case "exe", "culvert-spawn":
+			out = append(out, e.Name()+" "+comm+" "+f[0])
+		}
+	}
+	return out
+}
+
 func waitGone(t *testing.T, pid int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
