@@ -12,8 +12,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/culvert-dev/culvert/internal/testbin"
 	"github.com/culvert-dev/culvert/sandbox"
@@ -389,5 +392,40 @@ func TestLauncherUnavailable(t *testing.T) {
 	// The two asked for at load failed; the starts tried no more.
 	if n := strings.Count(logs.String(), "could not pre-create a container"); n != 2 {
 		t.Fatalf("%d failed creations, want the 2 at load only:\n%s", n, logs.String())
+	}
+}
+
+// TestStdoutIsThePipe: whichever way an instance started, its Stdout gives
+// the host the pipe itself (syscall.Conn), which internal/fnhost grows to
+// fit its frames; a pre-created instance's Stdout wraps the pipe to see
+// the instance come up.
+func TestStdoutIsThePipe(t *testing.T) {
+	r := newRuntime(t, true)
+	spec := withName(hostile("sleep", "5"))
+	r.Precreate(spec, 1)
+	waitUntil(t, "a waiting container", func() bool { return r.waiting() == 1 })
+	cold := withName(hostile("sleep", "4")) // never pre-created: a cold start
+	for via, spec := range map[string]sandbox.Spec{"pre-created": spec, "cold": cold} {
+		p, err := r.Start(t.Context(), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc, ok := p.Stdout().(syscall.Conn)
+		if !ok {
+			t.Fatalf("%s: Stdout is a %T, not a syscall.Conn", via, p.Stdout())
+		}
+		rc, err := sc.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var size int
+		if cerr := rc.Control(func(fd uintptr) { size, err = unix.FcntlInt(fd, unix.F_GETPIPE_SZ, 0) }); cerr != nil || err != nil || size <= 0 {
+			t.Errorf("%s: F_GETPIPE_SZ on Stdout: %d, %v, %v", via, size, cerr, err)
+		}
+		_ = p.Kill()
+		p.Wait()
+	}
+	if st := r.Stats(); st.Precreated != 1 || st.Cold != 1 {
+		t.Errorf("starts %+v, want one pre-created and one cold", st)
 	}
 }

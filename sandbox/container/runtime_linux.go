@@ -867,6 +867,12 @@ func (u upReader) Read(p []byte) (int, error) {
 
 func (u upReader) Close() error { return u.i.stdout.Close() }
 
+// SyscallConn gives the host the pipe itself (internal/fnhost grows it to
+// fit its frames).
+func (u upReader) SyscallConn() (syscall.RawConn, error) { return u.i.stdout.SyscallConn() }
+
+var _ syscall.Conn = upReader{}
+
 func (i *instance) Pid() int {
 	if i.shim != nil {
 		return i.initPid
