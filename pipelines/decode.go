@@ -548,6 +548,14 @@ func (d *decoder) checkKey(k *yaml.Node, key string, c ctx) {
 		if key == "" || strings.ContainsAny(key, "=\x00") {
 			d.errorf(d.at(k), c.path, "invalid environment variable name %q: it must be non-empty, without '=' or NUL", key)
 		}
+		// These make the culvert binary, started as a sandbox's shim, init
+		// or launcher, run its set-up code (sandbox/container's spawner,
+		// libcontainer's nsenter): a function must not be given them.
+		for _, prefix := range []string{"_CULVERT_", "_LIBCONTAINER_"} {
+			if strings.HasPrefix(key, prefix) {
+				d.errorf(d.at(k), c.path, "environment variable %q is reserved: names starting with %s start the sandbox's own set-up code", key, prefix)
+			}
+		}
 	case "header":
 		if key == "" || strings.ContainsFunc(key, func(r rune) bool { return r == ':' || r <= ' ' || r == 0x7f }) {
 			d.errorf(d.at(k), c.path, "invalid header name %q: it must be non-empty, without ':', spaces or control characters", key)
