@@ -51,20 +51,11 @@ const spawnTimeout = 30 * time.Second
 // returns once the function has been exec'd (or a step failed, ctx ended,
 // or r.spawnTimeout passed: the start is then killed and undone).
 func (r *Runtime) spawnDirect(ctx context.Context, tenantName string, spec sandbox.Spec) (_ *instance, err error) {
-	t, err := r.tenant(tenantName)
-	if err != nil {
-		return nil, err
-	}
-	pr, err := r.prepareRoot(spec)
-	if err != nil {
-		return nil, err
-	}
 	bpf, err := r.seccompProgram()
 	if err != nil {
 		return nil, err
 	}
-	id := "c" + r.tag + "-" + strconv.FormatUint(r.seq.Add(1), 10)
-	netnsPath, releaseNet, err := r.prepareNet(tenantName, spec)
+	t, _, cfg, releaseNet, err := r.prepare(tenantName, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -73,10 +64,6 @@ func (r *Runtime) spawnDirect(ctx context.Context, tenantName string, spec sandb
 			_ = releaseNet()
 		}
 	}()
-	cfg, err := r.containerConfig(id, t, pr, spec.Isolation, netnsPath)
-	if err != nil {
-		return nil, err
-	}
 	// The shim waits in the instance's cgroup beside the function: one
 	// more pid, so that the function may have as many as on libcontainer's
 	// path.

@@ -73,7 +73,7 @@ func newRuntimeWith(t testing.TB, opts Options) *Runtime {
 	state := t.TempDir()
 	// The tenants' host uids must traverse it (t.TempDir's parent is 0700).
 	_ = os.Chmod(filepath.Dir(state), 0o711)
-	opts.StateDir, opts.CgroupParent = state, "culvert-test-"+strings.ToLower(filepath.Base(state))
+	opts.StateDir, opts.CgroupParent = state, testCgroupParent(state)
 	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	r, err := New(opts)
 	if err != nil {
@@ -81,6 +81,16 @@ func newRuntimeWith(t testing.TB, opts Options) *Runtime {
 	}
 	t.Cleanup(func() { _ = r.Close(); removeParent(r) })
 	return r
+}
+
+// testCgroupParent names a test's own cgroup parent after its temporary
+// directory, /tmp/TestName1234/001: the test's directory is unique (a
+// random suffix), its subdirectories are numbered from 001 in every test.
+// Tests (and test binaries run at the same time) must not share a parent:
+// removeParent removes the empty cgroups under it, such as another
+// runtime's cgroups made ahead.
+func testCgroupParent(state string) string {
+	return "culvert-test-" + strings.ToLower(filepath.Base(filepath.Dir(state))+"-"+filepath.Base(state))
 }
 
 // removeParent removes the test's own cgroup parent.

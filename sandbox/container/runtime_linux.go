@@ -26,6 +26,7 @@ import (
 	_ "github.com/opencontainers/cgroups/devices" // device cgroup rules
 	"github.com/opencontainers/cgroups/manager"
 	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
 	_ "github.com/opencontainers/runc/libcontainer/nsenter" // the C half of the container init
 	"golang.org/x/sys/unix"
 
@@ -534,20 +535,36 @@ func specKey(tenant string, spec sandbox.Spec) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// prepare makes what a container of spec starts from, on either path:
+// its tenant, id and configuration, and the release of its egress network
+// namespace (nil unless egress), which the caller owns from then on.
+func (r *Runtime) prepare(tenantName string, spec sandbox.Spec) (t *tenant, id string, cfg *configs.Config, releaseNet func() error, err error) {
+	if t, err = r.tenant(tenantName); err != nil {
+		return nil, "", nil, nil, err
+	}
+	pr, err := r.prepareRoot(spec)
+	if err != nil {
+		return nil, "", nil, nil, err
+	}
+	id = "c" + r.tag + "-" + strconv.FormatUint(r.seq.Add(1), 10)
+	netnsPath, releaseNet, err := r.prepareNet(tenantName, spec)
+	if err != nil {
+		return nil, "", nil, nil, err
+	}
+	if cfg, err = r.containerConfig(id, t, pr, spec.Isolation, netnsPath); err != nil {
+		if releaseNet != nil {
+			_ = releaseNet()
+		}
+		return nil, "", nil, nil, err
+	}
+	return t, id, cfg, releaseNet, nil
+}
+
 // create makes a container whose init waits on its exec fifo, or, with
 // launch, one already exec'd into the launcher, which waits for the
 // start's environment on its stdin (see launch).
 func (r *Runtime) create(tenantName string, spec sandbox.Spec, launch bool) (_ *instance, err error) {
-	t, err := r.tenant(tenantName)
-	if err != nil {
-		return nil, err
-	}
-	pr, err := r.prepareRoot(spec)
-	if err != nil {
-		return nil, err
-	}
-	id := "c" + r.tag + "-" + strconv.FormatUint(r.seq.Add(1), 10)
-	netnsPath, releaseNet, err := r.prepareNet(tenantName, spec)
+	_, id, cfg, releaseNet, err := r.prepare(tenantName, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -556,10 +573,6 @@ func (r *Runtime) create(tenantName string, spec sandbox.Spec, launch bool) (_ *
 			_ = releaseNet()
 		}
 	}()
-	cfg, err := r.containerConfig(id, t, pr, spec.Isolation, netnsPath)
-	if err != nil {
-		return nil, err
-	}
 	r.trace("runtime: root and config ready")
 	c, err := libcontainer.Create(filepath.Join(r.opts.StateDir, "containers"), id, cfg)
 	if err != nil {

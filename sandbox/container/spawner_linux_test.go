@@ -239,7 +239,7 @@ const lifeHelperEnv = "CULVERT_TEST_LIFE_HELPER"
 func lifeHelper() int {
 	hostileBin = os.Getenv("CULVERT_TEST_HOSTILE")
 	state := os.Getenv(lifeHelperEnv)
-	r, err := New(Options{StateDir: state, CgroupParent: "culvert-test-life-" + filepath.Base(state), Logger: nil})
+	r, err := New(Options{StateDir: state, CgroupParent: testCgroupParent(state) + "-life", Logger: nil})
 	if err != nil {
 		fmt.Println("ERR", err)
 		return 1
@@ -322,7 +322,7 @@ func TestLifePipe(t *testing.T) {
 			t.Errorf("removing the instance's cgroup %s: %v", dir, err)
 		}
 		parent := dir
-		for !strings.HasPrefix(filepath.Base(parent), "culvert-test-life-") && parent != "/" {
+		for b := filepath.Base(parent); !(strings.HasPrefix(b, "culvert-test-") && strings.HasSuffix(b, "-life")) && parent != "/"; b = filepath.Base(parent) {
 			parent = filepath.Dir(parent)
 		}
 		removeTree(parent)
