@@ -84,7 +84,7 @@ func (p *cgroupPool) take(key string) *readyCgroup {
 
 // refill makes cgroups for key in the background until cgroupSpares are
 // ready or being made, within maxCgroupsPool.
-func (p *cgroupPool) refill(key string, make func() (*readyCgroup, error), warn func(error)) {
+func (p *cgroupPool) refill(key string, newCgroup func() (*readyCgroup, error), warn func(error)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for !p.closed && len(p.ready[key])+p.filling[key] < cgroupSpares && p.total < maxCgroupsPool {
@@ -93,7 +93,7 @@ func (p *cgroupPool) refill(key string, make func() (*readyCgroup, error), warn 
 		p.bg.Add(1)
 		go func() {
 			defer p.bg.Done()
-			c, err := make()
+			c, err := newCgroup()
 			p.mu.Lock()
 			p.filling[key]--
 			if p.filling[key] == 0 {

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -290,19 +289,11 @@ func waitHangup(ctx context.Context, f *os.File, deadline time.Time) error {
 
 // parentPid returns pid's parent, or -1.
 func parentPid(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	f, err := procStat(pid)
 	if err != nil {
 		return -1
 	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return -1
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 2 {
-		return -1
-	}
-	ppid, err := strconv.Atoi(f[1])
+	ppid, err := strconv.Atoi(f[statPpid])
 	if err != nil {
 		return -1
 	}

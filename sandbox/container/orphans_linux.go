@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/cgroups/manager"
 	"github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
 )
@@ -21,11 +23,13 @@ import (
 // second Ctrl-C), a running function sees its stdin close and usually
 // exits, but a pre-created container's init waits on its exec fifo for
 // ever, and every libcontainer container leaves its state directory and
-// its cgroups behind. So each Runtime writes an owner file,
-// StateDir/owners/TAG, naming its process (pid and start time), and New
-// removes the containers whose owner has gone: those of this host's other
-// culvert processes that still run are left alone, as are containers
-// whose tag has no owner file (made by a culvert that did not write one).
+// its cgroups behind. Direct starts die with culvert (the life pipe), but
+// their cgroups, and those made ahead, stay. So each Runtime writes an
+// owner file, StateDir/owners/TAG, naming its process (pid and start
+// time), and New removes the containers and cgroups (named cTAG-...)
+// whose owner has gone: those of this host's other culvert processes that
+// still run are left alone, as are those whose tag has no owner file
+// (made by a culvert that did not write one).
 
 const ownersDir = "owners"
 
@@ -52,24 +56,38 @@ func (o owner) alive() bool {
 	return err == nil && start == o.start
 }
 
-// procStart reads a process's start time from /proc/PID/stat.
-func procStart(pid int) (uint64, error) {
+// Fields of /proc/PID/stat, as procStat numbers them: field 3 (the
+// state) is f[0].
+const (
+	statPpid  = 4 - 3
+	statStart = 22 - 3 // in clock ticks after boot
+)
+
+// procStat returns the fields of /proc/PID/stat after the command name,
+// which is in parentheses and may hold spaces and parentheses itself.
+func procStat(pid int) ([]string, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) <= statStart {
+		return nil, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+	}
+	return f, nil
+}
+
+// procStart returns a process's start time.
+func procStart(pid int) (uint64, error) {
+	f, err := procStat(pid)
 	if err != nil {
 		return 0, err
 	}
-	// The command name (field 2) is in parentheses and may hold spaces
-	// and parentheses itself: the fields after it follow the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	const startField = 22 - 3 // field 22; f[0] is field 3
-	if len(f) <= startField {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
-	}
-	return strconv.ParseUint(f[startField], 10, 64)
+	return strconv.ParseUint(f[statStart], 10, 64)
 }
 
 // parseOwner reads an owner file's "PID START".
@@ -128,67 +146,140 @@ func tagOf(id string) (string, bool) {
 	return tag, true
 }
 
-// sweepOrphans kills and destroys the libcontainer containers in the state
-// directory whose owner has exited, and removes their owner files. It
-// returns how many containers it removed. Errors are logged: a sweep that
-// fails leaves things as they were, for the next one.
+// sweepOrphans removes what culvert processes that exited without Close
+// left: their libcontainer containers (init SIGKILLed, then Destroy:
+// cgroups and state directory) and the cgroups of their direct starts
+// (instance cgroups and those made ahead; the life pipe has killed their
+// processes), then their owner files. It returns how many containers and
+// cgroups it removed. Failures are logged and the owner file kept, for the
+// next sweep.
 func (r *Runtime) sweepOrphans() int {
-	root := filepath.Join(r.opts.StateDir, "containers")
-	entries, err := os.ReadDir(root)
-	if err != nil {
+	dead := r.deadOwners()
+	if len(dead) == 0 {
 		return 0
 	}
-	dead := map[string]owner{} // owner files of exited processes, by tag
-	live := map[string]bool{r.tag: true}
+	failed := map[string]bool{}
 	removed := 0
+	root := filepath.Join(r.opts.StateDir, "containers")
+	entries, _ := os.ReadDir(root)
 	for _, e := range entries {
 		tag, ok := tagOf(e.Name())
-		if !ok || live[tag] {
+		if _, gone := dead[tag]; !ok || !gone {
 			continue
-		}
-		if _, ok := dead[tag]; !ok {
-			b, err := os.ReadFile(filepath.Join(r.opts.StateDir, ownersDir, tag))
-			if err != nil {
-				live[tag] = true // no owner file: not ours to judge
-				continue
-			}
-			o, err := parseOwner(b)
-			if err != nil {
-				r.log.Warn("sandbox: unreadable owner file; its containers are left alone", "tag", tag, "error", err)
-				live[tag] = true
-				continue
-			}
-			if o.alive() {
-				live[tag] = true
-				continue
-			}
-			dead[tag] = o
 		}
 		if err := destroyOrphan(root, e.Name()); err != nil {
 			r.log.Warn("sandbox: could not remove a container left by an exited culvert process", "container", e.Name(), "pid", dead[tag].pid, "error", err)
+			failed[tag] = true
 			continue
 		}
 		removed++
 	}
-	for tag, o := range dead {
-		_ = os.Remove(filepath.Join(r.opts.StateDir, ownersDir, tag))
-		r.log.Warn("sandbox: removed containers left by a culvert process that exited without stopping them", "pid", o.pid)
+	for _, dir := range r.orphanCgroups(dead) {
+		tag, _ := tagOf(filepath.Base(dir))
+		if err := removeCgroupDir(dir); err != nil {
+			r.log.Warn("sandbox: could not remove a cgroup left by an exited culvert process", "cgroup", dir, "pid", dead[tag].pid, "error", err)
+			failed[tag] = true
+			continue
+		}
+		removed++
 	}
-	// Owner files of exited processes that left no container behind.
-	if files, err := os.ReadDir(filepath.Join(r.opts.StateDir, ownersDir)); err == nil {
-		for _, f := range files {
-			if live[f.Name()] || strings.HasSuffix(f.Name(), ".tmp") {
+	for tag := range dead {
+		if !failed[tag] {
+			_ = os.Remove(filepath.Join(r.opts.StateDir, ownersDir, tag))
+		}
+	}
+	if removed > 0 {
+		r.log.Warn("sandbox: removed containers and cgroups left by culvert processes that exited without stopping them", "removed", removed, "processes", len(dead))
+	}
+	return removed
+}
+
+// deadOwners returns the owner files of processes that have exited, by
+// tag. Containers and cgroups of tags without an owner file are not
+// judged.
+func (r *Runtime) deadOwners() map[string]owner {
+	files, err := os.ReadDir(filepath.Join(r.opts.StateDir, ownersDir))
+	if err != nil {
+		return nil
+	}
+	dead := map[string]owner{}
+	for _, f := range files {
+		tag := f.Name()
+		if tag == r.tag || strings.HasSuffix(tag, ".tmp") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(r.opts.StateDir, ownersDir, tag))
+		if err != nil {
+			continue
+		}
+		o, err := parseOwner(b)
+		if err != nil {
+			r.log.Warn("sandbox: unreadable owner file; its containers are left alone", "tag", tag, "error", err)
+			continue
+		}
+		if !o.alive() {
+			dead[tag] = o
+		}
+	}
+	return dead
+}
+
+// orphanCgroups lists the instance cgroups of dead tags in every
+// hierarchy (the v1 controllers', the named ones and a hybrid layout's
+// unified one, as the cgroup manager places them):
+// CgroupParent/TENANT/cTAG-....
+func (r *Runtime) orphanCgroups(dead map[string]owner) []string {
+	m, err := manager.New(&cgroups.Cgroup{Path: filepath.Join("/", r.opts.CgroupParent), Resources: &cgroups.Resources{}})
+	if err != nil {
+		r.log.Warn("sandbox: cannot find the cgroup hierarchies to remove cgroups left behind", "error", err)
+		return nil
+	}
+	var dirs []string
+	seen := map[string]bool{}
+	for _, parent := range m.GetPaths() {
+		if seen[parent] {
+			continue // co-mounted controllers
+		}
+		seen[parent] = true
+		tenants, _ := os.ReadDir(parent)
+		for _, t := range tenants {
+			if !t.IsDir() {
 				continue
 			}
-			path := filepath.Join(r.opts.StateDir, ownersDir, f.Name())
-			if b, err := os.ReadFile(path); err == nil {
-				if o, err := parseOwner(b); err == nil && !o.alive() {
-					_ = os.Remove(path)
+			insts, _ := os.ReadDir(filepath.Join(parent, t.Name()))
+			for _, i := range insts {
+				if tag, ok := tagOf(i.Name()); ok && i.IsDir() {
+					if _, gone := dead[tag]; gone {
+						dirs = append(dirs, filepath.Join(parent, t.Name(), i.Name()))
+					}
 				}
 			}
 		}
 	}
-	return removed
+	return dirs
+}
+
+// removeCgroupDir removes an instance cgroup directory, killing what is
+// still in it (a process the kernel has not finished killing).
+func removeCgroupDir(dir string) error {
+	deadline := time.Now().Add(orphanStopWait)
+	for {
+		err := unix.Rmdir(dir)
+		if err == nil || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return err
+		}
+		if b, rerr := os.ReadFile(filepath.Join(dir, "cgroup.procs")); rerr == nil {
+			for _, f := range strings.Fields(string(b)) {
+				if pid, perr := strconv.Atoi(f); perr == nil {
+					_ = unix.Kill(pid, unix.SIGKILL)
+				}
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // orphanStopWait bounds the wait for a killed container's init to be

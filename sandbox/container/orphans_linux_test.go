@@ -44,8 +44,8 @@ func init() {
 }
 
 // orphanMain makes a runtime on the given state directory, keeps two
-// containers waiting for a spec and one running its function, prints
-// READY, and waits to be killed.
+// containers waiting for a spec, one running its function and a direct
+// start of another spec running, prints READY, and waits to be killed.
 func orphanMain() error {
 	r, err := New(Options{
 		StateDir: os.Getenv(orphanStateEnv), CgroupParent: os.Getenv(orphanParentEnv),
@@ -59,6 +59,16 @@ func orphanMain() error {
 	r.Precreate(spec, 2)
 	if _, err := r.Start(context.Background(), spec); err != nil {
 		return err
+	}
+	// A spec never pre-created starts cold, through the direct spawner:
+	// its cgroup is not libcontainer's.
+	cold := spec
+	cold.Args = []string{"sleep", "119"}
+	if _, err := r.Start(context.Background(), cold); err != nil {
+		return err
+	}
+	if st := r.Stats(); st.Direct != 1 {
+		return fmt.Errorf("the cold start did not take the direct path: %+v", st)
 	}
 	// Wait until two are waiting again (the start took one).
 	for deadline := time.Now().Add(30 * time.Second); r.waiting() < 2; time.Sleep(20 * time.Millisecond) {
@@ -169,6 +179,13 @@ func TestOrphansSwept(t *testing.T) {
 			t.Fatalf("container %s's init (pid %d) died with its owner; nothing to sweep", l.id, l.pid)
 		}
 	}
+	// The direct start's cgroups (its own and those made ahead) are
+	// named after its runtime's tag like the containers.
+	deadTag, _ := tagOf(orphans[0].id)
+	direct := cgroupDirs(t, parent, deadTag)
+	if !slices.ContainsFunc(direct, func(d string) bool { return strings.Contains(filepath.Base(d), "-g") }) {
+		t.Fatalf("no cgroup of the killed process's direct start among %v", direct)
+	}
 
 	next, err := New(Options{StateDir: state, CgroupParent: parent, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -185,6 +202,9 @@ func TestOrphansSwept(t *testing.T) {
 		if m, err := manager.New(l.cgroup); err == nil && m.Exists() {
 			t.Errorf("cgroup %s of %s still there", l.cgroup.Path, l.id)
 		}
+	}
+	if left := cgroupDirs(t, parent, deadTag); len(left) > 0 {
+		t.Errorf("cgroups of the killed process still there: %v", left)
 	}
 	owners, _ := os.ReadDir(filepath.Join(state, ownersDir))
 	var names []string
@@ -205,6 +225,21 @@ func TestOrphansSwept(t *testing.T) {
 	if st := live.Stats(); st.Precreated != 1 {
 		t.Errorf("the live runtime's start was not served by its waiting container: %+v (output %q, exit %v)", st, got, ex)
 	}
+}
+
+// cgroupDirs lists the cgroups of runtime tag under parent, in every
+// hierarchy of a cgroup v1 or v2 host.
+func cgroupDirs(t *testing.T, parent, tag string) []string {
+	t.Helper()
+	var dirs []string
+	for _, pattern := range []string{"/sys/fs/cgroup/*/" + parent + "/*/c" + tag + "-*", "/sys/fs/cgroup/" + parent + "/*/c" + tag + "-*"} {
+		m, err := filepath.Glob(pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, m...)
+	}
+	return dirs
 }
 
 func TestOwnerFile(t *testing.T) {
