@@ -257,12 +257,9 @@ const idChunk = 4 << 10
 
 // derive returns "<in>/<function>.<n>".
 func (a *idArena) derive(in, function string, n int) string {
-	if a == nil {
-		return in + "/" + function + "." + strconv.Itoa(n) // no fmt: hot path
-	}
 	size := len(in) + len(function) + 2 + 20 // 20: the longest int
-	if size > idChunk/4 {
-		return in + "/" + function + "." + strconv.Itoa(n)
+	if a == nil || size > idChunk/4 {
+		return in + "/" + function + "." + strconv.Itoa(n) // no fmt: hot path
 	}
 	if cap(a.buf)-len(a.buf) < size {
 		a.buf = make([]byte, 0, idChunk)
