@@ -6,6 +6,7 @@ import (
 	"github.com/culvert-dev/culvert/internal/wire"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Serve's codec. Results are encoded by framing with the
@@ -40,15 +41,99 @@ type batchDecoder struct {
 	// handler sees it); done clears it.
 	reuse bool
 	slice []*culvertv1.Record
+	// alias (ReuseRecords): records alias the frame and live in slabs
+	// reused from batch to batch.
+	alias bool
+	slab  slab
+}
+
+// slab holds the records of one batch and what they point to, for
+// ReuseRecords: reset before each batch, grown as batches grow.
+type slab struct {
+	recs  []culvertv1.Record
+	pos   []culvertv1.Position
+	times []timestamppb.Timestamp
+	n     int // records used in this batch
+}
+
+func (sl *slab) reset() {
+	clear(sl.recs[:sl.n])
+	clear(sl.pos[:sl.n])
+	clear(sl.times[:sl.n])
+	sl.n = 0
+}
+
+// decode decodes b, an encoded Record, into the next record of the slab;
+// the record aliases b. It returns false when wire cannot vouch that
+// package proto would decode b the same way.
+func (sl *slab) decode(b []byte) (*culvertv1.Record, bool) {
+	if !wire.CheckRecord(b) {
+		return nil, false
+	}
+	if sl.n == len(sl.recs) {
+		// Grown, not moved: records already handed out point into the
+		// old arrays, which they keep alive until the next batch.
+		n := max(2*len(sl.recs), 64)
+		sl.recs, sl.pos, sl.times = make([]culvertv1.Record, n), make([]culvertv1.Position, n), make([]timestamppb.Timestamp, n)
+		sl.n = 0
+	}
+	i := sl.n
+	sl.n++
+	r := &sl.recs[i]
+	// The decoder merges into the event time and source it finds set:
+	// those b holds come from the slab.
+	seen := topFields(b)
+	if seen&(1<<6) != 0 {
+		r.EventTime = &sl.times[i]
+	}
+	if seen&(1<<7) != 0 {
+		r.Source = &sl.pos[i]
+	}
+	if r.UnmarshalVTUnsafe(b) != nil {
+		return nil, false
+	}
+	// Appending to a bytes field must not overwrite the next field in the
+	// frame.
+	r.Key = r.Key[:len(r.Key):len(r.Key)]
+	r.Value = r.Value[:len(r.Value):len(r.Value)]
+	for _, h := range r.Headers {
+		h.Value = h.Value[:len(h.Value):len(h.Value)]
+	}
+	return r, true
+}
+
+// topFields has bit n set for each field n < 64 that b, a well-formed
+// message (wire.CheckRecord said so), holds.
+func topFields(b []byte) uint64 {
+	var seen uint64
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return seen
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if m < 0 {
+			return seen
+		}
+		if num < 64 {
+			seen |= 1 << num
+		}
+		b = b[n+m:]
+	}
+	return seen
 }
 
 // done drops the references to the last batch's records held by the
 // reused slice.
 func (d *batchDecoder) done() {
 	clear(d.slice[:cap(d.slice)])
+	if d.alias {
+		d.slab.reset()
+	}
 }
 
-// decode decodes a frame body; nothing in the batch aliases b. It returns
+// decode decodes a frame body; nothing in the batch aliases b unless
+// alias is set (ReuseRecords). It returns
 // false, having decoded nothing usable, for any other frame and for
 // anything in this one that it cannot vouch package proto would decode the
 // same way (an unknown field outside records, a wire type proto would take
@@ -64,7 +149,10 @@ func (d *batchDecoder) decode(b []byte) (*culvertv1.Batch, bool) {
 		return nil, false
 	}
 	bt := &culvertv1.Batch{}
-	if d.reuse {
+	if d.alias {
+		d.slab.reset()
+	}
+	if d.reuse || d.alias {
 		bt.Records = d.slice[:0]
 	} else {
 		bt.Records = make([]*culvertv1.Record, 0, d.last)
@@ -81,7 +169,13 @@ func (d *batchDecoder) decode(b []byte) (*culvertv1.Batch, bool) {
 				return nil, false
 			}
 			body = body[n:]
-			r, ok := d.recs.Decode(v)
+			var r *culvertv1.Record
+			var ok bool
+			if d.alias {
+				r, ok = d.slab.decode(v)
+			} else {
+				r, ok = d.recs.Decode(v)
+			}
 			if !ok {
 				return nil, false
 			}
@@ -108,7 +202,7 @@ func (d *batchDecoder) decode(b []byte) (*culvertv1.Batch, bool) {
 		}
 	}
 	d.last = len(bt.Records)
-	if d.reuse {
+	if d.reuse || d.alias {
 		d.slice = bt.Records
 	}
 	if len(bt.Records) == 0 {

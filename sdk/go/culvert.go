@@ -122,6 +122,7 @@ type config struct {
 	init     func(ctx context.Context, ic *InitContext) error
 	shutdown func(ctx context.Context) error
 	agent    string
+	reuse    bool
 }
 
 // DefaultAgent is the Ready.agent sent unless WithAgent says otherwise.
@@ -147,6 +148,24 @@ func WithShutdown(f func(ctx context.Context) error) Option {
 // WithAgent sets the free-text Ready.agent the host logs, e.g. "enrich/1.4".
 func WithAgent(agent string) Option {
 	return func(c *config) { c.agent = agent }
+}
+
+// ReuseRecords promises that the handler keeps nothing of a batch once it
+// has returned: no record, none of their byte slices or strings (key,
+// value, id, headers, source), and no output record. The SDK then decodes
+// each batch into the memory of the last one instead of allocating it
+// afresh: records alias the frame read from the host, and the record
+// structs, their source positions and event times are reused. A handler
+// that needs something later copies it (bytes.Clone, strings.Clone,
+// proto.Clone). Outputs are encoded before the next batch is read, so
+// returning an input record, modified or not, is fine.
+//
+// It is for functions that pass records on, filter or route them, where
+// the garbage of every batch (about half a kilobyte per record, see the
+// package comment) costs more than the work itself; a handler that breaks
+// the promise sees its kept records change under it.
+func ReuseRecords() Option {
+	return func(c *config) { c.reuse = true }
 }
 
 // PerRecord turns a Handler into a BatchHandler that calls it for each record

@@ -75,6 +75,13 @@
 // that may grow to five times the live data (16 MiB at least) instead of
 // twice (4 MiB).
 //
+// A function that keeps nothing of a batch once its handler returned (a
+// filter, a router, a passthrough) can say so with [ReuseRecords]: each
+// batch is then decoded into the memory of the last, the records aliasing
+// the frame read from the host, and the garbage left is the slice Emit
+// returns. In BenchmarkServeRecords that halves the SDK's time per
+// record (about 500 to 270 ns).
+//
 // # Lifecycle
 //
 // Run answers the host's Hello (running the [WithInit] hook first), answers

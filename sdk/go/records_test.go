@@ -11,6 +11,9 @@ import (
 
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"github.com/culvert-dev/culvert/proto/framing"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // hostStream encodes a Hello, batches of the given sizes and a Shutdown as
@@ -120,6 +123,9 @@ func BenchmarkServeRecords(b *testing.B) {
 		{"serveRecords", func(in io.Reader, out io.Writer) error {
 			return serveRecords(context.Background(), in, out, passthrough)
 		}},
+		{"serveRecords/ReuseRecords", func(in io.Reader, out io.Writer) error {
+			return serveRecords(context.Background(), in, out, passthrough, ReuseRecords())
+		}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
@@ -129,6 +135,110 @@ func BenchmarkServeRecords(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batches*size), "ns/record")
+		})
+	}
+}
+
+// TestReuseRecords: with ReuseRecords, Serve and Run answer byte for byte
+// as without it, for batches that grow and shrink (the slab grows in the
+// middle of one) and records with and without headers, event times,
+// sources and content types, and records that package proto must decode
+// (a batch with an unknown field) fall back to it. Each record is checked while
+// the handler has it.
+func TestReuseRecords(t *testing.T) {
+	rec := func(b, i int) *culvertv1.Record {
+		r := &culvertv1.Record{Id: fmt.Sprintf("in:%d:%d", b, i), Key: []byte("k"), Value: []byte(fmt.Sprintf("v%d.%d", b, i))}
+		if i%2 == 0 {
+			r.Source = &culvertv1.Position{Connector: "kafka", Partition: "1", Offset: uint64(i)}
+		}
+		if i%3 == 0 {
+			r.EventTime = &timestamppb.Timestamp{Seconds: int64(i), Nanos: 7}
+		}
+		if i%5 == 0 {
+			r.Headers = []*culvertv1.Header{{Name: "h", Value: []byte("x")}, {Name: "g"}}
+			r.ContentType = "text/plain"
+		}
+		if i%7 == 0 {
+			r.EventTime = &timestamppb.Timestamp{} // present, empty
+		}
+		return r
+	}
+	batches := [][]*culvertv1.Record{}
+	for b, n := range []int{3, 70, 200, 0, 1, 150, 500, 2} {
+		var recs []*culvertv1.Record
+		for i := range n {
+			recs = append(recs, rec(b+1, i))
+		}
+		batches = append(batches, recs)
+	}
+	msgs := []*culvertv1.HostMessage{{Msg: &culvertv1.HostMessage_Hello{Hello: &culvertv1.Hello{Versions: []uint32{Version}}}}}
+	for b, recs := range batches {
+		bt := &culvertv1.Batch{Id: uint64(b + 1), Attempt: 1, Records: recs}
+		if b == 4 {
+			// An unknown field: package proto decodes this batch.
+			bt.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1))
+		}
+		msgs = append(msgs, &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Batch{Batch: bt}})
+	}
+	var stream []byte
+	for _, m := range msgs {
+		var err error
+		if stream, err = framing.Append(stream, m, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	byID := map[string]*culvertv1.Record{}
+	for _, recs := range batches {
+		for _, r := range recs {
+			byID[r.Id] = r
+		}
+	}
+	handler := func(t *testing.T, seen *int) Handler {
+		return func(ctx context.Context, r *Record) ([]Output, error) {
+			*seen++
+			if want := byID[r.Id]; want != nil && !proto.Equal(r, want) {
+				t.Errorf("record %s decoded as %v, want %v", r.Id, r, want)
+			}
+			switch {
+			case strings.HasSuffix(string(r.Value), "3"):
+				return nil, nil
+			case strings.HasSuffix(string(r.Value), "4"):
+				return []Output{To("a", r), To("b", &Record{Value: []byte("extra")})}, nil
+			}
+			r.Value = append(r.Value, '!') // beyond its capacity: a copy
+			return Emit(r), nil
+		}
+	}
+	tests := []struct {
+		name  string
+		serve func(in io.Reader, out io.Writer, h Handler) error
+	}{
+		{"Serve", func(in io.Reader, out io.Writer, h Handler) error {
+			return Serve(context.Background(), in, out, PerRecord(h))
+		}},
+		{"Serve with ReuseRecords", func(in io.Reader, out io.Writer, h Handler) error {
+			return Serve(context.Background(), in, out, PerRecord(h), ReuseRecords())
+		}},
+		{"serveRecords with ReuseRecords", func(in io.Reader, out io.Writer, h Handler) error {
+			return serveRecords(context.Background(), in, out, h, ReuseRecords())
+		}},
+	}
+	var want []byte
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			seen := 0
+			if err := tc.serve(bytes.NewReader(stream), &out, handler(t, &seen)); err != nil {
+				t.Fatal(err)
+			}
+			if seen != len(byID) {
+				t.Errorf("the handler saw %d records, want %d", seen, len(byID))
+			}
+			if want == nil {
+				want = out.Bytes()
+			} else if !bytes.Equal(out.Bytes(), want) {
+				t.Errorf("answered %d bytes, not the %d bytes Serve answered", out.Len(), len(want))
+			}
 		})
 	}
 }

@@ -51,6 +51,7 @@ func newServer(in io.Reader, out io.Writer, h BatchHandler, per Handler, opts []
 	for _, o := range opts {
 		o(&s.cfg)
 	}
+	s.dec.alias = s.cfg.reuse
 	s.r = framing.NewReader(in, framing.DefaultMaxFrame)
 	s.w = framing.NewWriter(out, framing.DefaultMaxFrame)
 	s.max = framing.DefaultMaxFrame

@@ -1,6 +1,8 @@
 // Command passthrough is the smallest Culvert function: it returns every
 // record unchanged. Benchmarks use it to measure the host and the protocol
-// without any work in the function.
+// without any work in the function. It keeps nothing between batches, so
+// it lets the SDK decode each batch into the memory of the last
+// (ReuseRecords).
 package main
 
 import (
@@ -12,5 +14,5 @@ import (
 func main() {
 	culvert.Run(func(ctx context.Context, rec *culvert.Record) ([]culvert.Output, error) {
 		return culvert.Emit(rec), nil
-	}, culvert.WithAgent("passthrough/1"))
+	}, culvert.WithAgent("passthrough/1"), culvert.ReuseRecords())
 }
