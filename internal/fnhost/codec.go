@@ -385,11 +385,46 @@ func (d *resultDecoder) unchanged(i int, v []byte) *culvertv1.Record {
 	// v is the encoding of in, unknown fields included: in must have none,
 	// or the copy would lack them (or, for unknown bytes that repeat a
 	// known field, differ from what decoding v gives).
-	if !bytes.Equal(v, sb.buf[sp.start:sp.end]) || len(in.ProtoReflect().GetUnknown()) != 0 {
+	if !bytes.Equal(v, sb.buf[sp.start:sp.end]) || !onlyKnown(v, in) {
 		return nil
 	}
 	r := d.recs.New()
 	r.Id, r.Key, r.Value, r.ContentType = in.Id, in.Key, in.Value, in.ContentType
 	r.Headers, r.EventTime, r.Source = in.Headers, in.EventTime, in.Source
 	return r
+}
+
+// onlyKnown reports whether v, the encoding of in, holds nothing but in's
+// own known fields: each field in has set exactly once, one field 5 per
+// header, and no other field. The encoder writes in's unknown fields after
+// its known ones, so any unknown bytes in has (a field of another number,
+// or one that repeats or adds a known field) show up as a field too many.
+// This reads the top-level tags of v instead of asking in for its unknown
+// fields, which costs in its first ProtoReflect.
+func onlyKnown(v []byte, in *culvertv1.Record) bool {
+	var count [8]int
+	for len(v) > 0 {
+		num, typ, n := protowire.ConsumeTag(v)
+		if n < 0 || num < 1 || num > 7 {
+			return false
+		}
+		m := protowire.ConsumeFieldValue(num, typ, v[n:])
+		if m < 0 {
+			return false
+		}
+		count[num]++
+		v = v[n+m:]
+	}
+	want := [8]int{
+		1: b2i(in.Id != ""), 2: b2i(len(in.Key) > 0), 3: b2i(len(in.Value) > 0), 4: b2i(in.ContentType != ""),
+		5: len(in.Headers), 6: b2i(in.EventTime != nil), 7: b2i(in.Source != nil),
+	}
+	return count == want
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -225,12 +225,21 @@ func TestUnchangedOutputs(t *testing.T) {
 	// encoding gives the later value, which the record itself does not have.
 	repeated := &culvertv1.Record{Id: "r", Value: []byte("first")}
 	repeated.ProtoReflect().SetUnknown(protowire.AppendString(protowire.AppendTag(nil, 3, protowire.BytesType), "second"))
+	// Unknown bytes that add a header, or a field the record leaves empty.
+	header := &culvertv1.Record{Id: "h", Headers: []*culvertv1.Header{{Name: "a"}}}
+	header.ProtoReflect().SetUnknown(protowire.AppendBytes(protowire.AppendTag(nil, 5, protowire.BytesType),
+		protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "b")))
+	added := &culvertv1.Record{Id: "a", Value: []byte("v")}
+	added.ProtoReflect().SetUnknown(protowire.AppendString(protowire.AppendTag(nil, 2, protowire.BytesType), "key"))
 	in := []*culvertv1.Record{
 		{Id: "kafka:in:0:1", Key: []byte("k1"), Value: []byte("v1"), EventTime: timestamppb.New(time.Unix(5, 6)),
 			Source: &culvertv1.Position{Connector: "kafka", Stream: "in", Partition: "0", Offset: 1}},
 		{Id: "kafka:in:0:2", Value: []byte("v2"), Headers: []*culvertv1.Header{{Name: "h", Value: []byte("x")}}},
 		unknown,
 		repeated,
+		header,
+		added,
+		{}, // nothing set: an empty encoding
 	}
 	changed := proto.Clone(in[0]).(*culvertv1.Record)
 	changed.Value = []byte("other")
@@ -251,11 +260,13 @@ func TestUnchangedOutputs(t *testing.T) {
 		frame []byte
 		taken []bool // per output: taken from its input record
 	}{
-		{"passthrough", answer(9, one(in[0]), one(in[1]), one(in[2]), one(in[3])), []bool{true, true, false, false}},
-		{"changed", answer(9, one(changed), one(in[1]), nil, nil), []bool{false, true}},
-		{"fan-out", answer(9, one(in[0], in[0]), nil, nil, nil), []bool{true, true}},
-		{"another input's record", answer(9, one(in[1]), one(in[0]), nil, nil), []bool{false, false}},
-		{"another batch", answer(8, one(in[0]), one(in[1]), one(in[2]), one(in[3])), []bool{false, false, false, false}},
+		{"passthrough", answer(9, one(in[0]), one(in[1]), one(in[2]), one(in[3]), one(in[4]), one(in[5]), one(in[6])),
+			[]bool{true, true, false, false, false, false, false}},
+		{"changed", answer(9, one(changed), one(in[1]), nil, nil, nil, nil, nil), []bool{false, true}},
+		{"fan-out", answer(9, one(in[0], in[0]), nil, nil, nil, nil, nil, nil), []bool{true, true}},
+		{"another input's record", answer(9, one(in[1]), one(in[0]), nil, nil, nil, nil, nil), []bool{false, false}},
+		{"another batch", answer(8, one(in[0]), one(in[1]), one(in[2]), one(in[3]), one(in[4]), one(in[5]), one(in[6])),
+			[]bool{false, false, false, false, false, false, false}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
