@@ -166,7 +166,7 @@ type Source struct {
 	cfg SourceConfig
 	log *slog.Logger
 	cl  *kgo.Client
-	sem chan struct{} // in-flight slots, all partitions
+	sem *slots // in-flight records, all partitions
 
 	queued   atomic.Int64  // fetched records in lane queues, all partitions
 	pollKick chan struct{} // cap 1: queued dropped below the poll limit
@@ -193,6 +193,96 @@ type runState struct {
 
 var _ connectors.Source = (*Source)(nil)
 
+// BatchHandler is a connectors.Handler that also takes several messages of
+// one partition at once, in offset order: a lane then hands it up to
+// laneBatch records a call instead of one, which costs one in-flight
+// reservation, one lock of the lane and one call for them all. The engine's
+// handler is one.
+type BatchHandler interface {
+	connectors.Handler
+	// HandleBatch takes ownership of ms[:n] and returns n: all of them,
+	// unless ctx is done first (then err is ctx's error, and the messages
+	// from ms[n] on are not taken; the source hands them again). It must
+	// not keep ms itself, which the source reuses.
+	HandleBatch(ctx context.Context, ms []connectors.Message) (n int, err error)
+}
+
+// laneBatch bounds the records a lane hands to a BatchHandler at once.
+const laneBatch = 256
+
+// slots counts the records handed over and not settled, over all
+// partitions, up to limit. Taking and giving back are atomics (once per
+// batch, and once per record settled); the mutex only guards the waiters'
+// channel.
+type slots struct {
+	used    atomic.Int64
+	limit   int64
+	waiters atomic.Int64
+	mu      sync.Mutex
+	changed chan struct{} // closed when slots are given back and someone waits
+}
+
+// tryTake takes up to n free slots and returns how many it took.
+func (s *slots) tryTake(n int) int {
+	for {
+		u := s.used.Load()
+		k := min(int64(n), s.limit-u)
+		if k <= 0 {
+			return 0
+		}
+		if s.used.CompareAndSwap(u, u+k) {
+			return int(k)
+		}
+	}
+}
+
+// take takes between 1 and n slots, as many as are free, waiting while
+// none is; it returns 0 once ctx is done or stop is closed.
+func (s *slots) take(ctx context.Context, stop <-chan struct{}, n int) int {
+	for {
+		if k := s.tryTake(n); k > 0 {
+			return k
+		}
+		// Register as a waiter, then look again: a release that came in
+		// between either freed a slot that this look finds or sees the
+		// waiter and closes the channel.
+		s.mu.Lock()
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		ch := s.changed
+		s.waiters.Add(1)
+		s.mu.Unlock()
+		if k := s.tryTake(n); k > 0 {
+			s.waiters.Add(-1)
+			return k
+		}
+		select {
+		case <-ch:
+			s.waiters.Add(-1)
+		case <-ctx.Done():
+			s.waiters.Add(-1)
+			return 0
+		case <-stop:
+			s.waiters.Add(-1)
+			return 0
+		}
+	}
+}
+
+func (s *slots) release(n int) {
+	s.used.Add(-int64(n))
+	if s.waiters.Load() == 0 {
+		return
+	}
+	s.mu.Lock()
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
+	s.mu.Unlock()
+}
+
 // NewSource makes the client and joins the group. Partitions are assigned,
 // and fetched into a bounded buffer, from then on; records are handed over
 // once Run runs.
@@ -210,7 +300,7 @@ func NewSource(cfg SourceConfig, logger *slog.Logger) (*Source, error) {
 	s := &Source{
 		cfg:        cfg,
 		log:        logger.With("connector", ConnectorName, "group", cfg.Group),
-		sem:        make(chan struct{}, cfg.MaxInFlight),
+		sem:        &slots{limit: int64(cfg.MaxInFlight)},
 		lanes:      map[tp]*lane{},
 		pollKick:   make(chan struct{}, 1),
 		stopCommit: make(chan struct{}),
@@ -650,18 +740,20 @@ func (l *lane) maybePauseLocked() {
 	l.s.log.Debug("partition paused (back-pressure)", "partition", l.tp.String(), "queued", q, "in_flight", l.unsettled)
 }
 
-// next picks the next record to hand: a due retry first, else the queue
-// head. With nothing ready it returns the time the earliest retry is due
-// (zero: none).
-func (l *lane) next() (it *item, wake time.Time, dead bool) {
+// next appends the next records to hand to its, up to n and within the
+// partition's in-flight bound: a due retry first (alone), else records
+// from the queue head. With nothing ready it returns the time the earliest
+// retry is due (zero: none).
+func (l *lane) next(its []*item, n int) (_ []*item, wake time.Time, dead bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.dead || l.revoking {
-		return nil, time.Time{}, l.dead
+		return its, time.Time{}, l.dead
 	}
-	if l.unsettled >= l.s.cfg.MaxInFlightPerPartition {
+	room := l.s.cfg.MaxInFlightPerPartition - l.unsettled
+	if room <= 0 {
 		l.maybePauseLocked()
-		return nil, time.Time{}, false
+		return its, time.Time{}, false
 	}
 	var now time.Time
 	if len(l.retry) > 0 {
@@ -670,29 +762,34 @@ func (l *lane) next() (it *item, wake time.Time, dead bool) {
 	for i, r := range l.retry {
 		if !r.due.After(now) {
 			l.retry = slices.Delete(l.retry, i, i+1)
-			return r, time.Time{}, false
+			return append(its, r), time.Time{}, false
 		}
 		if wake.IsZero() || r.due.Before(wake) {
 			wake = r.due
 		}
 	}
-	if len(l.queue) > 0 {
-		r := l.queue[0]
-		l.queue[0] = nil
-		l.queue = l.queue[1:]
-		l.s.dequeued(1)
+	if k := min(n, room, len(l.queue)); k > 0 {
+		// A first delivery allocates its item and settler together, one
+		// array for the batch.
+		fs := make([]first, k)
+		for i, r := range l.queue[:k] {
+			f := &fs[i]
+			f.item.r = r
+			f.settler.it = &f.item
+			f.item.first = &f.settler
+			its = append(its, &f.item)
+		}
+		clear(l.queue[:k])
+		l.queue = l.queue[k:]
+		l.s.dequeued(k)
 		if l.paused && len(l.queue) <= l.s.cfg.MaxQueued/2 {
 			l.paused = false
 			l.s.cl.ResumeFetchPartitions(map[string][]int32{l.tp.topic: {l.tp.partition}})
 			l.s.log.Debug("partition resumed", "partition", l.tp.String(), "queued", len(l.queue))
 		}
-		// A first delivery allocates its item and settler together.
-		f := &first{item: item{r: r}}
-		f.settler.it = &f.item
-		f.item.first = &f.settler
-		return &f.item, time.Time{}, false
+		return its, time.Time{}, false
 	}
-	return nil, wake, false
+	return its, wake, false
 }
 
 // first is a record's item with the settler of its first delivery, in one
@@ -702,8 +799,9 @@ type first struct {
 	settler settler
 }
 
-// loop hands the lane's records to h, one at a time, until ctx is done or
-// the lane is dropped.
+// loop hands the lane's records to h until ctx is done or the lane is
+// dropped: one at a time, or up to laneBatch at a time when h is a
+// BatchHandler.
 func (l *lane) loop(ctx context.Context, h connectors.Handler) {
 	var timer *time.Timer
 	defer func() {
@@ -711,12 +809,22 @@ func (l *lane) loop(ctx context.Context, h connectors.Handler) {
 			timer.Stop()
 		}
 	}()
+	bh, _ := h.(BatchHandler)
+	n := 1
+	if bh != nil {
+		n = laneBatch
+	}
+	its := make([]*item, 0, n)
+	msgs := make([]connectors.Message, 0, n)
+	sts := make([]*settler, 0, n)
 	for {
-		it, wake, dead := l.next()
+		var wake time.Time
+		var dead bool
+		its, wake, dead = l.next(its[:0], n)
 		if dead {
 			return
 		}
-		if it == nil {
+		if len(its) == 0 {
 			var tc <-chan time.Time
 			if !wake.IsZero() {
 				if timer == nil {
@@ -736,76 +844,123 @@ func (l *lane) loop(ctx context.Context, h connectors.Handler) {
 			}
 			continue
 		}
-		select {
-		case l.s.sem <- struct{}{}:
-		case <-ctx.Done():
-			l.giveBack(it)
-			return
-		case <-l.stop:
-			return
+		k := l.s.sem.take(ctx, l.stop, len(its))
+		if k < len(its) {
+			// Not enough slots (none once ctx is done or the lane
+			// dropped): the rest wait at the head of the lane.
+			l.giveBack(its[k:])
+			its = its[:k]
+			if k == 0 {
+				if ctx.Err() != nil || l.isDead() {
+					return
+				}
+				continue
+			}
 		}
-		st, msg, ok := l.hand(it)
+		var ok bool
+		sts, msgs, ok = l.hand(its, sts[:0], msgs[:0])
 		if !ok {
-			<-l.s.sem
+			l.s.sem.release(len(its))
 			return
 		}
-		if err := h.Handle(ctx, msg); err != nil {
-			// Not taken: it goes back to the head of the retries.
-			if st.claim() {
-				<-l.s.sem
-				l.mu.Lock()
-				l.unsettled--
-				l.mu.Unlock()
-				l.giveBack(it)
+		taken := len(msgs)
+		var err error
+		if bh != nil {
+			taken, err = bh.HandleBatch(ctx, msgs)
+		} else if err = h.Handle(ctx, msgs[0]); err != nil {
+			taken = 0
+		}
+		clear(msgs)
+		if err != nil {
+			// Not taken: back to the head of the retries, in order.
+			for i := len(its) - 1; i >= taken; i-- {
+				if sts[i].claim() {
+					l.s.sem.release(1)
+					l.mu.Lock()
+					l.unsettled--
+					l.mu.Unlock()
+					l.giveBack(its[i : i+1])
+				}
 			}
 			return
 		}
+		clear(its)
+		clear(sts)
 	}
 }
 
-// giveBack puts a record not handed over back, due at once.
-func (l *lane) giveBack(it *item) {
+func (l *lane) isDead() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if it.deliveries == 0 {
-		// Never added to the watermark: back at the queue head.
-		l.queue = slices.Insert(l.queue, 0, it.r)
-		l.s.queued.Add(1)
-		return
-	}
-	it.due = time.Time{}
-	l.retry = slices.Insert(l.retry, 0, it)
+	return l.dead
 }
 
-// hand registers it as handed over and builds its Message.
-func (l *lane) hand(it *item) (*settler, connectors.Message, bool) {
-	rec, err := kafkamsg.Decode(it.r)
-	if err != nil {
-		l.s.log.Warn("undecodable record value, delivering it as a raw value", "partition", l.tp.String(), "offset", it.r.Offset, "error", err)
-		rec = kafkamsg.DecodeRaw(it.r)
+// giveBack puts records not handed over back at the head of the lane, due
+// at once, in their order.
+func (l *lane) giveBack(its []*item) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dead {
+		return // dropped with the lane, as its queue was
+	}
+	var fresh []*kgo.Record
+	var again []*item
+	for _, it := range its {
+		if it.deliveries == 0 {
+			// Never added to the watermark: back at the queue head.
+			fresh = append(fresh, it.r)
+			continue
+		}
+		it.due = time.Time{}
+		again = append(again, it)
+	}
+	if len(fresh) > 0 {
+		l.queue = slices.Insert(l.queue, 0, fresh...)
+		l.s.queued.Add(int64(len(fresh)))
+	}
+	if len(again) > 0 {
+		l.retry = slices.Insert(l.retry, 0, again...)
+	}
+}
+
+// hand registers its as handed over and appends their settlers and
+// Messages to sts and msgs.
+func (l *lane) hand(its []*item, sts []*settler, msgs []connectors.Message) ([]*settler, []connectors.Message, bool) {
+	for _, it := range its {
+		rec, err := kafkamsg.Decode(it.r)
+		if err != nil {
+			l.s.log.Warn("undecodable record value, delivering it as a raw value", "partition", l.tp.String(), "offset", it.r.Offset, "error", err)
+			rec = kafkamsg.DecodeRaw(it.r)
+		}
+		msgs = append(msgs, connectors.Message{Record: rec})
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.dead {
-		return nil, connectors.Message{}, false
+		clear(msgs)
+		return sts, msgs[:0], false
 	}
-	if it.deliveries == 0 {
-		l.wm.add(it.r.Offset, it.r.LeaderEpoch)
+	for i, it := range its {
+		if it.deliveries == 0 {
+			l.wm.add(it.r.Offset, it.r.LeaderEpoch)
+		}
+		it.deliveries++
+		l.unsettled++
+		delivery := 0 // unknown: a first fetch may follow a restart
+		if it.deliveries > 1 {
+			delivery = it.deliveries
+		}
+		var st *settler
+		if it.deliveries == 1 && it.first != nil {
+			st = it.first
+		} else {
+			st = &settler{it: it}
+		}
+		st.l = l
+		sts = append(sts, st)
+		msgs[i].Settler, msgs[i].Delivery = st, delivery
 	}
-	it.deliveries++
-	l.unsettled++
-	delivery := 0 // unknown: a first fetch may follow a restart
-	if it.deliveries > 1 {
-		delivery = it.deliveries
-	}
-	var st *settler
-	if it.deliveries == 1 && it.first != nil {
-		st = it.first
-	} else {
-		st = &settler{it: it}
-	}
-	st.l = l
-	return st, connectors.Message{Record: rec, Settler: st, Delivery: delivery}, true
+	return sts, msgs, true
 }
 
 func (l *lane) inFlight() int {
@@ -899,7 +1054,7 @@ func (st *settler) settle(ack bool, delay time.Duration) error {
 	if !st.claim() {
 		return st.errorf(connectors.ErrSettled)
 	}
-	<-s.sem
+	s.sem.release(1)
 	if err := st.l.settle(st.it, ack, delay); err != nil {
 		return st.errorf(err)
 	}

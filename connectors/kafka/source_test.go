@@ -49,6 +49,32 @@ func (h *handler) revokedList() []string {
 	return append([]string(nil), h.revoked...)
 }
 
+// batchHandler is handler as a kafka.BatchHandler: the lanes hand it
+// their records in batches.
+type batchHandler struct{ *handler }
+
+func (h batchHandler) HandleBatch(_ context.Context, ms []connectors.Message) (int, error) {
+	for _, m := range ms {
+		h.on(m)
+	}
+	return len(ms), nil
+}
+
+// wrap is h as it is, or as a kafka.BatchHandler.
+func wrap(batch bool, h *handler) connectors.Handler {
+	if batch {
+		return batchHandler{h}
+	}
+	return h
+}
+
+// bothPaths runs test with records handed one at a time (a Handler) and
+// in batches (a kafka.BatchHandler, as the engine is).
+func bothPaths(t *testing.T, test func(t *testing.T, batch bool)) {
+	t.Run("one at a time", func(t *testing.T) { test(t, false) })
+	t.Run("batches", func(t *testing.T) { test(t, true) })
+}
+
 func run(t *testing.T, src connectors.Source, h connectors.Handler) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -118,18 +144,20 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // TestCommitWaitsForEarlierRecord: a later record of a partition completes
 // before an earlier one. The committed offset must stay at the earlier
 // record until it completes, then jump past both.
-func TestCommitWaitsForEarlierRecord(t *testing.T) {
+func TestCommitWaitsForEarlierRecord(t *testing.T) { bothPaths(t, testCommitWaitsForEarlierRecord) }
+
+func testCommitWaitsForEarlierRecord(t *testing.T, batch bool) {
 	c := kafkatest.Start(t, kafkatest.Options{})
 	c.CreateTopic(t, "ooo", 1)
 	produceTo(t, c, "ooo", 1, 4)
 	src := newSource(t, c, kafka.SourceConfig{Topics: []string{"ooo"}, Group: "g-ooo", CommitInterval: 20 * time.Millisecond})
 	var mu sync.Mutex
 	held := map[uint64]connectors.Settler{}
-	run(t, src, &handler{on: func(m connectors.Message) {
+	run(t, src, wrap(batch, &handler{on: func(m connectors.Message) {
 		mu.Lock()
 		held[m.Record.GetSource().GetOffset()] = m.Settler
 		mu.Unlock()
-	}})
+	}}))
 	waitFor(t, "four records", func() bool { mu.Lock(); defer mu.Unlock(); return len(held) == 4 })
 	ack := func(off uint64) {
 		mu.Lock()
@@ -154,7 +182,9 @@ func TestCommitWaitsForEarlierRecord(t *testing.T) {
 // TestNakHoldsCommit: a nak'd record is handed again after its delay by
 // the source itself, later records keep flowing, and the commit waits for
 // it.
-func TestNakHoldsCommit(t *testing.T) {
+func TestNakHoldsCommit(t *testing.T) { bothPaths(t, testNakHoldsCommit) }
+
+func testNakHoldsCommit(t *testing.T, batch bool) {
 	c := kafkatest.Start(t, kafkatest.Options{})
 	c.CreateTopic(t, "nak", 1)
 	produceTo(t, c, "nak", 1, 3)
@@ -163,7 +193,7 @@ func TestNakHoldsCommit(t *testing.T) {
 	var order []string
 	var naked connectors.Settler
 	var nakDelivery int
-	run(t, src, &handler{on: func(m connectors.Message) {
+	run(t, src, wrap(batch, &handler{on: func(m connectors.Message) {
 		mu.Lock()
 		defer mu.Unlock()
 		order = append(order, string(m.Record.GetValue()))
@@ -176,7 +206,7 @@ func TestNakHoldsCommit(t *testing.T) {
 			nakDelivery = m.Delivery
 		}
 		_ = m.Settler.Ack(context.Background())
-	}})
+	}}))
 	waitFor(t, "the redelivery", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == 4 })
 	mu.Lock()
 	want := []string{"p0-0", "p0-1", "p0-2", "p0-0"}
@@ -198,7 +228,9 @@ func TestNakHoldsCommit(t *testing.T) {
 // A's revocation waits RevokeGrace, commits up to the held record and
 // abandons it; B must then get that very record (nothing skipped), A's
 // late settlement of it is ignored, and A's handler is told.
-func TestRevocation(t *testing.T) {
+func TestRevocation(t *testing.T) { bothPaths(t, testRevocation) }
+
+func testRevocation(t *testing.T, batch bool) {
 	c := kafkatest.Start(t, kafkatest.Options{})
 	c.CreateTopic(t, "rv", 3)
 	produceTo(t, c, "rv", 3, 20)
@@ -216,7 +248,7 @@ func TestRevocation(t *testing.T) {
 	}}
 	cfg := kafka.SourceConfig{Topics: []string{"rv"}, Group: "g-rv", CommitInterval: 20 * time.Millisecond, RevokeGrace: 300 * time.Millisecond}
 	a := newSource(t, c, cfg)
-	run(t, a, ha)
+	run(t, a, wrap(batch, ha))
 	waitFor(t, "A holding one record per partition", func() bool { amu.Lock(); defer amu.Unlock(); return len(aHeld) == 3 })
 	for p := range int32(3) {
 		waitFor(t, "A's commit at the held record", func() bool { return committed(t, c, "g-rv", "rv", p) == heldAt })
@@ -233,7 +265,7 @@ func TestRevocation(t *testing.T) {
 		_ = m.Settler.Ack(context.Background())
 	}}
 	b := newSource(t, c, cfg)
-	run(t, b, hb)
+	run(t, b, wrap(batch, hb))
 	waitFor(t, "A told of a revocation", func() bool { return len(ha.revokedList()) > 0 })
 	waitFor(t, "B consuming", func() bool { bmu.Lock(); defer bmu.Unlock(); return len(bFirst) > 0 })
 	revoked := ha.revokedList()

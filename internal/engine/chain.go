@@ -30,6 +30,8 @@ type item struct {
 	// Set by the worker that owns it at this stage.
 	seq  uint64 // arrival order at the worker, from 1 (0: not yet seen)
 	lane uint64 // the ordered lane it belongs to
+
+	self [1]*item // it, for a queue send of one item without an allocation
 }
 
 // route is a chain of stages and the outputs its results go to.
@@ -49,6 +51,17 @@ func (rt *route) enter(it *item) {
 		return
 	}
 	rt.stages[0].dispatch(it)
+}
+
+// enterBatch starts its, in order, on the chain.
+func (rt *route) enterBatch(its []*item) {
+	if len(rt.stages) == 0 {
+		for _, it := range its {
+			rt.enter(it)
+		}
+		return
+	}
+	rt.stages[0].dispatchBatch(its)
 }
 
 // deliver forwards the outputs produced for it by stage st (nil: no stage)

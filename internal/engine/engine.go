@@ -405,6 +405,101 @@ func (h *handler) Handle(ctx context.Context, m connectors.Message) error {
 	return nil
 }
 
+// HandleBatch takes messages of one partition at once, in order, as the
+// Kafka source hands them (kafka.BatchHandler): the in-flight records and
+// bytes are reserved once for all of them, and each route's first
+// function gets its share in one queue operation per instance slot
+// instead of one per record. When they do not fit in the budgets at once,
+// they go one at a time through Handle, which waits for room. It does not
+// keep ms.
+func (h *handler) HandleBatch(ctx context.Context, ms []connectors.Message) (int, error) {
+	e := h.e
+	done := 0
+	for done < len(ms) {
+		chunk := ms[done:min(len(ms), done+int(max(e.slots.limit/4, 1)))]
+		var size int64
+		for _, m := range chunk {
+			size += int64(len(m.Record.GetKey()) + len(m.Record.GetValue()))
+		}
+		if size > e.bytes.limit/4 || !e.slots.tryAcquire(int64(len(chunk))) {
+			if err := h.Handle(ctx, chunk[0]); err != nil {
+				return done, err
+			}
+			done++
+			continue
+		}
+		if !e.bytes.tryAcquire(size) {
+			e.slots.release(int64(len(chunk)))
+			if err := h.Handle(ctx, chunk[0]); err != nil {
+				return done, err
+			}
+			done++
+			continue
+		}
+		h.enterBatch(chunk)
+		done += len(chunk)
+	}
+	return done, nil
+}
+
+// enterBatch is Handle for messages whose budgets are taken.
+func (h *handler) enterBatch(ms []connectors.Message) {
+	e := h.e
+	e.stats.in.Add(int64(len(ms)))
+	ens := make([]entry, len(ms))
+	var born time.Time
+	if e.ages {
+		born = time.Now()
+	}
+	// Each route's items, in order; most records match one route.
+	var perRoute [][]*item
+	var buf [8]int
+	for j, m := range ms {
+		en := &ens[j]
+		en.tracker = tracker{e: e, msg: m, size: int64(len(m.Record.GetKey()) + len(m.Record.GetValue()))}
+		tr := &en.tracker
+		tr.refs.Store(1)
+		matches, err := e.router.Match(m.Record, buf[:0])
+		if err != nil {
+			e.log.Warn("route condition failed for record; the route does not match", "record", m.Record.Id, "error", err)
+		}
+		if len(matches) == 0 {
+			if e.unmatch == nil {
+				e.stats.dropped.Add(1)
+			} else {
+				tr.add(1)
+				if err := e.publish(e.unmatch, m.Record, tr); err != nil {
+					e.log.Error("cannot publish unmatched record; it will be redelivered", "error", err)
+					tr.release(err)
+				}
+			}
+		}
+		for k, i := range matches {
+			tr.add(1)
+			it := &en.first
+			if k > 0 {
+				it = new(item)
+			}
+			*it = item{rec: m.Record, tr: tr, born: born}
+			if perRoute == nil {
+				perRoute = make([][]*item, len(e.routes))
+			}
+			if perRoute[i] == nil {
+				perRoute[i] = make([]*item, 0, len(ms))
+			}
+			perRoute[i] = append(perRoute[i], it)
+		}
+	}
+	for i, its := range perRoute {
+		if len(its) > 0 {
+			e.routes[i].enterBatch(its)
+		}
+	}
+	for j := range ens {
+		ens[j].tracker.release(nil)
+	}
+}
+
 // entry is a source message's tracker and the item it enters its first
 // route as.
 type entry struct {

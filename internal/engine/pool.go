@@ -128,7 +128,7 @@ func (st *stage) newWorker(i int, partition string) *worker {
 	size := cfg.MaxBatch
 	return &worker{
 		st: st, cfg: cfg, warm: i < st.warm,
-		queue: make(chan *item, 2*size),
+		queue: make(chan []*item, 2*size),
 		wake:  make(chan struct{}, 1),
 		held:  map[uint64][]*item{},
 		heads: map[uint64]*item{},
@@ -174,10 +174,55 @@ func (st *stage) dispatch(it *item) {
 	} else {
 		w = st.pick(it.rec)
 	}
+	it.self[0] = it
 	select {
-	case w.queue <- it:
+	case w.queue <- it.self[:]:
 	case <-st.rt.e.workCtx.Done():
 		it.tr.release(errAbandoned)
+	}
+}
+
+// dispatchBatch is dispatch for several items at once: each slot gets its
+// share in one queue operation.
+func (st *stage) dispatchBatch(its []*item) {
+	e := st.rt.e
+	if e.workCtx.Err() != nil {
+		for _, it := range its {
+			it.tr.release(errAbandoned)
+		}
+		return
+	}
+	type share struct {
+		w   *worker
+		its []*item
+	}
+	var shares []share
+	byKey := st.byKey()
+	for _, it := range its {
+		var w *worker
+		if byKey {
+			it.hash, it.hashed = st.keyHash(it.rec), true
+			w = st.workers[it.hash%uint64(len(st.workers))]
+		} else {
+			w = st.pick(it.rec)
+		}
+		i := 0
+		for i < len(shares) && shares[i].w != w {
+			i++
+		}
+		if i == len(shares) {
+			shares = append(shares, share{w: w, its: make([]*item, 0, len(its)/max(len(st.workers), 1)+1)})
+		}
+		shares[i].its = append(shares[i].its, it)
+	}
+	for _, sh := range shares {
+		select {
+		case sh.w.queue <- sh.its:
+		case <-e.workCtx.Done():
+			for _, it := range sh.its {
+				it.tr.release(errAbandoned)
+			}
+		}
 	}
 }
 
@@ -266,7 +311,7 @@ type worker struct {
 	st    *stage
 	cfg   fnhost.Config
 	warm  bool
-	queue chan *item
+	queue chan []*item // items dispatched to the slot, one or more a send
 	wake  chan struct{}
 
 	lmu    sync.Mutex
@@ -381,26 +426,32 @@ func (w *worker) parkLocked(it *item) {
 	w.held[it.lane] = l
 }
 
-// arrive takes a record from the queue: it numbers it and makes it ready or
-// parks it.
-func (w *worker) arrive(it *item) {
+// arrive takes records from the queue: it numbers them and makes each
+// ready or parks it.
+func (w *worker) arrive(its []*item) {
 	w.lmu.Lock()
 	defer w.lmu.Unlock()
-	w.arriveLocked(it)
+	for _, it := range its {
+		w.arriveLocked(it)
+	}
 }
 
-// arriveQueued takes it and then whatever else is queued, up to n items
-// in all, under one lock.
-func (w *worker) arriveQueued(it *item, n int) {
+// arriveQueued takes its and then whatever else is queued, until it took
+// n items or more, under one lock.
+func (w *worker) arriveQueued(its []*item, n int) {
 	w.lmu.Lock()
 	defer w.lmu.Unlock()
-	w.arriveLocked(it)
-	for ; n > 1; n-- {
-		more, ok := w.tryReceive()
-		if !ok {
+	for {
+		for _, it := range its {
+			w.arriveLocked(it)
+		}
+		if n -= len(its); n <= 0 {
 			return
 		}
-		w.arriveLocked(more)
+		var ok bool
+		if its, ok = w.tryReceive(); !ok {
+			return
+		}
 	}
 }
 
@@ -541,8 +592,8 @@ func (w *worker) run() {
 				idle.Reset(w.st.idle)
 			}
 			select {
-			case it := <-w.queue:
-				w.arrive(it)
+			case its := <-w.queue:
+				w.arrive(its)
 			case <-w.wake:
 			case <-idle.C:
 				w.idleStop()
@@ -557,10 +608,10 @@ func (w *worker) run() {
 	gather:
 		for len(batch) < size {
 			select {
-			case it := <-w.queue:
+			case its := <-w.queue:
 				// Take what else is queued without another select, then
 				// batch it all under one lock.
-				w.arriveQueued(it, size-len(batch))
+				w.arriveQueued(its, size-len(batch))
 				batch = w.takeReady(batch, size)
 			case <-w.wake:
 				if w.hasUnits() {
@@ -578,11 +629,11 @@ func (w *worker) run() {
 	}
 }
 
-// tryReceive takes a queued item if one is there.
-func (w *worker) tryReceive() (*item, bool) {
+// tryReceive takes queued items if some are there.
+func (w *worker) tryReceive() ([]*item, bool) {
 	select {
-	case it := <-w.queue:
-		return it, true
+	case its := <-w.queue:
+		return its, true
 	default:
 		return nil, false
 	}
@@ -814,8 +865,10 @@ func (w *worker) abandon() {
 	}
 	for {
 		select {
-		case it := <-w.queue:
-			it.tr.release(errAbandoned)
+		case its := <-w.queue:
+			for _, it := range its {
+				it.tr.release(errAbandoned)
+			}
 		default:
 			return
 		}
