@@ -43,10 +43,10 @@ type SourceConfig struct {
 	// polling waits while they hold more than half of this per partition
 	// on average, and one poll brings at most this many. A partition held
 	// up by its own in-flight bound (MaxInFlightPerPartition) with more
-	// than half of this queued is paused (no more fetching for it until
-	// its queue is down to half). A pause drops what the client had
-	// buffered for the partition, so it is kept for a partition that is
-	// stuck. Default 4096.
+	// than half of this queued, for FetchMaxWait without a break, is
+	// paused (no more fetching for it until its queue is down to half). A
+	// pause drops what the client had buffered for the partition, so it is
+	// kept for a partition that is stuck. Default 4096.
 	MaxQueued int
 	// CommitInterval between commits of the watermarks. Default 1s.
 	CommitInterval time.Duration
@@ -211,23 +211,32 @@ type BatchHandler interface {
 const laneBatch = 256
 
 // slots counts the records handed over and not settled, over all
-// partitions, up to limit. Taking and giving back are atomics (once per
-// batch, and once per record settled); the mutex only guards the waiters'
-// channel.
+// partitions, up to limit. Lanes that find none free wait in turn, first
+// come first served, as they did on the channel this replaces: a lane
+// that keeps finding slots must not starve the others (a partition holding
+// every slot counts as stuck and is paused). Taking without waiters and
+// giving back are atomics; the mutex guards the waiters.
 type slots struct {
-	used    atomic.Int64
-	limit   int64
-	waiters atomic.Int64
-	mu      sync.Mutex
-	changed chan struct{} // closed when slots are given back and someone waits
+	used  atomic.Int64
+	limit int64
+	nwait atomic.Int64 // len(waiters), readable without mu
+	mu    sync.Mutex
+	wait  []*slotWaiter
 }
 
-// tryTake takes up to n free slots and returns how many it took.
-func (s *slots) tryTake(n int) int {
+// slotWaiter is a lane waiting for slots: it is woken with got slots.
+type slotWaiter struct {
+	want, got int
+	ready     chan struct{} // cap 1
+}
+
+// tryTake takes up to n free slots, and at least least, and returns how
+// many it took (0: fewer than least were free).
+func (s *slots) tryTake(n, least int) int {
 	for {
 		u := s.used.Load()
 		k := min(int64(n), s.limit-u)
-		if k <= 0 {
+		if k < int64(least) || k <= 0 {
 			return 0
 		}
 		if s.used.CompareAndSwap(u, u+k) {
@@ -236,51 +245,79 @@ func (s *slots) tryTake(n int) int {
 	}
 }
 
-// take takes between 1 and n slots, as many as are free, waiting while
-// none is; it returns 0 once ctx is done or stop is closed.
+// grantMin is the fewest slots a waiting lane is woken for (fewer if it
+// wants fewer, or the limit is small): waking a lane per settled record
+// would cost a goroutine switch per record.
+func (s *slots) grantMin(want int) int {
+	return max(min(want, 32, int(s.limit/8)), 1)
+}
+
+// take takes between 1 and n slots, as many as are free, waiting in turn
+// while none is; it returns 0 once ctx is done or stop is closed.
 func (s *slots) take(ctx context.Context, stop <-chan struct{}, n int) int {
-	for {
-		if k := s.tryTake(n); k > 0 {
+	if s.nwait.Load() == 0 {
+		if k := s.tryTake(n, 1); k > 0 {
 			return k
-		}
-		// Register as a waiter, then look again: a release that came in
-		// between either freed a slot that this look finds or sees the
-		// waiter and closes the channel.
-		s.mu.Lock()
-		if s.changed == nil {
-			s.changed = make(chan struct{})
-		}
-		ch := s.changed
-		s.waiters.Add(1)
-		s.mu.Unlock()
-		if k := s.tryTake(n); k > 0 {
-			s.waiters.Add(-1)
-			return k
-		}
-		select {
-		case <-ch:
-			s.waiters.Add(-1)
-		case <-ctx.Done():
-			s.waiters.Add(-1)
-			return 0
-		case <-stop:
-			s.waiters.Add(-1)
-			return 0
 		}
 	}
+	s.mu.Lock()
+	// Counted as a waiter before looking again: a release from now on
+	// either leaves the slots it freed to this look or sees the waiter.
+	s.nwait.Add(1)
+	if len(s.wait) == 0 {
+		if k := s.tryTake(n, 1); k > 0 {
+			s.nwait.Add(-1)
+			s.mu.Unlock()
+			return k
+		}
+	}
+	w := &slotWaiter{want: n, ready: make(chan struct{}, 1)}
+	s.wait = append(s.wait, w)
+	s.mu.Unlock()
+	select {
+	case <-w.ready:
+		return w.got
+	case <-ctx.Done():
+	case <-stop:
+	}
+	s.mu.Lock()
+	if i := slices.Index(s.wait, w); i >= 0 {
+		s.wait = slices.Delete(s.wait, i, i+1)
+		s.nwait.Add(-1)
+		s.grantLocked() // those behind it may be served now
+		s.mu.Unlock()
+		return 0
+	}
+	s.mu.Unlock()
+	// Granted meanwhile: give them back.
+	s.release(w.got)
+	return 0
 }
 
 func (s *slots) release(n int) {
 	s.used.Add(-int64(n))
-	if s.waiters.Load() == 0 {
+	if s.nwait.Load() == 0 {
 		return
 	}
 	s.mu.Lock()
-	if s.changed != nil {
-		close(s.changed)
-		s.changed = nil
-	}
+	s.grantLocked()
 	s.mu.Unlock()
+}
+
+// grantLocked wakes the waiters, in turn, that the free slots serve.
+func (s *slots) grantLocked() {
+	for len(s.wait) > 0 {
+		w := s.wait[0]
+		k := s.tryTake(w.want, s.grantMin(w.want))
+		if k == 0 {
+			return
+		}
+		w.got = k
+		s.wait[0] = nil
+		s.wait = s.wait[1:]
+		s.nwait.Add(-1)
+		w.ready <- struct{}{}
+	}
 }
 
 // NewSource makes the client and joins the group. Partitions are assigned,
@@ -682,9 +719,12 @@ type lane struct {
 	wm        *watermark
 	unsettled int
 	paused    bool
-	revoking  bool
-	dead      bool
-	lastSent  int64 // last committed offset, -1 none
+	// stuckSince: since when the partition has been held up by its own
+	// in-flight bound with a long queue, without a break (zero: it is not).
+	stuckSince time.Time
+	revoking   bool
+	dead       bool
+	lastSent   int64 // last committed offset, -1 none
 }
 
 // item is a record handed at least once.
@@ -728,22 +768,38 @@ func (l *lane) push(recs []*kgo.Record) {
 // records while the engine, not a partition, is what is slow, and the poll
 // gate already bounds the total. Pausing drops what kgo had buffered for
 // the partition, which is fetched and decoded again on resume: pausing on
-// queue length alone fetched every record several times.
-func (l *lane) maybePauseLocked() {
+// queue length alone fetched every record several times. For the same
+// reason the partition must have been held up for FetchMaxWait without a
+// break: in a pipeline that flows, a partition that took every free slot
+// (as one whose records were polled while the others' were not does) is
+// held up for moments at a time, and pausing it then only fetched its
+// records twice. It returns when to look again (zero: no need).
+func (l *lane) maybePauseLocked() time.Time {
 	stuck := l.unsettled >= l.s.cfg.MaxInFlightPerPartition
+	if !stuck {
+		l.stuckSince = time.Time{}
+	}
 	if l.paused || !stuck || len(l.queue) <= l.s.cfg.MaxQueued/2 {
-		return
+		return time.Time{}
+	}
+	now := time.Now()
+	if l.stuckSince.IsZero() {
+		l.stuckSince = now
+	}
+	if due := l.stuckSince.Add(l.s.cfg.FetchMaxWait); now.Before(due) {
+		return due
 	}
 	q := len(l.queue)
 	l.paused = true
 	l.s.cl.PauseFetchPartitions(map[string][]int32{l.tp.topic: {l.tp.partition}})
 	l.s.log.Debug("partition paused (back-pressure)", "partition", l.tp.String(), "queued", q, "in_flight", l.unsettled)
+	return time.Time{}
 }
 
 // next appends the next records to hand to its, up to n and within the
 // partition's in-flight bound: a due retry first (alone), else records
 // from the queue head. With nothing ready it returns the time the earliest
-// retry is due (zero: none).
+// retry is due, or when to look again whether to pause (zero: none).
 func (l *lane) next(its []*item, n int) (_ []*item, wake time.Time, dead bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -752,9 +808,10 @@ func (l *lane) next(its []*item, n int) (_ []*item, wake time.Time, dead bool) {
 	}
 	room := l.s.cfg.MaxInFlightPerPartition - l.unsettled
 	if room <= 0 {
-		l.maybePauseLocked()
-		return its, time.Time{}, false
+		// Look again when it may be time to pause.
+		return its, l.maybePauseLocked(), false
 	}
+	l.stuckSince = time.Time{}
 	var now time.Time
 	if len(l.retry) > 0 {
 		now = time.Now()
