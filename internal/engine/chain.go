@@ -26,6 +26,9 @@ type item struct {
 	// the lane need it both).
 	hash   uint64
 	hashed bool
+	// keyless: rec has no key, noted by dispatch, which has rec at hand,
+	// so that the worker need not look at rec again (laneOf).
+	keyless bool
 
 	// Set by the worker that owns it at this stage.
 	seq  uint64 // arrival order at the worker, from 1 (0: not yet seen)

@@ -167,6 +167,7 @@ func (st *stage) dispatch(it *item) {
 		return
 	}
 	var w *worker
+	it.keyless = len(it.rec.Key) == 0
 	if st.byKey() {
 		// The lane (laneOf) is this hash too: compute it once.
 		it.hash, it.hashed = st.keyHash(it.rec), true
@@ -200,6 +201,7 @@ func (st *stage) dispatchBatch(its []*item) {
 	byKey := st.byKey()
 	for _, it := range its {
 		var w *worker
+		it.keyless = len(it.rec.Key) == 0
 		if byKey {
 			it.hash, it.hashed = st.keyHash(it.rec), true
 			w = st.workers[it.hash%uint64(len(st.workers))]
@@ -290,7 +292,7 @@ func (st *stage) laneOf(it *item, seq uint64) uint64 {
 	if n := st.fn.Retry.Lanes; n > 0 {
 		return st.itemHash(it) % uint64(n)
 	}
-	if len(it.rec.Key) == 0 || st.fn.Dispatch == "any" {
+	if it.keyless || st.fn.Dispatch == "any" {
 		return ^seq // keyed lanes are hashes: a collision only makes a record wait
 	}
 	return st.itemHash(it) // the key's hash, as it has one
