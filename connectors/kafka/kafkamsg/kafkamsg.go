@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
@@ -61,9 +62,7 @@ func ID(topic string, partition int32, offset int64) string {
 	// One allocation: a concatenation would also allocate the offset's
 	// digits.
 	var digits [40]byte
-	d := strconv.AppendInt(digits[:0], int64(partition), 10)
-	d = append(d, ':')
-	d = strconv.AppendInt(d, offset, 10)
+	d := appendPartitionOffset(digits[:0], partition, offset)
 	var b strings.Builder
 	b.Grow(len("kafka:") + len(topic) + 1 + len(d))
 	b.WriteString("kafka:")
@@ -71,6 +70,20 @@ func ID(topic string, partition int32, offset int64) string {
 	b.WriteByte(':')
 	b.Write(d)
 	return b.String()
+}
+
+func appendPartitionOffset(b []byte, partition int32, offset int64) []byte {
+	b = strconv.AppendInt(b, int64(partition), 10)
+	b = append(b, ':')
+	return strconv.AppendInt(b, offset, 10)
+}
+
+// appendID appends ID(topic, partition, offset) to b.
+func appendID(b []byte, topic string, partition int32, offset int64) []byte {
+	b = append(b, "kafka:"...)
+	b = append(b, topic...)
+	b = append(b, ':')
+	return appendPartitionOffset(b, partition, offset)
 }
 
 // Position is the Record.Source of a Kafka record.
@@ -131,7 +144,13 @@ func DecodeRaw(r *kgo.Record) *culvertv1.Record {
 		Offset:    uint64(max(r.Offset, 0)),
 	}
 	rec.Source = &d.pos
-	rec.Id = ID(r.Topic, r.Partition, r.Offset)
+	// The id lives in d too when it fits (64 bytes: topics of up to 27
+	// characters always do), sparing an allocation per record.
+	if id := appendID(d.id[:0], r.Topic, r.Partition, r.Offset); len(id) <= len(d.id) {
+		rec.Id = unsafe.String(&d.id[0], len(id))
+	} else {
+		rec.Id = string(id)
+	}
 	return rec
 }
 
@@ -140,6 +159,7 @@ type decoded struct {
 	rec culvertv1.Record
 	pos culvertv1.Position
 	ts  timestamppb.Timestamp
+	id  [64]byte // the bytes of rec.Id, never written again once set
 }
 
 func finish(rec *culvertv1.Record, r *kgo.Record) {

@@ -2,6 +2,8 @@ package kafkamsg
 
 import (
 	"errors"
+	"math"
+	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -146,6 +148,33 @@ func BenchmarkDecode(b *testing.B) {
 	for b.Loop() {
 		if _, err := Decode(r); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestDecodeRawID: the id DecodeRaw builds in the record's own allocation
+// is ID's, for topics and offsets that fit it and that do not, and two
+// records never share one.
+func TestDecodeRawID(t *testing.T) {
+	tests := []struct {
+		topic     string
+		partition int32
+		offset    int64
+	}{
+		{"t", 0, 0},
+		{"orders", 2, 41},
+		{strings.Repeat("x", 27), math.MaxInt32, math.MaxInt64},
+		{strings.Repeat("y", 28), math.MaxInt32, math.MaxInt64},
+		{strings.Repeat("z", 249), 7, 1 << 40},
+	}
+	for _, tc := range tests {
+		a := DecodeRaw(&kgo.Record{Topic: tc.topic, Partition: tc.partition, Offset: tc.offset})
+		b := DecodeRaw(&kgo.Record{Topic: tc.topic, Partition: tc.partition, Offset: tc.offset + 1})
+		if want := ID(tc.topic, tc.partition, tc.offset); a.Id != want {
+			t.Errorf("id %q, want %q", a.Id, want)
+		}
+		if want := ID(tc.topic, tc.partition, tc.offset+1); b.Id != want {
+			t.Errorf("id %q, want %q", b.Id, want)
 		}
 	}
 }
