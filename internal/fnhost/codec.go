@@ -246,6 +246,9 @@ type sentBatch struct {
 	buf   []byte
 	recs  []*culvertv1.Record
 	spans []span // recs[i] is buf[spans[i].start:spans[i].end]
+	// known[i]: recs[i] has no unknown fields (onlyKnown), found while
+	// the frame and the records are fresh in the cache.
+	known []bool
 }
 
 type span struct{ start, end int }
@@ -313,7 +316,14 @@ func (sb *sentBatch) index() bool {
 		}
 		off += n
 	}
-	return len(sb.spans) == len(sb.recs)
+	if len(sb.spans) != len(sb.recs) {
+		return false
+	}
+	sb.known = sb.known[:0]
+	for i, sp := range sb.spans {
+		sb.known = append(sb.known, onlyKnown(sb.buf[sp.start:sp.end], sb.recs[i]))
+	}
+	return true
 }
 
 // head is the oldest batch not answered, or nil.
@@ -385,7 +395,7 @@ func (d *resultDecoder) unchanged(i int, v []byte) *culvertv1.Record {
 	// v is the encoding of in, unknown fields included: in must have none,
 	// or the copy would lack them (or, for unknown bytes that repeat a
 	// known field, differ from what decoding v gives).
-	if !bytes.Equal(v, sb.buf[sp.start:sp.end]) || !onlyKnown(v, in) {
+	if !sb.known[i] || !bytes.Equal(v, sb.buf[sp.start:sp.end]) {
 		return nil
 	}
 	r := d.recs.New()
