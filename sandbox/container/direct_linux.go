@@ -63,16 +63,10 @@ func (r *Runtime) spawnDirect(ctx context.Context, tenantName string, spec sandb
 			_ = releaseNet()
 		}
 	}()
-	// The shim waits in the instance's cgroup beside the function: one
-	// more pid, so that the function may have as many as on libcontainer's
-	// path.
-	if p := cfg.Cgroups.Resources.PidsLimit; p != nil && *p > 0 {
-		n := *p + 1
-		cfg.Cgroups.Resources.PidsLimit = &n
-	}
-	// The instance's cgroup: one made ahead, or made now. The shim joins
-	// it itself before it clones, so everything the shim clones starts in
-	// it.
+	// The instance's cgroup: one made ahead, or made now. The shim moves
+	// the init into it before the init runs the function; the shim itself
+	// stays out of it, so the pids limit counts the function's processes
+	// only, as on libcontainer's path.
 	cgKey := cgroupKey(t, cfg.Cgroups.Resources)
 	cg := r.cgroups.take(cgKey)
 	if cg == nil {

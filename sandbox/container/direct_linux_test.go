@@ -248,3 +248,71 @@ func TestShimRejectsBadRequests(t *testing.T) {
 		})
 	}
 }
+
+// TestInitClonedAhead: with the fork server, a direct start's init was
+// cloned before the start was asked for (its process is older than the
+// Start call), and without it (Options.ExecShim) at the start; either
+// way the function sees its own cgroup as the root of its cgroup
+// namespace, which the init enters once it is in its cgroups.
+func TestInitClonedAhead(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		opts  Options
+		ahead bool
+	}{
+		{"fork server", Options{}, true},
+		{"exec'd shim", Options{ExecShim: true}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRuntimeWith(t, tc.opts)
+			out, _, ex := run(t, r, hostile("cat", "/proc/self/cgroup"), "", 10*time.Second)
+			lines, ok := strings.CutPrefix(strings.TrimSpace(out), "OK ")
+			if !ex.Success() || !ok {
+				t.Fatalf("cat /proc/self/cgroup: %q, exit %v", out, ex)
+			}
+			for _, l := range strings.Split(lines, ";") {
+				// "ID:CONTROLLERS:PATH"; a named hierarchy joined only
+				// where possible is left out.
+				if f := strings.SplitN(l, ":", 3); len(f) != 3 || (f[2] != "/" && !strings.HasPrefix(f[1], "name=")) {
+					t.Errorf("/proc/self/cgroup line %q: want the cgroup namespace rooted at the instance's cgroup", l)
+				}
+			}
+			// The shim forked ahead clones its init at once; give it the
+			// time to, then start.
+			time.Sleep(300 * time.Millisecond)
+			before := uptimeTicks(t)
+			p, err := r.Start(t.Context(), withName(hostile("sleep", "5")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = p.Kill(); p.Wait() }()
+			started, err := procStart(p.Pid())
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Clock ticks (1/100 s): ahead is at least 20 ms before Start.
+			if ahead := started+2 <= before; ahead != tc.ahead {
+				t.Errorf("the function's process started at tick %d, Start was called at tick %d: cloned ahead %v, want %v", started, before, ahead, tc.ahead)
+			}
+			if st := r.Stats(); st.Direct != 2 {
+				t.Errorf("stats %+v: want 2 direct starts", st)
+			}
+		})
+	}
+}
+
+// uptimeTicks is the time since boot in clock ticks (USER_HZ, 100), the
+// unit of a process's start time in /proc/PID/stat.
+func uptimeTicks(t *testing.T) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	s, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint64(s * 100)
+}

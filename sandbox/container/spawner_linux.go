@@ -7,7 +7,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -49,6 +53,7 @@ type forkServer struct {
 	mu      sync.Mutex
 	cmd     *exec.Cmd
 	sock    int           // this side of the socket pair, or -1
+	sockIno uint64        // the server's side's inode, which its waiting shim holds
 	exited  chan struct{} // closed once cmd has been waited for
 	started int           // servers started, for tests
 	closed  bool
@@ -64,6 +69,11 @@ func (s *forkServer) startLocked() error {
 	}
 	theirs := os.NewFile(uintptr(fds[1]), "spawn-server-socket")
 	defer theirs.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fds[1], &st); err != nil {
+		_ = unix.Close(fds[0])
+		return fmt.Errorf("fork server: socket: %w", err)
+	}
 	cmd := &exec.Cmd{
 		Path: s.exe, Args: []string{"culvert-spawn-server"},
 		Env:        []string{spawn.Env + "=" + spawn.ServerEnvValue},
@@ -78,20 +88,96 @@ func (s *forkServer) startLocked() error {
 		_ = cmd.Wait()
 		close(exited)
 	}()
-	s.cmd, s.sock, s.exited = cmd, fds[0], exited
+	s.cmd, s.sock, s.sockIno, s.exited = cmd, fds[0], st.Ino, exited
 	s.started++
 	return nil
 }
 
-// stopLocked kills the server and waits for it. s.mu is held.
+// stopLocked kills the server and waits for it, and for the shim it
+// forked ahead, which exits when the socket closes. s.mu is held.
 func (s *forkServer) stopLocked() {
 	if s.cmd == nil {
 		return
 	}
+	waiting := waitingShims(s.sockIno)
 	_ = unix.Close(s.sock)
 	_ = s.cmd.Process.Kill()
 	<-s.exited
 	s.cmd, s.sock = nil, -1
+	for _, pid := range waiting {
+		reapWaiting(pid)
+	}
+}
+
+// waitingName is the name (comm) of a shim forked ahead until it takes a
+// start: it takes the name "culvert-spawn" first thing when it does, and
+// whoever starts it reaps it from then on.
+const waitingName = "culvert-spawn-w"
+
+// children lists this process's children.
+func children() []int {
+	var out []int
+	tasks, _ := filepath.Glob("/proc/self/task/*/children")
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				out = append(out, pid)
+			}
+		}
+	}
+	return out
+}
+
+func comm(pid int) string {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	return strings.TrimSpace(string(b))
+}
+
+// waitingShims returns the children waiting for a start on the server
+// socket whose inode is ino: this server's shim forked ahead.
+func waitingShims(ino uint64) []int {
+	var out []int
+	want := "socket:[" + strconv.FormatUint(ino, 10) + "]"
+	for _, pid := range children() {
+		if comm(pid) != waitingName {
+			continue
+		}
+		dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if l, _ := os.Readlink(dir + "/" + e.Name()); l == want {
+				out = append(out, pid)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// reapWaiting waits for a shim forked ahead to exit, its socket closed,
+// and reaps it, unless it took a start after all (one sent just before
+// the socket closed): then its start reaps it. One still waiting after a
+// while is killed.
+func reapWaiting(pid int) {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if comm(pid) != waitingName {
+			return // took a start, or gone
+		}
+		if f, err := procStat(pid); err != nil || f[0] == "Z" || time.Now().After(deadline) {
+			if err == nil && f[0] != "Z" {
+				_ = unix.Kill(pid, unix.SIGKILL)
+			}
+			var ws unix.WaitStatus
+			_, _ = unix.Wait4(pid, &ws, 0, nil)
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // fork sends files to the server, which forks a shim holding them as

@@ -62,9 +62,14 @@ func TestCgroupPool(t *testing.T) {
 	if got := strings.TrimSpace(string(limit)); got != strconv.Itoa(48<<20) {
 		t.Errorf("memory.limit_in_bytes of the pooled cgroup: %q", got)
 	}
+	// The shim stays out of the instance's cgroup: the pids limit is the
+	// function's own.
+	if pmax, _ := os.ReadFile(filepath.Join(paths["pids"], "pids.max")); strings.TrimSpace(string(pmax)) != "16" {
+		t.Errorf("pids.max of the pooled cgroup: %q, want 16", pmax)
+	}
 	procs, _ := os.ReadFile(filepath.Join(paths["pids"], "cgroup.procs"))
-	if !strings.Contains(" "+strings.Join(strings.Fields(string(procs)), " ")+" ", " "+strconv.Itoa(p.Pid())+" ") {
-		t.Errorf("the function (%d) is not in its cgroup's pids hierarchy: %q", p.Pid(), procs)
+	if got := strings.Fields(string(procs)); len(got) != 1 || got[0] != strconv.Itoa(p.Pid()) {
+		t.Errorf("the pids hierarchy's cgroup holds %q, want the function (%d) alone", procs, p.Pid())
 	}
 	_ = p.Kill()
 	p.Wait()
@@ -122,15 +127,33 @@ func TestForkServerRestart(t *testing.T) {
 	}
 }
 
-// TestForkServerClose: Close stops the server and waits for it; no
-// spawner process is left, running or as a zombie.
+// TestForkServerClose: Close stops the server and waits for it and for
+// the shim it forked ahead; no spawner process is left, running or as a
+// zombie, and the init cloned ahead is gone too.
 func TestForkServerClose(t *testing.T) {
 	r := newRuntime(t, false)
 	if out, _, ex := run(t, r, hostile("whoami"), "", 10*time.Second); !ex.Success() {
 		t.Fatalf("start: %q, exit %v", out, ex)
 	}
-	if kids := spawnerChildren(t); len(kids) != 1 {
-		t.Errorf("children before Close: %v, want the server", kids)
+	time.Sleep(200 * time.Millisecond) // the shim forked ahead clones its init
+	kids := spawnerChildren(t)
+	if len(kids) != 2 {
+		t.Errorf("children before Close: %v, want the server and its shim forked ahead", kids)
+	}
+	// The init the waiting shim cloned ahead.
+	var inits []int
+	for _, k := range kids {
+		if f := strings.Fields(k); f[1] == waitingName {
+			pid, _ := strconv.Atoi(f[0])
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+			for _, c := range strings.Fields(string(b)) {
+				n, _ := strconv.Atoi(c)
+				inits = append(inits, n)
+			}
+		}
+	}
+	if len(inits) != 1 {
+		t.Errorf("the waiting shim's children: %v, want its init", inits)
 	}
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
@@ -138,11 +161,14 @@ func TestForkServerClose(t *testing.T) {
 	if kids := spawnerChildren(t); len(kids) > 0 {
 		t.Errorf("children left after Close: %v", kids)
 	}
+	for _, pid := range inits {
+		waitGone(t, pid)
+	}
 }
 
 // spawnerChildren lists this process's children that are the spawner's:
-// the fork server ("exe", started as /proc/self/exe) and shims, running
-// or zombies, as "pid comm state".
+// the fork server ("exe", started as /proc/self/exe) and shims (forked
+// ahead, or of a start), running or zombies, as "pid comm state".
 func spawnerChildren(t *testing.T) []string {
 	t.Helper()
 	ents, err := os.ReadDir("/proc")
@@ -167,7 +193,7 @@ func spawnerChildren(t *testing.T) []string {
 			continue
 		}
 		switch comm {
-		case "exe", "culvert-spawn":
+		case "exe", "culvert-spawn", waitingName:
 			out = append(out, e.Name()+" "+comm+" "+f[0])
 		}
 	}
@@ -251,7 +277,18 @@ func lifeHelper() int {
 		return 1
 	}
 	inst := p.(*instance)
-	fmt.Println("PIDS", inst.shim.Pid, p.Pid(), r.server.pid(), strings.Join(mapValues(inst.cgm.GetPaths()), " "))
+	// The next start's shim, forked ahead, and the init it cloned ahead.
+	time.Sleep(200 * time.Millisecond)
+	r.server.mu.Lock()
+	waiting := waitingShims(r.server.sockIno)
+	r.server.mu.Unlock()
+	if len(waiting) != 1 {
+		fmt.Println("ERR waiting shims", waiting)
+		return 1
+	}
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", waiting[0], waiting[0]))
+	preinit, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	fmt.Println("PIDS", inst.shim.Pid, p.Pid(), r.server.pid(), waiting[0], preinit, strings.Join(mapValues(inst.cgm.GetPaths()), " "))
 	select {}
 }
 
@@ -264,8 +301,9 @@ func mapValues(m map[string]string) []string {
 }
 
 // TestLifePipe: when the culvert process is SIGKILLed, its direct
-// instances' shims and inits and its fork server are gone within a
-// second or two, and their cgroups can be removed.
+// instances' shims and inits, its fork server, the shim it forked ahead
+// and the init that one cloned ahead are gone within a second or two, and
+// the instances' cgroups can be removed.
 func TestLifePipe(t *testing.T) {
 	if err := Check(); err != nil {
 		t.Skip("cannot sandbox here: ", err)
@@ -285,11 +323,12 @@ func TestLifePipe(t *testing.T) {
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	line, err := bufio.NewReader(out).ReadString('\n')
 	f := strings.Fields(line)
-	if err != nil || len(f) < 5 || f[0] != "PIDS" {
+	if err != nil || len(f) < 7 || f[0] != "PIDS" {
 		t.Fatalf("helper said %q (%v)", line, err)
 	}
+	names := []string{"shim", "init", "server", "shim forked ahead", "init cloned ahead"}
 	var pids []int
-	for _, s := range f[1:4] {
+	for _, s := range f[1:6] {
 		n, err := strconv.Atoi(s)
 		if err != nil || n <= 0 {
 			t.Fatalf("helper said %q", line)
@@ -298,7 +337,7 @@ func TestLifePipe(t *testing.T) {
 	}
 	for i, pid := range pids {
 		if !alive(pid) {
-			t.Fatalf("%s %d is not running before the kill", []string{"shim", "init", "server"}[i], pid)
+			t.Fatalf("%s %d is not running before the kill", names[i], pid)
 		}
 	}
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -310,14 +349,14 @@ func TestLifePipe(t *testing.T) {
 	for i, pid := range pids {
 		for alive(pid) {
 			if time.Now().After(deadline) {
-				t.Fatalf("%s %d still running 2s after culvert was killed", []string{"shim", "init", "server"}[i], pid)
+				t.Fatalf("%s %d still running 2s after culvert was killed", names[i], pid)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
 	// The instance's cgroup can be removed; then the tenant's and the
 	// parent's, with the cgroups the helper had made ahead.
-	for _, dir := range f[4:] {
+	for _, dir := range f[6:] {
 		if err := rmdirRetry(dir); err != nil {
 			t.Errorf("removing the instance's cgroup %s: %v", dir, err)
 		}

@@ -9,15 +9,27 @@
 //
 // The runtime starts /proc/self/exe once, as the fork server, with
 // _CULVERT_SPAWN=server,3,4: fd 3 is its end of a SOCK_SEQPACKET socket
-// pair, fd 4 the read end of the runtime's life pipe. For each start the
-// runtime writes the request into a fresh pipe and sends the server one
-// byte with five descriptors (SCM_RIGHTS): the instance's stdin, stdout
-// and stderr ends, the request pipe's read end and the status pipe's
-// write end. The server forks (clone with CLONE_PARENT, so that the new
-// process is the runtime's child, which the runtime waits for by pid) and
-// gives no answer; the child moves the five descriptors to 0-4, renames
-// itself culvert-spawn and is the shim. The server exits when the runtime
-// closes its end of the socket or the life pipe hangs up.
+// pair, fd 4 the read end of the runtime's life pipe. The server keeps
+// one shim forked ahead (clone with CLONE_PARENT, so that it is the
+// runtime's child, which the runtime waits for by pid), named
+// culvert-spawn-w while it waits. For each start the runtime writes the
+// request into a fresh pipe and sends one byte with five descriptors
+// (SCM_RIGHTS) on the socket: the instance's stdin, stdout and stderr
+// ends, the request pipe's read end and the status pipe's write end. The
+// waiting shim takes the message, renames itself culvert-spawn, tells
+// the server (which forks the next one), moves the five descriptors to
+// 0-4 and runs the start. The server exits when the runtime closes its
+// end of the socket or the life pipe hangs up; so does a waiting shim.
+// When the runtime stops a server, it reaps the shim left waiting (a
+// child named culvert-spawn-w that holds the server's socket).
+//
+// A waiting shim, at the lowest priority (nice 19), clones an init ahead
+// in new user, mount, pid, ipc, uts and network namespaces (none of the
+// start's data is needed for that), which, still at the lowest priority
+// and before any start: closes every descriptor but its socket pair with
+// the shim, brings its loopback up, makes itself a session leader, makes
+// its mount tree private, touches the memory it will use, and waits. The
+// shim then returns to the server's priority and waits for its start.
 //
 // Without the server (Options.ExecShim, or when the server cannot be
 // started), the runtime starts /proc/self/exe per start with os/exec (no
@@ -26,38 +38,51 @@
 // read end as fd 3, the status pipe's write end as fd 4, the life pipe's
 // read end as fd 5 and _CULVERT_SPAWN=3,4,5 as its only environment.
 //
-// The shim writes its own pid on the status pipe, reads the request,
-// joins the instance's cgroup (writes its pid to cgroup.procs in every
-// hierarchy the request names; the optional ones, named hierarchies, as
-// it can), joins the prepared network namespace if one is named, clones
-// the container init into new namespaces, writes its uid_map and gid_map,
-// opens a pidfd for it, reports the init's host pid on the status pipe,
-// releases it through a pipe, closes the status pipe and polls the init's
-// pidfd and the life pipe. If the life pipe hangs up (the culvert process
-// is gone), it SIGKILLs the init, pid 1 of its pid namespace, which takes
-// the rest of the namespace with it. It exits with the init's exit
-// status, or dies of the signal that killed it.
+// The shim writes its own pid on the status pipe and reads the request
+// into memory it shares with its init. It uses the init cloned ahead if
+// the request asks for exactly those namespaces plus a cgroup namespace,
+// a new network namespace and its loopback up (network "none", the
+// default), and gives it back the server's priority; otherwise it kills
+// that init, joins the prepared network namespace if one is named, and
+// clones the init into the namespaces the request names (but the cgroup
+// namespace). Then it writes the init's uid_map and gid_map, opens a
+// pidfd for it, reports the init's host pid on the status pipe, and
+// releases it: a message on their socket pair carrying the start's stdin,
+// stdout, stderr and status pipe. While the init sets itself up, the
+// shim moves it into the instance's cgroup (writes its pid to
+// cgroup.procs in every hierarchy the request names; the optional ones,
+// named hierarchies, as it can), then sends a second message. It closes
+// the status pipe and polls the init's pidfd and the life pipe. If the
+// life pipe hangs up (the culvert process is gone), it SIGKILLs the init,
+// pid 1 of its pid namespace, which takes the rest of the namespace with
+// it. It exits with the init's exit status, or dies of the signal that
+// killed it.
 //
 // The init (pid 1 of its namespaces), in this order: PR_SET_PDEATHSIG
-// (SIGKILL) and wait for the release; setsid; setgroups(0), setresgid(0),
+// (SIGKILL) and wait for the release; the start's stdio as fds 0-2; the
+// request parsed; setsid (unless done ahead); setgroups(0), setresgid(0),
 // setresuid(0), then PR_SET_PDEATHSIG again and a check that the shim is
-// still there; sethostname; / made MS_PRIVATE|MS_REC; the root bound onto
-// itself; the mounts in order (each destination resolved inside the root
-// with openat2 RESOLVE_IN_ROOT; read-only binds remounted read-only with
-// the nosuid/nodev/noexec flags the source mount has, which a user
-// namespace may not clear); /dev: the device nodes bound from the host,
-// and the ptmx, fd, stdin, stdout, stderr (and core) links, as runc makes
-// them; /dev (any non-bind mount with MS_RDONLY) remounted read-only;
-// pivot_root(".", ".") and the old root detached; masked paths (/dev/null
-// over files, a read-only tmpfs over directories) and read-only paths;
-// / remounted read-only; loopback up, when the network namespace is new;
-// rlimits; every fd above 2 marked close-on-exec; chdir to the working
-// directory; the command looked up (a name with a slash as given,
-// otherwise in the environment's PATH, inside the new root); all
-// capabilities dropped (bounding set, ambient, then capset to zero;
-// the uid stays 0 in the namespace); no_new_privs; the seccomp filter,
-// last; execve. A step that fails writes its name and errno to the status
-// pipe and the init exits.
+// still there; sethostname; / made MS_PRIVATE|MS_REC (unless done ahead);
+// the root bound onto itself; the mounts in order (each destination
+// resolved inside the root with openat2 RESOLVE_IN_ROOT; read-only binds
+// remounted read-only with the nosuid/nodev/noexec flags the source mount
+// has, which a user namespace may not clear); /dev: the device nodes
+// bound from the host, and the ptmx, fd, stdin, stdout, stderr (and core)
+// links, as runc makes them; /dev (any non-bind mount with MS_RDONLY)
+// remounted read-only; pivot_root(".", ".") and the old root detached;
+// masked paths (/dev/null over files, a read-only tmpfs over directories)
+// and read-only paths; / remounted read-only; loopback up, when the
+// network namespace is new (unless done ahead); rlimits; every fd above 2
+// marked close-on-exec; chdir to the working directory; the command
+// looked up (a name with a slash as given, otherwise in the environment's
+// PATH, inside the new root); the shim's second message awaited (the
+// init is in its cgroups); a new cgroup namespace, if the request's clone
+// flags name one, so that its root is the instance's cgroup; all
+// capabilities dropped (bounding set, ambient, then capset to zero; the
+// uid stays 0 in the namespace); no_new_privs; the seccomp filter, last;
+// execve. A step that fails writes its name and errno to the status pipe
+// and the init exits. An init cloned ahead whose shim goes away dies
+// with it (PR_SET_PDEATHSIG).
 //
 // # Request format (version 1)
 //
@@ -70,7 +95,8 @@
 //
 //	 1 root        string, absolute host path of the container's root
 //	 2 hostname    string
-//	 3 clone flags u64, the CLONE_NEW* flags of the init's clone
+//	 3 clone flags u64, the CLONE_NEW* namespaces of the init (the
+//	               cgroup namespace is entered once the init is in its cgroups)
 //	 4 netns       string, a network namespace to join before the clone
 //	 5 uid map     string, written to /proc/PID/uid_map
 //	 6 gid map     string, written to /proc/PID/gid_map
@@ -85,8 +111,8 @@
 //	14 cwd         string
 //	15 seccomp     a BPF program: struct sock_filter entries (8 bytes each)
 //	16 flags       u32: 1 read-only root, 2 no_new_privs, 4 bring loopback up
-//	17 cgroup      string, repeated: a cgroup directory the shim joins before the clone
-//	18 opt cgroup  string, repeated: one it joins if it can (a named hierarchy)
+//	17 cgroup      string, repeated: a cgroup directory the shim moves the init into
+//	18 opt cgroup  string, repeated: one it moves the init into if it can (a named hierarchy)
 //
 // Root, at least one arg, and both id maps are required.
 //

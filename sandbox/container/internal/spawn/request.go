@@ -92,10 +92,12 @@ type Request struct {
 	Seccomp               []byte // BPF, 8 bytes per instruction
 	Flags                 uint32
 	// Cgroups are the instance's cgroup directories, one per hierarchy:
-	// the shim writes its pid to each cgroup.procs before it clones.
+	// the shim writes the init's pid to each cgroup.procs before the init
+	// runs the function.
 	Cgroups []string
-	// OptCgroups are cgroup directories the shim joins if it can (named
-	// hierarchies, which the cgroup manager joins the same way).
+	// OptCgroups are cgroup directories the shim moves the init into if
+	// it can (named hierarchies, which the cgroup manager joins the same
+	// way).
 	OptCgroups []string
 }
 

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -201,10 +202,25 @@ static char *cstr(const unsigned char **p, const unsigned char *end)
 	return s;
 }
 
-static void read_request(int fd, struct req *r)
+// shared is where the shim reads the request (a u32 length, then the
+// body), mapped shared before the init is cloned: the init parses the
+// same bytes, whether it was cloned for this start or ahead of it.
+static unsigned char *shared;
+
+static void map_shared(void)
+{
+	if (shared != NULL)
+		return;
+	void *m = mmap(NULL, 4 + MAX_REQUEST, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (m == MAP_FAILED)
+		fail("map request", NULL, errno);
+	shared = m;
+}
+
+// read_request reads the request from fd into shared.
+static void read_request(int fd)
 {
 	unsigned char h[12];
-	memset(r, 0, sizeof(*r));
 	if (read_full(fd, h, sizeof(h)) < 0)
 		fail("read request", "(header)", errno);
 	if (memcmp(h, "CVSP", 4) != 0 || h[4] != 1 || h[5] != 0 || h[6] != 0 || h[7] != 0)
@@ -212,9 +228,20 @@ static void read_request(int fd, struct req *r)
 	uint32_t len = get32(h + 8);
 	if (len > MAX_REQUEST)
 		fail("read request", "(too long)", E2BIG);
-	unsigned char *b = xrealloc(NULL, len ? len : 1);
-	if (read_full(fd, b, len) < 0)
+	if (read_full(fd, shared + 4, len) < 0)
 		fail("read request", "(body)", errno);
+	put32(shared, len);
+}
+
+// parse_request parses the request in shared into r; strings and the
+// seccomp program point into it or into copies on the heap.
+static void parse_request(struct req *r)
+{
+	memset(r, 0, sizeof(*r));
+	uint32_t len = get32(shared);
+	if (len > MAX_REQUEST)
+		fail("read request", "(too long)", E2BIG);
+	unsigned char *b = shared + 4;
 	const unsigned char *p = b, *end = b + len;
 	while (p < end) {
 		if (end - p < 6)
@@ -568,15 +595,105 @@ static void drop_caps(void)
 		fail("drop capabilities", "(capset)", errno);
 }
 
-// init is the container's pid 1 until it execs the function.
-static void __attribute__((noreturn)) init_main(struct req *r, int sync_fd)
+// high moves fd to a descriptor at or above 64, close-on-exec, so that the
+// descriptors a start brings can take 0-4.
+static int high(int fd)
+{
+	int h = fcntl(fd, F_DUPFD_CLOEXEC, 64);
+	if (h < 0)
+		_exit(125);
+	close(fd);
+	return h;
+}
+
+// PRECLONE are the namespaces of an init cloned ahead: every one a start
+// asks for by default (network none) but the cgroup namespace, which the
+// init enters once it is in its cgroups.
+#define PRECLONE (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)
+
+// prefault touches stack and heap that a start will use, so that the
+// copy-on-write faults of a fresh fork are taken before the start.
+static void prefault(void)
+{
+	volatile char stack[64 << 10];
+	for (size_t i = 0; i < sizeof(stack); i += 4096)
+		stack[i] = 0;
+	void *heap = malloc(256 << 10);
+	if (heap != NULL) {
+		memset(heap, 0, 256 << 10);
+		free(heap);
+	}
+}
+
+// receive takes one message of one byte from the shim on sync, with up to
+// max descriptors; it exits if the shim is gone, or fails on a wrong
+// message.
+static int receive(int sync, char want, int *fds, int max)
 {
 	char c;
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(8 * sizeof(int))];
+	} cm;
+	struct iovec iov = {.iov_base = &c, .iov_len = 1};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf)};
+	ssize_t n;
+	while ((n = recvmsg(sync, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+		;
+	if (n <= 0)
+		_exit(126); // the shim is gone
+	int k = 0;
+	for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h != NULL; h = CMSG_NXTHDR(&mh, h)) {
+		if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+			continue;
+		int m = (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+		for (int i = 0; i < m; i++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+			if (k < max)
+				fds[k++] = fd;
+			else
+				close(fd);
+		}
+	}
+	if (c != want || k != max || (mh.msg_flags & MSG_CTRUNC))
+		_exit(126);
+	return k;
+}
+
+// init is the container's pid 1 until it execs the function. It is
+// cloned by the shim, for its start or ahead of one (ahead: network
+// namespace new, loopback brought up here), and waits for the shim's
+// release: a message carrying the start's stdin, stdout, stderr and
+// status pipe, sent once the id maps are written; the request is in
+// shared by then. A second message says the init is in its cgroups.
+static void __attribute__((noreturn)) init_main(int sync_fd, int ahead)
+{
+	struct req rq, *r = &rq;
+	int fds[4];
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
 		fail("set parent death signal", NULL, errno);
-	if (read_full(sync_fd, &c, 1) < 0)
-		_exit(126); // the shim is gone
-	if (setsid() < 0)
+	if (ahead) {
+		// Nothing of the waiting shim's but the socket pair, and its
+		// stdio until the start's replaces it.
+		sync_fd = high(sync_fd);
+		if (syscall(SYS_close_range, 3u, (unsigned)sync_fd - 1, 0) < 0 ||
+		    syscall(SYS_close_range, (unsigned)sync_fd + 1, ~0u, 0) < 0)
+			_exit(126);
+		loopback_up();
+		if (setsid() < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+			_exit(126);
+		prefault();
+	}
+	receive(sync_fd, 'r', fds, 4);
+	for (int i = 0; i < 3; i++)
+		if (dup2(fds[i], i) < 0)
+			_exit(126);
+	for (int i = 0; i < 3; i++)
+		close(fds[i]);
+	status_fd = fds[3];
+	parse_request(r);
+	if (!ahead && setsid() < 0)
 		fail("setsid", NULL, errno);
 	if (setgroups(0, NULL) < 0)
 		fail("setgroups", NULL, errno);
@@ -587,7 +704,7 @@ static void __attribute__((noreturn)) init_main(struct req *r, int sync_fd)
 	tied(sync_fd, "(after setresuid)");
 	if (r->hostname != NULL && sethostname(r->hostname, strlen(r->hostname)) < 0)
 		fail("sethostname", NULL, errno);
-	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+	if (!ahead && mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		fail("make / private", NULL, errno);
 	if (mount(r->root, r->root, "bind", MS_BIND | MS_REC, NULL) < 0)
 		fail("bind root", r->root, errno);
@@ -607,7 +724,7 @@ static void __attribute__((noreturn)) init_main(struct req *r, int sync_fd)
 	mask_paths(r);
 	if ((r->flags & FLAG_READONLY_ROOT) && remount_ro("/", 0) < 0)
 		fail("remount / read-only", NULL, errno);
-	if (r->flags & FLAG_LOOPBACK)
+	if ((r->flags & FLAG_LOOPBACK) && !ahead)
 		loopback_up();
 	for (size_t i = 0; i < r->nrlimits; i++) {
 		struct rlimit rl = {.rlim_cur = r->rlimits[i].soft, .rlim_max = r->rlimits[i].hard};
@@ -619,6 +736,10 @@ static void __attribute__((noreturn)) init_main(struct req *r, int sync_fd)
 	if (chdir(r->cwd ? r->cwd : "/") < 0)
 		fail("chdir", r->cwd, errno);
 	const char *path = lookup(r);
+	// In its cgroups before the function runs, and their view rooted there.
+	receive(sync_fd, 'c', NULL, 0);
+	if ((r->cloneflags & CLONE_NEWCGROUP) && unshare(CLONE_NEWCGROUP) < 0)
+		fail("unshare cgroup namespace", NULL, errno);
 	drop_caps();
 	if ((r->flags & FLAG_NO_NEW_PRIVS) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		fail("no_new_privs", NULL, errno);
@@ -647,8 +768,8 @@ static void write_map(pid_t pid, const char *file, const char *map)
 	close(fd);
 }
 
-// join_cgroup writes this process's pid to dir/cgroup.procs; on failure
-// it returns the errno, or 0.
+// join_cgroup writes pid to dir/cgroup.procs; on failure it returns the
+// errno, or 0.
 static int join_cgroup(const char *dir, const char *pid, size_t n)
 {
 	char path[4096];
@@ -662,28 +783,103 @@ static int join_cgroup(const char *dir, const char *pid, size_t n)
 	return err;
 }
 
-// join_cgroups moves the shim into the instance's cgroup, in every
-// hierarchy the request names, before it clones anything. The optional
+// join_cgroups moves the init into the instance's cgroup, in every
+// hierarchy the request names, before it runs the function. The optional
 // ones (named hierarchies) are joined as the cgroup manager joins them:
 // where it can.
-static void join_cgroups(const struct req *r)
+static void join_cgroups(const struct req *r, pid_t init)
 {
 	char pid[16];
-	int n = snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	int n = snprintf(pid, sizeof(pid), "%d", (int)init);
 	for (size_t i = 0; i < r->cgroups.n; i++) {
 		int err = join_cgroup(r->cgroups.v[i], pid, (size_t)n);
-		if (err != 0)
+		if (err != 0) {
+			kill(init, SIGKILL);
 			fail("join cgroup", r->cgroups.v[i], err);
+		}
 	}
 	for (size_t i = 0; i < r->optcgroups.n; i++)
 		(void)join_cgroup(r->optcgroups.v[i], pid, (size_t)n);
 }
 
+// base_nice is the server's priority, which a shim and its init get back
+// when a start takes them: while they wait, they run at the lowest.
+static int base_nice;
+
+// child is a cloned init: its pid and the shim's end of their socket pair.
+struct child {
+	pid_t pid;
+	int sync;
+};
+
+// clone_init clones an init into flags' namespaces (ahead: before its
+// start, at the lowest priority the shim runs at then).
+static int clone_init(unsigned long flags, int ahead, struct child *c)
+{
+	int sp[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
+		return -1;
+	pid_t pid = (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, 0);
+	if (pid < 0) {
+		int err = errno;
+		close(sp[0]);
+		close(sp[1]);
+		errno = err;
+		return -1;
+	}
+	if (pid == 0) {
+		close(sp[0]);
+		init_main(sp[1], ahead);
+	}
+	close(sp[1]);
+	c->pid = pid;
+	c->sync = high(sp[0]);
+	return 0;
+}
+
+// release sends the init one message: a byte, with descriptors.
+static int release(int sync, char c, const int *fds, int n)
+{
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+	} cm;
+	struct iovec iov = {.iov_base = &c, .iov_len = 1};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (n > 0) {
+		memset(&cm, 0, sizeof(cm));
+		mh.msg_control = cm.buf;
+		mh.msg_controllen = CMSG_SPACE((size_t)n * sizeof(int));
+		struct cmsghdr *h = CMSG_FIRSTHDR(&mh);
+		h->cmsg_level = SOL_SOCKET;
+		h->cmsg_type = SCM_RIGHTS;
+		h->cmsg_len = CMSG_LEN((size_t)n * sizeof(int));
+		memcpy(CMSG_DATA(h), fds, (size_t)n * sizeof(int));
+	}
+	ssize_t w;
+	while ((w = sendmsg(sync, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+		;
+	return w == 1 ? 0 : -1;
+}
+
+// usable says whether the init cloned ahead can serve request r: the
+// namespaces it has, loopback up, and still alive.
+static int usable(const struct child *pre, const struct req *r)
+{
+	if (pre == NULL || pre->pid <= 0)
+		return 0;
+	if ((r->cloneflags & ~(uint64_t)CLONE_NEWCGROUP) != PRECLONE || r->netns != NULL || !(r->flags & FLAG_LOOPBACK))
+		return 0;
+	int st;
+	return waitpid(pre->pid, &st, WNOHANG) == 0;
+}
+
 // shim runs one start: the request on reqfd, the status pipe on stfd.
 // life, if not -1, is the read end of the runtime's life pipe: when it
 // hangs up (every culvert process holding its write end is gone), the
-// shim kills the init, and with it the container's pid namespace.
-static void __attribute__((noreturn)) shim(int reqfd, int stfd, int life)
+// shim kills the init, and with it the container's pid namespace. pre,
+// if not NULL, is an init cloned ahead, used if the request fits it.
+static void __attribute__((noreturn)) shim(int reqfd, int stfd, int life, struct child *pre)
 {
 	struct req r;
 	status_fd = stfd;
@@ -698,26 +894,35 @@ static void __attribute__((noreturn)) shim(int reqfd, int stfd, int life)
 	struct rlimit nocore = {0, 0};
 	if (setrlimit(RLIMIT_CORE, &nocore) < 0)
 		fail("setrlimit", "(shim core)", errno);
-	read_request(reqfd, &r);
+	map_shared();
+	read_request(reqfd);
 	close(reqfd);
-	join_cgroups(&r);
-	if (r.netns != NULL) {
-		int ns = open(r.netns, O_RDONLY | O_CLOEXEC);
-		if (ns < 0 || setns(ns, CLONE_NEWNET) < 0)
-			fail("join network namespace", r.netns, errno);
-		close(ns);
+	parse_request(&r);
+	struct child c;
+	if (usable(pre, &r)) {
+		c = *pre;
+		if (setpriority(PRIO_PROCESS, (id_t)c.pid, base_nice) < 0) {
+			int err = errno;
+			kill(c.pid, SIGKILL);
+			fail("setpriority", "(init)", err);
+		}
+	} else {
+		if (pre != NULL && pre->pid > 0) {
+			kill(pre->pid, SIGKILL);
+			while (waitpid(pre->pid, NULL, 0) < 0 && errno == EINTR)
+				;
+			close(pre->sync);
+		}
+		if (r.netns != NULL) {
+			int ns = open(r.netns, O_RDONLY | O_CLOEXEC);
+			if (ns < 0 || setns(ns, CLONE_NEWNET) < 0)
+				fail("join network namespace", r.netns, errno);
+			close(ns);
+		}
+		if (clone_init((unsigned long)r.cloneflags & ~(unsigned long)CLONE_NEWCGROUP, 0, &c) < 0)
+			fail("clone", NULL, errno);
 	}
-	int sync[2];
-	if (pipe2(sync, O_CLOEXEC) < 0)
-		fail("pipe", NULL, errno);
-	pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)r.cloneflags | SIGCHLD, NULL, NULL, NULL, 0);
-	if (pid < 0)
-		fail("clone", NULL, errno);
-	if (pid == 0) {
-		close(sync[1]);
-		init_main(&r, sync[0]);
-	}
-	close(sync[0]);
+	pid_t pid = c.pid;
 	write_map(pid, "uid_map", r.uidmap);
 	write_map(pid, "gid_map", r.gidmap);
 	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -728,7 +933,15 @@ static void __attribute__((noreturn)) shim(int reqfd, int stfd, int life)
 	}
 	unsigned char msg[5] = {'P'};
 	put32(msg + 1, (uint32_t)pid);
-	if (write_full(status_fd, msg, sizeof(msg)) < 0 || write_full(sync[1], "r", 1) < 0) {
+	int fds[4] = {0, 1, 2, status_fd};
+	if (write_full(status_fd, msg, sizeof(msg)) < 0 || release(c.sync, 'r', fds, 4) < 0) {
+		kill(pid, SIGKILL);
+		_exit(126);
+	}
+	// The init sets itself up meanwhile; it runs nothing of the
+	// function's before this says it is in its cgroups.
+	join_cgroups(&r, pid);
+	if (release(c.sync, 'c', NULL, 0) < 0) {
 		kill(pid, SIGKILL);
 		_exit(126);
 	}
@@ -763,21 +976,10 @@ static void __attribute__((noreturn)) shim(int reqfd, int stfd, int life)
 	_exit(WEXITSTATUS(st));
 }
 
-// high moves fd to a descriptor at or above 64, close-on-exec, so that the
-// descriptors a start brings can take 0-4.
-static int high(int fd)
-{
-	int h = fcntl(fd, F_DUPFD_CLOEXEC, 64);
-	if (h < 0)
-		_exit(125);
-	close(fd);
-	return h;
-}
-
 // server_child is the shim of one start, forked by the server: the five
 // descriptors the start sent become 0-4 (stdin, stdout, stderr, request,
 // status), and the shim proceeds as one started by exec.
-static void __attribute__((noreturn)) server_child(int fds[5], int sock, int life, char *argv0)
+static void __attribute__((noreturn)) server_child(int fds[5], int sock, int life, char *argv0, struct child *pre)
 {
 	int tmp[5];
 	close(sock);
@@ -797,59 +999,38 @@ static void __attribute__((noreturn)) server_child(int fds[5], int sock, int lif
 		memset(argv0, 0, n);
 		memcpy(argv0, "culvert-spawn", n < 13 ? n : 13);
 	}
-	if (prctl(PR_SET_NAME, "culvert-spawn", 0, 0, 0) < 0)
-		_exit(125);
-	shim(3, 4, life);
+	shim(3, 4, life, pre);
 }
 
-// serve takes one message from sock: a byte and, as SCM_RIGHTS, the five
-// descriptors of a start, and forks the shim with CLONE_PARENT, so that
-// the shim is the runtime's child (the runtime waits for it and gets its
-// exit status). There is no answer: the shim reports its pid on the
-// status pipe; if the clone fails, the status pipe closes without it.
-static void serve(int sock, int life, char *argv0)
-{
-	unsigned char b;
-	union {
-		struct cmsghdr h;
-		char buf[CMSG_SPACE(8 * sizeof(int))];
-	} cm;
-	struct iovec iov = {.iov_base = &b, .iov_len = 1};
-	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf)};
-	ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
-	if (n == 0)
-		_exit(0); // the runtime closed its end
-	if (n < 0) {
-		if (errno == EINTR || errno == EAGAIN)
-			return;
-		_exit(1);
-	}
-	int fds[8], nfds = 0;
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
-		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-			continue;
-		int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-		for (int i = 0; i < k && nfds < 8; i++)
-			memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-	}
-	if (nfds == 5 && !(mh.msg_flags & MSG_CTRUNC)) {
-		pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)(CLONE_PARENT | SIGCHLD), NULL, NULL, NULL, 0);
-		if (pid == 0)
-			server_child(fds, sock, life, argv0);
-	}
-	for (int i = 0; i < nfds; i++)
-		close(fds[i]);
-}
+// WAIT_NAME is the name (PR_SET_NAME, at most 15 bytes) of a shim forked
+// ahead while it waits for its start; the runtime reaps the one left
+// waiting when it stops the server.
+#define WAIT_NAME "culvert-spawn-w"
 
-// server is the fork server: one per runtime, it forks a shim per start
-// until the runtime closes the socket or its life pipe hangs up.
-static void __attribute__((noreturn)) server(int sock, int life, char *argv0)
+// waiting is a shim forked ahead by the server (with CLONE_PARENT, so it
+// is the runtime's child). At the lowest priority, it clones an init
+// ahead (see PRECLONE), then takes the next message from sock: a byte
+// and, as SCM_RIGHTS, the five descriptors of a start; it tells the
+// server on taken (which forks the next) and runs that start. It exits
+// when the runtime closes its end of the socket or the life pipe hangs
+// up; its init, tied to it by PR_SET_PDEATHSIG, goes with it.
+static void __attribute__((noreturn)) waiting(int sock, int life, int taken, char *argv0)
 {
-	struct rlimit nocore = {0, 0};
-	if (setrlimit(RLIMIT_CORE, &nocore) < 0)
+	struct child pre = {0, -1};
+	if (prctl(PR_SET_NAME, WAIT_NAME, 0, 0, 0) < 0)
 		_exit(125);
-	sock = high(sock);
-	life = high(life);
+	errno = 0;
+	base_nice = getpriority(PRIO_PROCESS, 0);
+	if ((base_nice == -1 && errno != 0) || setpriority(PRIO_PROCESS, 0, 19) < 0)
+		_exit(125);
+	map_shared();
+	if (clone_init(PRECLONE, 1, &pre) < 0)
+		pre.pid = 0; // cloned at the start instead
+	prefault();
+	// Woken by its start at the server's priority; the init cloned
+	// ahead gets it back from the shim.
+	if (setpriority(PRIO_PROCESS, 0, base_nice) < 0)
+		_exit(125);
 	for (;;) {
 		struct pollfd p[2] = {{.fd = sock, .events = POLLIN}, {.fd = life, .events = POLLIN}};
 		int n = poll(p, 2, -1);
@@ -857,10 +1038,78 @@ static void __attribute__((noreturn)) server(int sock, int life, char *argv0)
 			continue;
 		if (n < 0 || p[1].revents != 0)
 			_exit(0);
-		if (p[0].revents & POLLIN)
-			serve(sock, life, argv0);
-		else if (p[0].revents != 0)
-			_exit(0);
+		unsigned char b;
+		union {
+			struct cmsghdr h;
+			char buf[CMSG_SPACE(8 * sizeof(int))];
+		} cm;
+		struct iovec iov = {.iov_base = &b, .iov_len = 1};
+		struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf)};
+		ssize_t r = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+		if (r == 0)
+			_exit(0); // the runtime closed its end
+		if (r < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			_exit(1);
+		}
+		int fds[8], nfds = 0;
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
+			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+				continue;
+			int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+			for (int i = 0; i < k && nfds < 8; i++)
+				memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+		}
+		if (nfds == 5 && !(mh.msg_flags & MSG_CTRUNC)) {
+			// Named as a start's shim before anything else: from here
+			// on the runtime's stop leaves this process to its start.
+			if (prctl(PR_SET_NAME, "culvert-spawn", 0, 0, 0) < 0)
+				_exit(125);
+			(void)write(taken, "t", 1);
+			close(taken);
+			server_child(fds, sock, life, argv0, &pre);
+		}
+		for (int i = 0; i < nfds; i++)
+			close(fds[i]);
+	}
+}
+
+// server is the fork server: one per runtime. It keeps one shim forked
+// ahead, waiting for the next start on sock, and forks the next when
+// that one takes a start, until the runtime closes the socket or its
+// life pipe hangs up.
+static void __attribute__((noreturn)) server(int sock, int life, char *argv0)
+{
+	struct rlimit nocore = {0, 0};
+	if (setrlimit(RLIMIT_CORE, &nocore) < 0)
+		_exit(125);
+	sock = high(sock);
+	life = high(life);
+	int taken[2];
+	if (pipe2(taken, O_CLOEXEC) < 0)
+		_exit(125);
+	for (;;) {
+		pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)(CLONE_PARENT | SIGCHLD), NULL, NULL, NULL, 0);
+		if (pid == 0) {
+			close(taken[0]);
+			waiting(sock, life, taken[1], argv0);
+		}
+		if (pid < 0)
+			_exit(1);
+		for (;;) {
+			// The socket with no events: only its hang-up wakes the
+			// server; the waiting shim reads the messages.
+			struct pollfd p[3] = {{.fd = taken[0], .events = POLLIN}, {.fd = life, .events = POLLIN}, {.fd = sock, .events = 0}};
+			int n = poll(p, 3, -1);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0 || p[1].revents != 0 || p[2].revents != 0)
+				_exit(0);
+			char c;
+			if (read(taken[0], &c, 1) == 1)
+				break;
+		}
 	}
 }
 
@@ -879,5 +1128,5 @@ __attribute__((constructor)) static void culvert_spawn(int argc, char **argv, ch
 	int k = sscanf(v, "%d,%d,%d", &reqfd, &stfd, &life);
 	if (k < 2 || reqfd < 3 || stfd < 3 || (k == 3 && life < 3))
 		_exit(125);
-	shim(reqfd, stfd, k == 3 ? life : -1);
+	shim(reqfd, stfd, k == 3 ? life : -1, NULL);
 }

@@ -133,6 +133,12 @@ func attempt(name string, args []string) string {
 	case "read": // read ARG: a host file
 		b, err := os.ReadFile(arg(args, 0, "/etc/shadow"))
 		return result(err, fmt.Sprintf("read %d bytes", len(b)))
+	case "cat": // cat PATH: a file of the container's own, newlines as ';'
+		b, err := os.ReadFile(arg(args, 0, "/proc/self/cgroup"))
+		if err != nil {
+			return result(err, "")
+		}
+		return "OK " + strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", ";")
 	case "list": // list ARG: a host directory
 		ents, err := os.ReadDir(arg(args, 0, "/"))
 		if err != nil {
