@@ -983,11 +983,13 @@ func (l *lane) giveBack(its []*item) {
 // hand registers its as handed over and appends their settlers and
 // Messages to sts and msgs.
 func (l *lane) hand(its []*item, sts []*settler, msgs []connectors.Message) ([]*settler, []connectors.Message, bool) {
+	var dec kafkamsg.Batch // one allocation for the records of the batch
+	dec.Grow(len(its))
 	for _, it := range its {
-		rec, err := kafkamsg.Decode(it.r)
+		rec, err := dec.Decode(it.r)
 		if err != nil {
 			l.s.log.Warn("undecodable record value, delivering it as a raw value", "partition", l.tp.String(), "offset", it.r.Offset, "error", err)
-			rec = kafkamsg.DecodeRaw(it.r)
+			rec = dec.DecodeRaw(it.r)
 		}
 		msgs = append(msgs, connectors.Message{Record: rec})
 	}

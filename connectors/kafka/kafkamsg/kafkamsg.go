@@ -120,7 +120,44 @@ func Decode(r *kgo.Record) (*culvertv1.Record, error) {
 func DecodeRaw(r *kgo.Record) *culvertv1.Record {
 	// One allocation for the record, its position and its event time: a
 	// decode runs once per consumed record.
-	d := new(decoded)
+	return decodeRaw(new(decoded), r)
+}
+
+// Batch decodes several records into one allocation, as Decode and
+// DecodeRaw do one: a consumer that hands records on in batches decodes
+// each batch with one. The records of a batch keep its allocation alive
+// until the last of them is dropped. The zero value is ready; it is not
+// safe for concurrent use.
+type Batch struct{ free []decoded }
+
+// Grow makes room for n more records in one allocation.
+func (b *Batch) Grow(n int) {
+	if len(b.free) < n {
+		b.free = make([]decoded, n)
+	}
+}
+
+func (b *Batch) take() *decoded {
+	if len(b.free) == 0 {
+		b.Grow(1)
+	}
+	d := &b.free[0]
+	b.free = b.free[1:]
+	return d
+}
+
+// Decode is Decode into the batch's allocation.
+func (b *Batch) Decode(r *kgo.Record) (*culvertv1.Record, error) {
+	if contentType(r) == connectors.RecordContentType {
+		return Decode(r)
+	}
+	return decodeRaw(b.take(), r), nil
+}
+
+// DecodeRaw is DecodeRaw into the batch's allocation.
+func (b *Batch) DecodeRaw(r *kgo.Record) *culvertv1.Record { return decodeRaw(b.take(), r) }
+
+func decodeRaw(d *decoded, r *kgo.Record) *culvertv1.Record {
 	rec := &d.rec
 	rec.Key, rec.Value = r.Key, r.Value
 	if !r.Timestamp.IsZero() && r.Timestamp.UnixMilli() >= 0 {

@@ -55,6 +55,24 @@ func TestDecode(t *testing.T) {
 			if d := cmp.Diff(tc.want, got, protocmp.Transform()); d != "" {
 				t.Errorf("Decode (-want +got):\n%s", d)
 			}
+			// A Batch decodes the same, each record in its own slot.
+			var b Batch
+			b.Grow(2)
+			first, err := b.Decode(tc.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			second := b.DecodeRaw(tc.in)
+			third := b.DecodeRaw(tc.in) // beyond Grow: allocated
+			if d := cmp.Diff(tc.want, first, protocmp.Transform()); d != "" {
+				t.Errorf("Batch.Decode (-want +got):\n%s", d)
+			}
+			if d := cmp.Diff(DecodeRaw(tc.in), second, protocmp.Transform()); d != "" {
+				t.Errorf("Batch.DecodeRaw (-want +got):\n%s", d)
+			}
+			if first == second || second == third || !proto.Equal(second, third) {
+				t.Errorf("Batch records share memory or differ: %p %p %p", first, second, third)
+			}
 		})
 	}
 	_, err := Decode(&kgo.Record{Topic: "t", Value: []byte{0xff, 0xff}, Headers: []kgo.RecordHeader{{Key: "Content-Type", Value: []byte(connectors.RecordContentType)}}})
