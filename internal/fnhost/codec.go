@@ -414,16 +414,27 @@ func (d *resultDecoder) unchanged(i int, v []byte) *culvertv1.Record {
 func onlyKnown(v []byte, in *culvertv1.Record) bool {
 	var count [8]int
 	for len(v) > 0 {
-		num, typ, n := protowire.ConsumeTag(v)
-		if n < 0 || num < 1 || num > 7 {
+		// Fields 1 to 7 are all length-delimited, with one-byte tags; a
+		// longer tag is a field above 15, another wire type is not theirs.
+		c := v[0]
+		num := c >> 3
+		if c&7 != byte(protowire.BytesType) || num < 1 || num > 7 {
 			return false
 		}
-		m := protowire.ConsumeFieldValue(num, typ, v[n:])
-		if m < 0 {
+		var l uint64
+		n := 2
+		if len(v) > 1 && v[1] < 0x80 {
+			l = uint64(v[1])
+		} else if l, n = protowire.ConsumeVarint(v[1:]); n < 0 {
+			return false
+		} else {
+			n++
+		}
+		if l > uint64(len(v)-n) {
 			return false
 		}
 		count[num]++
-		v = v[n+m:]
+		v = v[n+int(l):]
 	}
 	want := [8]int{
 		1: b2i(in.Id != ""), 2: b2i(len(in.Key) > 0), 3: b2i(len(in.Value) > 0), 4: b2i(in.ContentType != ""),

@@ -432,3 +432,45 @@ func TestIDArena(t *testing.T) {
 		})
 	}
 }
+
+// TestOnlyKnown: onlyKnown accepts the encoding of a record exactly when
+// it holds one field per field the record sets, one per header, and
+// nothing else.
+func TestOnlyKnown(t *testing.T) {
+	rec := &culvertv1.Record{Id: "i", Value: bytes.Repeat([]byte{'v'}, 300), Headers: []*culvertv1.Header{{Name: "h"}},
+		Source: &culvertv1.Position{Connector: "kafka"}}
+	enc, err := rec.MarshalVT()
+	if err != nil {
+		t.Fatal(err)
+	}
+	field := func(num protowire.Number, typ protowire.Type, v []byte) []byte {
+		b := protowire.AppendTag(nil, num, typ)
+		if typ == protowire.BytesType {
+			return protowire.AppendBytes(b, v)
+		}
+		return protowire.AppendVarint(b, 1)
+	}
+	tests := []struct {
+		name string
+		v    []byte
+		want bool
+	}{
+		{"its encoding (a two-byte length)", enc, true},
+		{"a field it leaves empty", append(bytes.Clone(enc), field(2, protowire.BytesType, []byte("k"))...), false},
+		{"a field repeated", append(bytes.Clone(enc), field(1, protowire.BytesType, []byte("j"))...), false},
+		{"a header more", append(bytes.Clone(enc), field(5, protowire.BytesType, nil)...), false},
+		{"an unknown field", append(bytes.Clone(enc), field(8, protowire.BytesType, nil)...), false},
+		{"a field above 15", append(bytes.Clone(enc), field(99, protowire.BytesType, nil)...), false},
+		{"a known number with another wire type", append(bytes.Clone(enc), field(4, protowire.VarintType, nil)...), false},
+		{"truncated", enc[:len(enc)-1], false},
+		{"a tag without its length", append(bytes.Clone(enc), 0x12), false},
+	}
+	for _, tc := range tests {
+		if got := onlyKnown(tc.v, rec); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if !onlyKnown(nil, &culvertv1.Record{}) {
+		t.Errorf("an empty record's empty encoding: false, want true")
+	}
+}
