@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"os"
 	"regexp"
 	"strconv"
@@ -38,23 +37,38 @@ func TestProgressPlain(t *testing.T) {
 // a bar redrawn in place, with the count and the rate.
 func TestProgressTerminal(t *testing.T) {
 	master, slave := openPTY(t)
+	var out testbin.Buffer
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		buf := make([]byte, 4096)
+		for {
+			n, err := master.Read(buf)
+			_, _ = out.Write(buf[:n])
+			if err != nil {
+				return
+			}
+		}
+	}()
 	p := newProgressEvery(slave, "tap", 0, 50*time.Millisecond)
 	for range 5 {
 		p.add(1)
 		time.Sleep(120 * time.Millisecond)
 	}
+	// The bar redraws at most every 100 ms: on a loaded machine the last
+	// add may fall inside that; a later add(0) draws it.
+	waitFor(t, 5*time.Second, "the bar at 5", func() bool {
+		if strings.Contains(out.String(), "tap (5/") {
+			return true
+		}
+		time.Sleep(120 * time.Millisecond)
+		p.add(0)
+		return false
+	})
 	p.finish()
 	slave.Close()
-	var out bytes.Buffer
-	buf := make([]byte, 4096)
 	master.SetReadDeadline(time.Now().Add(2 * time.Second))
-	for {
-		n, err := master.Read(buf)
-		out.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
+	<-read
 	s := out.String()
 	// "\r⠼ tap (5/-, 10 records/s) [0s]": count, rate, redrawn with \r.
 	if !strings.Contains(s, "\r") || !regexp.MustCompile(`tap \(5/[-\d]*, \d+ records/s\)`).MatchString(s) {
