@@ -632,24 +632,22 @@ static void prefault(void)
 	errno = 0;
 }
 
-// receive takes one message of one byte from the shim on sync, with up to
-// max descriptors; it exits if the shim is gone, or fails on a wrong
-// message.
-static int receive(int sync, char want, int *fds, int max)
+// recv_fds receives one message of one byte, *c, from sock with flags,
+// keeping up to max of the descriptors it carries in fds (closing the
+// rest); *total is how many it carried, or -1 if some were cut off (then
+// it keeps none). It returns what recvmsg returned.
+static ssize_t recv_fds(int sock, char *c, int *fds, int max, int *total, int flags)
 {
-	char c;
 	union {
 		struct cmsghdr h;
 		char buf[CMSG_SPACE(8 * sizeof(int))];
 	} cm;
-	struct iovec iov = {.iov_base = &c, .iov_len = 1};
+	struct iovec iov = {.iov_base = c, .iov_len = 1};
 	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf)};
-	ssize_t n;
-	while ((n = recvmsg(sync, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
-		;
+	ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | flags);
+	*total = 0;
 	if (n <= 0)
-		_exit(126); // the shim is gone
-	int k = 0;
+		return n;
 	for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h != NULL; h = CMSG_NXTHDR(&mh, h)) {
 		if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
 			continue;
@@ -657,15 +655,33 @@ static int receive(int sync, char want, int *fds, int max)
 		for (int i = 0; i < m; i++) {
 			int fd;
 			memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
-			if (k < max)
-				fds[k++] = fd;
+			if (*total < max)
+				fds[*total] = fd;
 			else
 				close(fd);
+			(*total)++;
 		}
 	}
-	if (c != want || k != max || (mh.msg_flags & MSG_CTRUNC))
-		_exit(126);
-	return k;
+	if (mh.msg_flags & MSG_CTRUNC) {
+		for (int i = 0; i < *total && i < max; i++)
+			close(fds[i]);
+		*total = -1;
+	}
+	return n;
+}
+
+// receive takes one message of one byte from the shim on sync, with
+// exactly max descriptors; it exits if the shim is gone or the message is
+// not the one expected.
+static void receive(int sync, char want, int *fds, int max)
+{
+	char c;
+	int total;
+	ssize_t n;
+	while ((n = recv_fds(sync, &c, fds, max, &total, 0)) < 0 && errno == EINTR)
+		;
+	if (n <= 0 || c != want || total != max)
+		_exit(126); // the shim is gone, or a wrong message
 }
 
 // init is the container's pid 1 until it execs the function. It is
@@ -1046,14 +1062,9 @@ static void __attribute__((noreturn)) waiting(int sock, int life, int taken, cha
 			continue;
 		if (n < 0 || p[1].revents != 0)
 			_exit(0);
-		unsigned char b;
-		union {
-			struct cmsghdr h;
-			char buf[CMSG_SPACE(8 * sizeof(int))];
-		} cm;
-		struct iovec iov = {.iov_base = &b, .iov_len = 1};
-		struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf)};
-		ssize_t r = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+		char b;
+		int fds[5], nfds;
+		ssize_t r = recv_fds(sock, &b, fds, 5, &nfds, MSG_DONTWAIT);
 		if (r == 0)
 			_exit(0); // the runtime closed its end
 		if (r < 0) {
@@ -1061,15 +1072,7 @@ static void __attribute__((noreturn)) waiting(int sock, int life, int taken, cha
 				continue;
 			_exit(1);
 		}
-		int fds[8], nfds = 0;
-		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
-			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-				continue;
-			int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-			for (int i = 0; i < k && nfds < 8; i++)
-				memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-		}
-		if (nfds == 5 && !(mh.msg_flags & MSG_CTRUNC)) {
+		if (nfds == 5) {
 			// Named as a start's shim before anything else: from here
 			// on the runtime's stop leaves this process to its start.
 			if (prctl(PR_SET_NAME, "culvert-spawn", 0, 0, 0) < 0)
@@ -1078,7 +1081,7 @@ static void __attribute__((noreturn)) waiting(int sock, int life, int taken, cha
 			close(taken);
 			server_child(fds, sock, life, argv0, &pre);
 		}
-		for (int i = 0; i < nfds; i++)
+		for (int i = 0; i < nfds && i < 5; i++)
 			close(fds[i]);
 	}
 }
