@@ -243,7 +243,7 @@ var coldPhases = []phase{
 var directPhases = []phase{
 	{"runtime: tenant, root, config, cgroup taken, request", "runtime: root, config and request ready"},
 	{"request written; descriptors sent to the fork server", "runtime: request and descriptors sent"},
-	{"fork server, shim (cgroup, clone, maps), init up to execve", "runtime: function exec'd"},
+	{"waiting shim (request, id maps, cgroups), its init up to execve", "runtime: function exec'd"},
 	{"the function's exec to its first output", "bench: first output read"},
 }
 
