@@ -3,8 +3,10 @@
 package container
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -315,4 +317,43 @@ func uptimeTicks(t *testing.T) uint64 {
 		t.Fatal(err)
 	}
 	return uint64(s * 100)
+}
+
+// TestBurstStarts: starts that come faster than the fork server makes
+// shims ahead (it waits a little after each start, and an init cloned
+// ahead takes a while) all run: a start that finds no shim waiting has
+// one forked at once, and one whose shim has no init yet clones its own.
+func TestBurstStarts(t *testing.T) {
+	r := newRuntime(t, false)
+	const n = 6
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			spec := hostile("whoami")
+			spec.Name = fmt.Sprintf("burst%d", i)
+			spec.Env = []string{"PATH=/usr/bin:/bin"}
+			p, err := r.Start(context.Background(), spec)
+			if err != nil {
+				errs <- fmt.Errorf("start %d: %w", i, err)
+				return
+			}
+			_ = p.Stdin().Close()
+			timer := time.AfterFunc(20*time.Second, func() { _ = p.Kill() })
+			defer timer.Stop()
+			out, _ := io.ReadAll(p.Stdout())
+			if ex := p.Wait(); !ex.Success() || !strings.HasPrefix(string(out), "OK uid=0") {
+				errs <- fmt.Errorf("start %d: %q, exit %v", i, out, ex)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if st := r.Stats(); st.Direct != n {
+		t.Errorf("stats %+v: want %d direct starts", st, n)
+	}
 }

@@ -99,14 +99,18 @@ func (s *forkServer) stopLocked() {
 	if s.cmd == nil {
 		return
 	}
-	waiting := waitingShims(s.sockIno)
-	_ = unix.Close(s.sock)
+	// The server first: then no shim is forked while the others are
+	// found. A shim it forked still holds the server's socket, whether
+	// or not it has named itself yet; one that took a start has closed it.
 	_ = s.cmd.Process.Kill()
 	<-s.exited
+	waiting := waitingShims(s.sockIno, 0)
+	_ = unix.Close(s.sock)
 	s.cmd, s.sock = nil, -1
 	for _, pid := range waiting {
 		reapWaiting(pid)
 	}
+	reapStrayWaiting()
 }
 
 // waitingName is the name (comm) of a shim forked ahead until it takes a
@@ -137,13 +141,17 @@ func comm(pid int) string {
 	return strings.TrimSpace(string(b))
 }
 
-// waitingShims returns the children waiting for a start on the server
-// socket whose inode is ino: this server's shim forked ahead.
-func waitingShims(ino uint64) []int {
+// startedName is the name a shim takes when it takes a start.
+const startedName = "culvert-spawn"
+
+// waitingShims returns the children but server that hold the server
+// socket whose inode is ino and have not taken a start: the shim that
+// server forked ahead.
+func waitingShims(ino uint64, server int) []int {
 	var out []int
 	want := "socket:[" + strconv.FormatUint(ino, 10) + "]"
 	for _, pid := range children() {
-		if comm(pid) != waitingName {
+		if pid == server || comm(pid) == startedName {
 			continue
 		}
 		dir := "/proc/" + strconv.Itoa(pid) + "/fd"
@@ -158,6 +166,23 @@ func waitingShims(ino uint64) []int {
 	return out
 }
 
+// reapStrayWaiting reaps the children that exited as shims forked ahead
+// without taking a start (zombies named waitingName), of any server of
+// this process: one that a stop could not find (it exited first) is
+// reaped at the next. A shim that took a start is named otherwise before
+// it does anything, so none of those is touched.
+func reapStrayWaiting() {
+	for _, pid := range children() {
+		if comm(pid) != waitingName {
+			continue
+		}
+		if f, err := procStat(pid); err == nil && f[0] == "Z" {
+			var ws unix.WaitStatus
+			_, _ = unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		}
+	}
+}
+
 // reapWaiting waits for a shim forked ahead to exit, its socket closed,
 // and reaps it, unless it took a start after all (one sent just before
 // the socket closed): then its start reaps it. One still waiting after a
@@ -165,7 +190,7 @@ func waitingShims(ino uint64) []int {
 func reapWaiting(pid int) {
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		if comm(pid) != waitingName {
+		if c := comm(pid); c == startedName || c == "" {
 			return // took a start, or gone
 		}
 		if f, err := procStat(pid); err != nil || f[0] == "Z" || time.Now().After(deadline) {

@@ -280,7 +280,7 @@ func lifeHelper() int {
 	// The next start's shim, forked ahead, and the init it cloned ahead.
 	time.Sleep(200 * time.Millisecond)
 	r.server.mu.Lock()
-	waiting := waitingShims(r.server.sockIno)
+	waiting := waitingShims(r.server.sockIno, r.server.cmd.Process.Pid)
 	r.server.mu.Unlock()
 	if len(waiting) != 1 {
 		fmt.Println("ERR waiting shims", waiting)

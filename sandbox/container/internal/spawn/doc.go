@@ -17,13 +17,17 @@
 // (SCM_RIGHTS) on the socket: the instance's stdin, stdout and stderr
 // ends, the request pipe's read end and the status pipe's write end. The
 // waiting shim takes the message, renames itself culvert-spawn, tells
-// the server (which forks the next one), moves the five descriptors to
-// 0-4 and runs the start. The server exits when the runtime closes its
+// the server, moves the five descriptors to 0-4 and runs the start. The
+// server forks the next shim 30 ms later, or at once if a start is
+// already waiting on the socket: made alongside a start, on the other
+// core, the next shim and its init slowed that start by more than they
+// saved the next. The server exits when the runtime closes its
 // end of the socket or the life pipe hangs up; so does a waiting shim.
 // When the runtime stops a server, it reaps the shim left waiting (a
 // child named culvert-spawn-w that holds the server's socket).
 //
-// A waiting shim, at the lowest priority (nice 19), clones an init ahead
+// A waiting shim, at the lowest priority (nice 19), unless a start is
+// already waiting for it, clones an init ahead
 // in new user, mount, pid, ipc, uts and network namespaces (none of the
 // start's data is needed for that), which, still at the lowest priority
 // and before any start: closes every descriptor but its socket pair with

@@ -1030,9 +1030,14 @@ static void __attribute__((noreturn)) server_child(int fds[5], int sock, int lif
 // waiting when it stops the server.
 #define WAIT_NAME "culvert-spawn-w"
 
+// AHEAD_DELAY_MS is how long after a start took the waiting shim the
+// server forks the next one (see server).
+#define AHEAD_DELAY_MS 30
+
 // waiting is a shim forked ahead by the server (with CLONE_PARENT, so it
-// is the runtime's child). At the lowest priority, it clones an init
-// ahead (see PRECLONE), then takes the next message from sock: a byte
+// is the runtime's child). At the lowest priority, unless a start is
+// already waiting for it, it clones an init ahead (see PRECLONE); then it
+// takes the next message from sock: a byte
 // and, as SCM_RIGHTS, the five descriptors of a start; it tells the
 // server on taken (which forks the next) and runs that start. It exits
 // when the runtime closes its end of the socket or the life pipe hangs
@@ -1048,9 +1053,16 @@ static void __attribute__((noreturn)) waiting(int sock, int life, int taken, cha
 		_exit(125);
 	map_shared();
 	prefault();
-	if (clone_init(PRECLONE, 1, &pre) < 0)
-		pre.pid = 0; // cloned at the start instead
-	prefault();
+	// A start already waiting for this shim clones its own init.
+	struct pollfd first[2] = {{.fd = sock, .events = POLLIN}, {.fd = life, .events = POLLIN}};
+	int woke;
+	while ((woke = poll(first, 2, 0)) < 0 && errno == EINTR)
+		;
+	if (woke == 0) {
+		if (clone_init(PRECLONE, 1, &pre) < 0)
+			pre.pid = 0; // cloned at the start instead
+		prefault();
+	}
 	// Woken by its start at the server's priority; the init cloned
 	// ahead gets it back from the shim.
 	if (setpriority(PRIO_PROCESS, 0, base_nice) < 0)
@@ -1087,9 +1099,10 @@ static void __attribute__((noreturn)) waiting(int sock, int life, int taken, cha
 }
 
 // server is the fork server: one per runtime. It keeps one shim forked
-// ahead, waiting for the next start on sock, and forks the next when
-// that one takes a start, until the runtime closes the socket or its
-// life pipe hangs up.
+// ahead, waiting for the next start on sock, and forks the next
+// AHEAD_DELAY_MS after that one took a start (at once if another start
+// is already waiting), until the runtime closes the socket or its life
+// pipe hangs up.
 static void __attribute__((noreturn)) server(int sock, int life, char *argv0)
 {
 	struct rlimit nocore = {0, 0};
@@ -1120,6 +1133,20 @@ static void __attribute__((noreturn)) server(int sock, int life, char *argv0)
 			char c;
 			if (read(taken[0], &c, 1) == 1)
 				break;
+		}
+		// The next shim (and the init it clones) is made once the start
+		// that took this one has had the time to reach its function:
+		// made alongside that start, on the other core, it slowed the
+		// start by more than it saved the next one. A start that comes
+		// meanwhile has it made at once.
+		for (;;) {
+			struct pollfd p[2] = {{.fd = life, .events = POLLIN}, {.fd = sock, .events = POLLIN}};
+			int n = poll(p, 2, AHEAD_DELAY_MS);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0 || p[0].revents != 0 || (p[1].revents & (POLLHUP | POLLERR)))
+				_exit(0);
+			break;
 		}
 	}
 }
