@@ -185,6 +185,9 @@ func FuzzDecode(f *testing.F) {
 				// and headers come back grouped by name.
 				want = proto.Clone(got).(*culvertv1.Record)
 				dropUnknown(want.ProtoReflect())
+				// Nor has the source position, which the reading source
+				// connector sets anew.
+				want.Source = nil
 				slices.SortStableFunc(want.Headers, func(a, b *culvertv1.Header) int { return strings.Compare(a.Name, b.Name) })
 			}
 			if e == natsmsg.EncodingValue && got.GetId() != "" {
