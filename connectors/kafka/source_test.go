@@ -509,8 +509,25 @@ func TestHeartbeatsWithinSession(t *testing.T) {
 		src := newSource(t, c, kafka.SourceConfig{Topics: []string{"hb"}, Group: "hb", SessionTimeout: session})
 		run(t, src, h)
 	}
-	// Both members in the group: the first one gave up half its partitions.
-	waitFor(t, "the second member's partitions", func() bool { return len(hs[0].revokedList())+len(hs[1].revokedList()) >= 2 })
+	// Both members in the group, stable, two partitions each (whether the
+	// first took all four and gave up two, or both joined together).
+	adm := kadm.NewClient(c.Client(t))
+	waitFor(t, "both members with their partitions", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		gs, err := adm.DescribeGroups(ctx, "hb")
+		g, ok := gs["hb"]
+		if err != nil || !ok || g.Err != nil || g.State != "Stable" || len(g.Members) != 2 {
+			return false
+		}
+		for _, m := range g.Members {
+			a, ok := m.Assigned.AsConsumer()
+			if !ok || len(a.Topics) != 1 || len(a.Topics[0].Partitions) != 2 {
+				return false
+			}
+		}
+		return true
+	})
 	time.Sleep(session)
 	mu.Lock()
 	clear(last)
