@@ -369,11 +369,29 @@ func (h *handler) Handle(ctx context.Context, m connectors.Message) error {
 	e.stats.in.Add(1)
 	// The tracker and the item of the first matching route share one
 	// allocation (most records match one route).
-	en := &entry{tracker: tracker{e: e, msg: m, size: size}}
+	en := new(entry)
+	var buf [8]int
+	matches := e.start(en, m, size, buf[:0])
+	var born time.Time
+	if len(matches) > 0 && e.ages {
+		born = time.Now()
+	}
+	for k, i := range matches {
+		e.routes[i].enter(en.item(k, born))
+	}
+	en.tracker.release(nil)
+	return nil
+}
+
+// start sets en up for m: its tracker, holding one reference (the
+// caller's, released once the record has entered its routes), and the
+// routes it matches, which it returns (appended to buf). A record that
+// matches none goes to the unmatched output, or is dropped.
+func (e *Engine) start(en *entry, m connectors.Message, size int64, buf []int) []int {
+	en.tracker = tracker{e: e, msg: m, size: size}
 	tr := &en.tracker
 	tr.refs.Store(1)
-	var buf [8]int
-	matches, err := e.router.Match(m.Record, buf[:0])
+	matches, err := e.router.Match(m.Record, buf)
 	if err != nil {
 		e.log.Warn("route condition failed for record; the route does not match", "record", m.Record.Id, "error", err)
 	}
@@ -383,26 +401,12 @@ func (h *handler) Handle(ctx context.Context, m connectors.Message) error {
 		} else {
 			tr.add(1)
 			if err := e.publish(e.unmatch, m.Record, tr); err != nil {
-				e.log.Error("cannot publish unmatched record; it will be redelivered", "error", err)
+				e.log.Error("cannot publish unmatched record; it will be redelivered", "record", m.Record.Id, "error", err)
 				tr.release(err)
 			}
 		}
 	}
-	var born time.Time
-	if len(matches) > 0 && e.ages {
-		born = time.Now()
-	}
-	for k, i := range matches {
-		tr.add(1)
-		it := &en.first
-		if k > 0 {
-			it = new(item)
-		}
-		*it = item{rec: m.Record, tr: tr, born: born}
-		e.routes[i].enter(it)
-	}
-	tr.release(nil)
-	return nil
+	return matches
 }
 
 // HandleBatch takes messages of one partition at once, in order, as the
@@ -456,31 +460,9 @@ func (h *handler) enterBatch(ms []connectors.Message) {
 	var buf [8]int
 	for j, m := range ms {
 		en := &ens[j]
-		en.tracker = tracker{e: e, msg: m, size: int64(len(m.Record.GetKey()) + len(m.Record.GetValue()))}
-		tr := &en.tracker
-		tr.refs.Store(1)
-		matches, err := e.router.Match(m.Record, buf[:0])
-		if err != nil {
-			e.log.Warn("route condition failed for record; the route does not match", "record", m.Record.Id, "error", err)
-		}
-		if len(matches) == 0 {
-			if e.unmatch == nil {
-				e.stats.dropped.Add(1)
-			} else {
-				tr.add(1)
-				if err := e.publish(e.unmatch, m.Record, tr); err != nil {
-					e.log.Error("cannot publish unmatched record; it will be redelivered", "error", err)
-					tr.release(err)
-				}
-			}
-		}
+		matches := e.start(en, m, int64(len(m.Record.GetKey())+len(m.Record.GetValue())), buf[:0])
 		for k, i := range matches {
-			tr.add(1)
-			it := &en.first
-			if k > 0 {
-				it = new(item)
-			}
-			*it = item{rec: m.Record, tr: tr, born: born}
+			it := en.item(k, born)
 			if perRoute == nil {
 				perRoute = make([][]*item, len(e.routes))
 			}
@@ -505,6 +487,19 @@ func (h *handler) enterBatch(ms []connectors.Message) {
 type entry struct {
 	tracker tracker
 	first   item
+}
+
+// item returns the item the record enters its k-th matching route as,
+// holding a reference to the tracker: the first is en's own.
+func (en *entry) item(k int, born time.Time) *item {
+	tr := &en.tracker
+	tr.add(1)
+	it := &en.first
+	if k > 0 {
+		it = new(item)
+	}
+	*it = item{rec: tr.msg.Record, tr: tr, born: born}
+	return it
 }
 
 // tracker counts the references to one source message: one per record
