@@ -142,19 +142,10 @@ func isShim(cmdline []byte) bool {
 // shimChildren lists this process's children that are shims.
 func shimChildren(t *testing.T) []int {
 	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
+	for _, pid := range children() {
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if isShim(cmdline) && regexp.MustCompile(`(?m)^PPid:\s+`+strconv.Itoa(os.Getpid())+`$`).Match(b) {
+		if isShim(cmdline) {
 			out = append(out, pid)
 		}
 	}

@@ -171,30 +171,13 @@ func TestForkServerClose(t *testing.T) {
 // ahead, or of a start), running or zombies, as "pid comm state".
 func spawnerChildren(t *testing.T) []string {
 	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		open, end := strings.IndexByte(string(b), '('), strings.LastIndexByte(string(b), ')')
-		if open < 0 || end < open {
-			continue
-		}
-		comm, f := string(b[open+1:end]), strings.Fields(string(b[end+1:]))
-		if len(f) < 2 || f[1] != strconv.Itoa(os.Getpid()) {
-			continue
-		}
-		switch comm {
-		case "exe", "culvert-spawn", waitingName:
-			out = append(out, e.Name()+" "+comm+" "+f[0])
+	for _, pid := range children() {
+		switch c := comm(pid); c {
+		case "exe", startedName, waitingName:
+			if f, err := procStat(pid); err == nil {
+				out = append(out, strconv.Itoa(pid)+" "+c+" "+f[0])
+			}
 		}
 	}
 	return out
