@@ -132,23 +132,37 @@ func (d *Records) Decode(b []byte) (*culvertv1.Record, bool) {
 	r := d.New()
 	// The decoder merges into the event time and source it finds set, so
 	// those that b has come from chunks too instead of an allocation each.
+	var et *timestamppb.Timestamp
+	var src *culvertv1.Position
 	if seen&(1<<6) != 0 {
-		r.EventTime = take(&d.times)
+		et = take(&d.times)
 	}
 	if seen&(1<<7) != 0 {
-		r.Source = take(&d.pos)
+		src = take(&d.pos)
 	}
-	if r.UnmarshalVTUnsafe(c) != nil {
+	if !UnmarshalAliased(c, r, et, src) {
 		return nil, false
 	}
-	// The bytes fields have the capacity of the rest of the encoding:
-	// appending to one must not overwrite the next field.
+	return r, true
+}
+
+// UnmarshalAliased decodes b, an encoded Record that CheckRecordFields
+// accepted, into r, a zero record, whose strings and bytes alias b. The
+// decoder merges into the event time and source it finds set: et and src,
+// if not nil, are where b's go (CheckRecordFields tells whether b has
+// them, bits 6 and 7). r's bytes fields are capped at their length, so
+// that appending to one does not overwrite the next field in b.
+func UnmarshalAliased(b []byte, r *culvertv1.Record, et *timestamppb.Timestamp, src *culvertv1.Position) bool {
+	r.EventTime, r.Source = et, src
+	if r.UnmarshalVTUnsafe(b) != nil {
+		return false
+	}
 	r.Key = r.Key[:len(r.Key):len(r.Key)]
 	r.Value = r.Value[:len(r.Value):len(r.Value)]
 	for _, h := range r.Headers {
 		h.Value = h.Value[:len(h.Value):len(h.Value)]
 	}
-	return r, true
+	return true
 }
 
 // The messages checkWire knows, and their fields.
@@ -289,4 +303,10 @@ func ValidBytes(b []byte) bool {
 func CheckRecord(b []byte) bool {
 	_, ok := checkWire(b, wireRecord)
 	return ok
+}
+
+// CheckRecordFields is CheckRecord that also returns the fields b holds:
+// bit n set for each field n < 64.
+func CheckRecordFields(b []byte) (seen uint64, ok bool) {
+	return checkWire(b, wireRecord)
 }

@@ -67,7 +67,8 @@ func (sl *slab) reset() {
 // the record aliases b. It returns false when wire cannot vouch that
 // package proto would decode b the same way.
 func (sl *slab) decode(b []byte) (*culvertv1.Record, bool) {
-	if !wire.CheckRecord(b) {
+	seen, ok := wire.CheckRecordFields(b)
+	if !ok {
 		return nil, false
 	}
 	if sl.n == len(sl.recs) {
@@ -80,47 +81,19 @@ func (sl *slab) decode(b []byte) (*culvertv1.Record, bool) {
 	i := sl.n
 	sl.n++
 	r := &sl.recs[i]
-	// The decoder merges into the event time and source it finds set:
-	// those b holds come from the slab.
-	seen := topFields(b)
+	// The event time and source b holds, if any, come from the slab.
+	var et *timestamppb.Timestamp
+	var src *culvertv1.Position
 	if seen&(1<<6) != 0 {
-		r.EventTime = &sl.times[i]
+		et = &sl.times[i]
 	}
 	if seen&(1<<7) != 0 {
-		r.Source = &sl.pos[i]
+		src = &sl.pos[i]
 	}
-	if r.UnmarshalVTUnsafe(b) != nil {
+	if !wire.UnmarshalAliased(b, r, et, src) {
 		return nil, false
 	}
-	// Appending to a bytes field must not overwrite the next field in the
-	// frame.
-	r.Key = r.Key[:len(r.Key):len(r.Key)]
-	r.Value = r.Value[:len(r.Value):len(r.Value)]
-	for _, h := range r.Headers {
-		h.Value = h.Value[:len(h.Value):len(h.Value)]
-	}
 	return r, true
-}
-
-// topFields has bit n set for each field n < 64 that b, a well-formed
-// message (wire.CheckRecord said so), holds.
-func topFields(b []byte) uint64 {
-	var seen uint64
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return seen
-		}
-		m := protowire.ConsumeFieldValue(num, typ, b[n:])
-		if m < 0 {
-			return seen
-		}
-		if num < 64 {
-			seen |= 1 << num
-		}
-		b = b[n+m:]
-	}
-	return seen
 }
 
 // done drops the references to the last batch's records held by the

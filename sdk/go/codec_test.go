@@ -38,19 +38,33 @@ func batchFrame(b []byte) []byte { return field(17, b) }
 // accepts b, proto accepts it too, with the same meaning.
 func checkFast(t *testing.T, b []byte) (accepted bool) {
 	t.Helper()
-	var d batchDecoder
-	got, ok := d.decode(bytes.Clone(b))
-	if !ok {
-		return false
-	}
 	want := &culvertv1.HostMessage{}
-	if err := proto.Unmarshal(b, want); err != nil {
-		t.Fatalf("frame %x: the fast path accepts what proto refuses (%v)", b, err)
+	werr := proto.Unmarshal(b, want)
+	// Records of their own, and aliasing the frame in a slab
+	// (ReuseRecords); each decoder twice, the second time reusing what the
+	// first batch left.
+	for i, alias := range []bool{false, true} {
+		d := batchDecoder{alias: alias}
+		for pass := range 2 {
+			got, ok := d.decode(bytes.Clone(b))
+			if i == 0 && pass == 0 {
+				accepted = ok
+			} else if ok != accepted {
+				t.Fatalf("frame %x: the fast path accepts it %v with alias %v (pass %d), %v without", b, ok, alias, pass, accepted)
+			}
+			if !ok {
+				continue
+			}
+			if werr != nil {
+				t.Fatalf("frame %x: the fast path (alias %v) accepts what proto refuses (%v)", b, alias, werr)
+			}
+			if !proto.Equal(batchMsg(got), want) || (got.Records == nil) != (want.GetBatch().GetRecords() == nil) {
+				t.Fatalf("frame %x: fast path (alias %v, pass %d) %v, proto %v", b, alias, pass, got, want)
+			}
+			d.done()
+		}
 	}
-	if !proto.Equal(batchMsg(got), want) || (got.Records == nil) != (want.GetBatch().GetRecords() == nil) {
-		t.Fatalf("frame %x: fast path %v, proto %v", b, got, want)
-	}
-	return true
+	return accepted
 }
 
 func TestBatchFastPath(t *testing.T) {
