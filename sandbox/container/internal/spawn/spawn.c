@@ -314,8 +314,8 @@ static void parse_request(struct req *r)
 }
 
 // tied re-arms PR_SET_PDEATHSIG (credential changes clear it) and exits if
-// the shim has gone meanwhile: the shim holds the write end of sync open
-// until it exits, so a hang-up on it means it is gone.
+// the shim has gone meanwhile: the shim holds the other end of their
+// socket pair until it exits, so a hang-up on it means it is gone.
 static void tied(int sync_fd, const char *step)
 {
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
