@@ -713,7 +713,8 @@ static void __attribute__((noreturn)) init_main(int sync_fd, int ahead)
 		if (dup2(fds[i], i) < 0)
 			_exit(126);
 	for (int i = 0; i < 3; i++)
-		close(fds[i]);
+		if (fds[i] > 2)
+			close(fds[i]);
 	status_fd = fds[3];
 	parse_request(r);
 	if (!ahead && setsid() < 0)
