@@ -36,6 +36,10 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "sandbox tests skipped:", err)
 			return m.Run() // tests that need the sandbox skip themselves
 		}
+		if bin := os.Getenv(hostileEnv); bin != "" {
+			hostileBin = bin // built by the run that booted this kernel
+			return m.Run()
+		}
 		dir, err := os.MkdirTemp("", "culvert-hostile")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/cgroups"
 	"golang.org/x/sys/unix"
 
 	"github.com/culvert-dev/culvert/sandbox"
@@ -58,22 +59,21 @@ func TestCgroupPool(t *testing.T) {
 		t.Fatalf("%d taken, want 1", taken)
 	}
 	paths := inst.cgm.GetPaths()
-	limit, _ := os.ReadFile(filepath.Join(paths["memory"], "memory.limit_in_bytes"))
-	if got := strings.TrimSpace(string(limit)); got != strconv.Itoa(48<<20) {
-		t.Errorf("memory.limit_in_bytes of the pooled cgroup: %q", got)
+	if got := cgroupFile(paths, "memory", "memory.limit_in_bytes", "memory.max"); got != strconv.Itoa(48<<20) {
+		t.Errorf("memory limit of the pooled cgroup: %q", got)
 	}
 	// The shim stays out of the instance's cgroup: the pids limit is the
 	// function's own.
-	if pmax, _ := os.ReadFile(filepath.Join(paths["pids"], "pids.max")); strings.TrimSpace(string(pmax)) != "16" {
+	if pmax := cgroupFile(paths, "pids", "pids.max", "pids.max"); pmax != "16" {
 		t.Errorf("pids.max of the pooled cgroup: %q, want 16", pmax)
 	}
-	procs, _ := os.ReadFile(filepath.Join(paths["pids"], "cgroup.procs"))
-	if got := strings.Fields(string(procs)); len(got) != 1 || got[0] != strconv.Itoa(p.Pid()) {
+	procs := cgroupFile(paths, "pids", "cgroup.procs", "cgroup.procs")
+	if got := strings.Fields(procs); len(got) != 1 || got[0] != strconv.Itoa(p.Pid()) {
 		t.Errorf("the pids hierarchy's cgroup holds %q, want the function (%d) alone", procs, p.Pid())
 	}
 	_ = p.Kill()
 	p.Wait()
-	if _, err := os.Stat(paths["memory"]); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(cgroupDir(paths, "memory")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the instance's cgroup stays after Wait: %v", err)
 	}
 	if err := r.Close(); err != nil {
@@ -82,6 +82,27 @@ func TestCgroupPool(t *testing.T) {
 	if left := instanceCgroups(t, r, "t1"); len(left) > 0 {
 		t.Errorf("cgroups left after Close: %v", left)
 	}
+}
+
+// cgroupDir is the directory of an instance's cgroup that holds the
+// controller's files: the controller's own hierarchy on cgroup v1, the
+// unified one on v2.
+func cgroupDir(paths map[string]string, controller string) string {
+	if cgroups.IsCgroup2UnifiedMode() {
+		return paths[""]
+	}
+	return paths[controller]
+}
+
+// cgroupFile reads one file of an instance's cgroup, named v1 or v2 as
+// the host mounts cgroups, without its trailing newline.
+func cgroupFile(paths map[string]string, controller, v1, v2 string) string {
+	name := v1
+	if cgroups.IsCgroup2UnifiedMode() {
+		name = v2
+	}
+	b, _ := os.ReadFile(filepath.Join(cgroupDir(paths, controller), name))
+	return strings.TrimSpace(string(b))
 }
 
 // TestForkServerRestart: direct starts' shims come from the fork server
