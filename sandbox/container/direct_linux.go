@@ -214,8 +214,15 @@ func (r *Runtime) spawnDirect(ctx context.Context, tenantName string, spec sandb
 			_ = unix.Close(fd)
 		}
 	}
-	if err := spawn.ReadResult(sr); err != nil {
+	res, err := spawn.ReadResult(sr)
+	if err != nil {
 		return nil, fmt.Errorf("spawn: %w", err)
+	}
+	if res.ProcAhead {
+		r.procAhead.Add(1)
+	}
+	if res.DevAhead {
+		r.devAhead.Add(1)
 	}
 	r.trace("runtime: function exec'd")
 	inst.afterUp(func() {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/cgroups/manager"
+	"golang.org/x/sys/unix"
 
 	"github.com/culvert-dev/culvert/sandbox"
 	"github.com/culvert-dev/culvert/sandbox/container/internal/spawn"
@@ -290,8 +291,52 @@ func TestInitClonedAhead(t *testing.T) {
 			if st := r.Stats(); st.Direct != 2 {
 				t.Errorf("stats %+v: want 2 direct starts", st)
 			}
+			// The init cloned ahead mounts its /proc ahead too, and its
+			// shim its /dev, where the kernel mounts on detached mounts;
+			// the start attaches them, masked and read-only where a
+			// start's own would be.
+			out, _, ex = run(t, r, hostile("cat", "/proc/keys"), "", 10*time.Second)
+			if strings.TrimSpace(out) != "OK" || !ex.Success() {
+				t.Errorf("cat /proc/keys: %q, exit %v; want it masked (empty)", out, ex)
+			}
+			out, _, _ = run(t, r, hostile("proc-sys"), "", 10*time.Second)
+			if !strings.HasPrefix(out, "DENIED") {
+				t.Errorf("proc-sys: %q; want the write to /proc/sys denied", out)
+			}
+			out, _, _ = run(t, r, hostile("write", "/dev/pwned"), "", 10*time.Second)
+			if !strings.HasPrefix(out, "DENIED") {
+				t.Errorf("write /dev/pwned: %q; want /dev read-only", out)
+			}
+			out, _, ex = run(t, r, hostile("devices"), "", 10*time.Second)
+			if strings.TrimSpace(out) != "OK null,random,urandom,zero" || !ex.Success() {
+				t.Errorf("devices: %q, exit %v; want the four device nodes", out, ex)
+			}
+			want := tc.ahead && detachedMounts(t)
+			if st := r.Stats(); (st.ProcAhead > 0) != want || (st.DevAhead > 0) != want {
+				t.Errorf("stats %+v: /proc made ahead %v, /dev %v, want %v (kernel %s)", st, st.ProcAhead > 0, st.DevAhead > 0, want, kernelRelease(t))
+			}
 		})
 	}
+}
+
+// kernelRelease is uname -r.
+func kernelRelease(t *testing.T) string {
+	t.Helper()
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// detachedMounts says whether this kernel mounts on detached mounts
+// (Linux 6.15), which an init needs to make its /proc ahead.
+func detachedMounts(t *testing.T) bool {
+	var major, minor int
+	if _, err := fmt.Sscanf(kernelRelease(t), "%d.%d", &major, &minor); err != nil {
+		t.Fatalf("kernel release %q: %v", kernelRelease(t), err)
+	}
+	return major > 6 || (major == 6 && minor >= 15)
 }
 
 // uptimeTicks is the time since boot in clock ticks (USER_HZ, 100), the

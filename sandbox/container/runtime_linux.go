@@ -95,7 +95,7 @@ type Runtime struct {
 	closed  bool
 	bg      sync.WaitGroup
 
-	usedPool, coldStarts, directStarts atomic.Uint64
+	usedPool, coldStarts, directStarts, procAhead, devAhead atomic.Uint64
 
 	bpfOnce sync.Once // the seccomp program of direct starts, compiled once
 	bpf     []byte
@@ -303,11 +303,15 @@ type Stats struct {
 	// theirs, Direct of them through the direct spawner (the others took
 	// libcontainer's stock path).
 	Precreated, Cold, Direct uint64
+	// ProcAhead direct starts attached a /proc their init had mounted
+	// ahead, DevAhead a /dev their shim had made ahead (Linux 6.15 and
+	// later; see the spawner's prepare_proc and prepare_dev).
+	ProcAhead, DevAhead uint64
 }
 
 // Stats returns the runtime's start counters.
 func (r *Runtime) Stats() Stats {
-	return Stats{Precreated: r.usedPool.Load(), Cold: r.coldStarts.Load(), Direct: r.directStarts.Load()}
+	return Stats{Precreated: r.usedPool.Load(), Cold: r.coldStarts.Load(), Direct: r.directStarts.Load(), ProcAhead: r.procAhead.Load(), DevAhead: r.devAhead.Load()}
 }
 
 // Precreate creates n waiting containers for spec now (at most

@@ -423,21 +423,41 @@ func ReadPid(st io.Reader) (int, error) {
 	return 0, fmt.Errorf("spawn: status: unknown message %q", k[0])
 }
 
-// ReadResult reads the rest of the status pipe: nil at EOF (the function
-// was exec'd), or the failure of a step.
-func ReadResult(st io.Reader) error {
-	var k [1]byte
-	n, err := st.Read(k[:])
-	if n == 0 && errors.Is(err, io.EOF) {
-		return nil
+// Result is what the status pipe said of a start after the init's pid.
+type Result struct {
+	// ProcAhead: the init attached a /proc it had mounted before its
+	// start (with its masks and read-only paths), rather than mounting
+	// one on the start's path.
+	ProcAhead bool
+	// DevAhead: the init attached a /dev its shim had made before the
+	// start (the tmpfs with the four device nodes, read-only).
+	DevAhead bool
+}
+
+// ReadResult reads the rest of the status pipe: at EOF (the function was
+// exec'd) what it said of the start, or the failure of a step.
+func ReadResult(st io.Reader) (Result, error) {
+	var res Result
+	for {
+		var k [1]byte
+		n, err := st.Read(k[:])
+		if n == 0 && errors.Is(err, io.EOF) {
+			return res, nil
+		}
+		if n == 0 {
+			return res, fmt.Errorf("spawn: status: %w", err)
+		}
+		switch k[0] {
+		case 'A':
+			res.ProcAhead = true
+		case 'D':
+			res.DevAhead = true
+		case 'E':
+			return res, readFailure(st)
+		default:
+			return res, fmt.Errorf("spawn: status: unknown message %q", k[0])
+		}
 	}
-	if n == 0 {
-		return fmt.Errorf("spawn: status: %w", err)
-	}
-	if k[0] != 'E' {
-		return fmt.Errorf("spawn: status: unknown message %q", k[0])
-	}
-	return readFailure(st)
 }
 
 func readFailure(st io.Reader) error {

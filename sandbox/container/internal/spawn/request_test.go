@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -161,9 +162,16 @@ func TestStatus(t *testing.T) {
 		pidErr  string
 		result  string
 		errnoIs syscall.Errno
+		ahead   bool
+		// devAhead: the result says /dev was made ahead.
+		devAhead bool
 	}{
 		{name: "exec'd", in: pid, pid: 4242},
-		{name: "failed step", in: append(pid, fail(uint32(syscall.ENOENT), "bind /x")...), pid: 4242, result: "bind /x: no such file or directory", errnoIs: syscall.ENOENT},
+		{name: "exec'd, /proc made ahead", in: slices.Concat(pid, []byte{'A'}), pid: 4242, ahead: true},
+		{name: "exec'd, /proc and /dev made ahead", in: slices.Concat(pid, []byte("AD")), pid: 4242, ahead: true, devAhead: true},
+		{name: "failed after /proc made ahead", in: slices.Concat(pid, []byte{'A'}, fail(uint32(syscall.EACCES), "execve")), pid: 4242, result: "execve: permission denied", errnoIs: syscall.EACCES},
+		{name: "unknown message", in: slices.Concat(pid, []byte{'Z'}), pid: 4242, result: "spawn: status: unknown message 'Z'"},
+		{name: "failed step", in: slices.Concat(pid, fail(uint32(syscall.ENOENT), "bind /x")), pid: 4242, result: "bind /x: no such file or directory", errnoIs: syscall.ENOENT},
 		{name: "shim failed", in: fail(uint32(syscall.EPERM), "clone"), pidErr: "clone: operation not permitted"},
 		{name: "nothing", in: nil, pidErr: "before reporting"},
 	} {
@@ -179,14 +187,14 @@ func TestStatus(t *testing.T) {
 			if err != nil || p != tt.pid {
 				t.Fatalf("ReadPid: %d, %v", p, err)
 			}
-			err = ReadResult(rd)
+			res, err := ReadResult(rd)
 			if tt.result == "" {
-				if err != nil {
-					t.Fatalf("ReadResult: %v", err)
+				if err != nil || res.ProcAhead != tt.ahead || res.DevAhead != tt.devAhead {
+					t.Fatalf("ReadResult: %+v, %v; want ProcAhead %v, DevAhead %v", res, err, tt.ahead, tt.devAhead)
 				}
 				return
 			}
-			if err == nil || err.Error() != tt.result || !errors.Is(err, tt.errnoIs) {
+			if err == nil || err.Error() != tt.result || (tt.errnoIs != 0 && !errors.Is(err, tt.errnoIs)) {
 				t.Fatalf("ReadResult: %v, want %q", err, tt.result)
 			}
 		})
@@ -226,6 +234,7 @@ func FuzzStatus(f *testing.F) {
 	f.Add([]byte("S\x10\x00\x00\x00P\x11\x00\x00\x00"))
 	f.Add([]byte("S\x10\x00\x00\x00E\x02\x00\x00\x00\x04\x00\x00\x00step"))
 	f.Add([]byte("S\x00\x00\x00\x00"))
+	f.Add([]byte("S\x10\x00\x00\x00P\x11\x00\x00\x00AD"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		rd := bytes.NewReader(b)
 		pid, err := ReadShimPid(rd)
@@ -236,7 +245,7 @@ func FuzzStatus(f *testing.F) {
 			t.Fatalf("shim pid %d accepted", pid)
 		}
 		if _, err := ReadPid(rd); err == nil {
-			_ = ReadResult(rd)
+			_, _ = ReadResult(rd)
 		}
 	})
 }
