@@ -16,8 +16,9 @@
 // request into a fresh pipe and sends one byte with five descriptors
 // (SCM_RIGHTS) on the socket: the instance's stdin, stdout and stderr
 // ends, the request pipe's read end and the status pipe's write end. The
-// waiting shim takes the message, renames itself culvert-spawn, tells
-// the server, moves the five descriptors to 0-4 and runs the start. The
+// waiting shim takes the message, renames itself culvert-spawn, moves
+// the five descriptors to 0-4 and runs the start, and tells the server
+// once its init is released (or the server sees it exit, by pidfd). The
 // server forks the next shim 30 ms later, or at once if a start is
 // already waiting on the socket: made alongside a start, on the other
 // core, the next shim and its init slowed that start by more than they
@@ -29,10 +30,18 @@
 // A waiting shim, at the lowest priority (nice 19), unless a start is
 // already waiting for it, clones an init ahead
 // in new user, mount, pid, ipc, uts and network namespaces (none of the
-// start's data is needed for that), which, still at the lowest priority
-// and before any start: closes every descriptor but its socket pair with
-// the shim, brings its loopback up, makes itself a session leader, makes
-// its mount tree private, touches the memory it will use, and waits. The
+// start's data is needed for that). First it makes a /dev for it,
+// detached (a tmpfs, the four device nodes bound in, the symlinks,
+// read-only: the shim is host root, and the init cannot make files
+// before its id maps are written). The init, still at the lowest
+// priority and before any start: closes every descriptor but its socket
+// pair with the shim and that /dev, brings its loopback up, makes itself
+// a session leader, makes its mount tree private, mounts its /proc
+// detached with the masked and read-only paths on it, empties its
+// capability bounding and ambient sets, maps the pages of code and data
+// it will use, and waits. A start whose /proc and /dev are those
+// attaches them (move_mount) instead of making its own; where the kernel
+// cannot mount on detached mounts (before 6.15), starts make their own. The
 // shim then returns to the server's priority and waits for its start.
 //
 // Without the server (Options.ExecShim, or when the server cannot be
@@ -49,13 +58,15 @@
 // default), and gives it back the server's priority; otherwise it kills
 // that init, joins the prepared network namespace if one is named, and
 // clones the init into the namespaces the request names (but the cgroup
-// namespace). Then it writes the init's uid_map and gid_map, opens a
-// pidfd for it, reports the init's host pid on the status pipe, and
-// releases it: a message on their socket pair carrying the start's stdin,
-// stdout, stderr and status pipe. While the init sets itself up, the
-// shim moves it into the instance's cgroup (writes its pid to
-// cgroup.procs in every hierarchy the request names; the optional ones,
-// named hierarchies, as it can), then sends a second message. It closes
+// namespace). Then it releases it: a message on their socket pair
+// carrying the start's stdin, stdout, stderr and status pipe. It writes
+// the init's uid_map and gid_map meanwhile, opens a pidfd for it, reports
+// the init's host pid on the status pipe, and sends a second message (the
+// maps are written). While the init sets itself up, the shim moves it
+// into the instance's cgroup (writes its pid to cgroup.procs in every
+// hierarchy the request names; the optional ones, named hierarchies, as
+// it can), then sends a third message, and tells the server it took a
+// start. It closes
 // the status pipe and polls the init's pidfd and the life pipe. If the
 // life pipe hangs up (the culvert process is gone), it SIGKILLs the init,
 // pid 1 of its pid namespace, which takes the rest of the namespace with
@@ -64,7 +75,7 @@
 //
 // The init (pid 1 of its namespaces), in this order: PR_SET_PDEATHSIG
 // (SIGKILL) and wait for the release; the start's stdio as fds 0-2; the
-// request parsed; setsid (unless done ahead); setgroups(0), setresgid(0),
+// request parsed; the second message awaited; setsid (unless done ahead); setgroups(0), setresgid(0),
 // setresuid(0), then PR_SET_PDEATHSIG again and a check that the shim is
 // still there; sethostname; / made MS_PRIVATE|MS_REC (unless done ahead);
 // the root bound onto itself; the mounts in order (each destination
@@ -124,8 +135,9 @@
 //
 // The status pipe carries messages from the shim and the init: first 'S'
 // and a u32 pid (the shim's own), then 'P' and a u32 host pid (the
-// init's), or 'E', a u32 errno, a u32 length and the failed step's name.
-// EOF after 'P' without an 'E' means the function was exec'd (the init's
-// copy of the pipe closes on exec). The runtime waits for the pipe's
+// init's), then 'A' if the init attached the /proc made ahead and 'D' if
+// it attached the /dev, or at any point 'E', a u32 errno, a u32 length
+// and the failed step's name. EOF after 'P' without an 'E' means the
+// function was exec'd (the init's copy of the pipe closes on exec). The runtime waits for the pipe's
 // hang-up and then reads all of it.
 package spawn
