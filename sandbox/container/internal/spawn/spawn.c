@@ -483,6 +483,25 @@ static int high(int fd);
 // with its masks and read-only paths), or -1.
 static int proc_ahead = -1;
 
+// new_mount makes a new filesystem of type, with the string options
+// opts (key, value, ..., NULL; or NULL), and returns it as a detached
+// mount with the mount attributes attrs, or -1.
+static int new_mount(const char *type, const char *const *opts, unsigned attrs)
+{
+	int fs = (int)syscall(SYS_fsopen, type, FSOPEN_CLOEXEC);
+	if (fs < 0)
+		return -1;
+	int mfd = -1;
+	for (; opts != NULL && *opts != NULL; opts += 2)
+		if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, opts[0], opts[1], 0) < 0)
+			goto out;
+	if (syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0)
+		mfd = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, attrs);
+out:
+	close(fs);
+	return mfd;
+}
+
 // detached_sub mounts src (a detached mount, consumed) on path below the
 // detached mount at dir.
 static int detached_sub(int src, int dir, const char *path)
@@ -502,13 +521,7 @@ static int detached_sub(int src, int dir, const char *path)
 // themselves.
 static void prepare_proc(void)
 {
-	int fs = (int)syscall(SYS_fsopen, "proc", FSOPEN_CLOEXEC);
-	if (fs < 0)
-		return;
-	int mfd = -1;
-	if (syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0)
-		mfd = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
-	close(fs);
+	int mfd = new_mount("proc", NULL, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
 	if (mfd < 0)
 		return;
 	for (size_t i = 0; i < NELEM(PROC_MASKS); i++) {
@@ -521,13 +534,7 @@ static void prepare_proc(void)
 		}
 		int src;
 		if (S_ISDIR(st.st_mode)) {
-			int t = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC);
-			if (t < 0)
-				goto fail;
-			src = syscall(SYS_fsconfig, t, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0
-				      ? (int)syscall(SYS_fsmount, t, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY)
-				      : -1;
-			close(t);
+			src = new_mount("tmpfs", NULL, MOUNT_ATTR_RDONLY);
 		} else {
 			src = (int)syscall(SYS_open_tree, AT_FDCWD, "/dev/null", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
 		}
@@ -578,15 +585,8 @@ static int dev_ahead = -1;
 // starts make their /dev themselves.
 static void prepare_dev(void)
 {
-	int fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC);
-	if (fs < 0)
-		return;
-	int mfd = -1;
-	if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "mode", "755", 0) == 0 &&
-	    syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "size", "64k", 0) == 0 &&
-	    syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0)
-		mfd = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC | MOUNT_ATTR_STRICTATIME);
-	close(fs);
+	static const char *const opts[] = {"mode", "755", "size", "64k", NULL}; // DEV_DATA
+	int mfd = new_mount("tmpfs", opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC | MOUNT_ATTR_STRICTATIME);
 	if (mfd < 0)
 		return;
 	for (size_t i = 0; i < NELEM(DEV_NODES); i++) {
