@@ -271,8 +271,14 @@ func TestInitClonedAhead(t *testing.T) {
 					t.Errorf("/proc/self/cgroup line %q: want the cgroup namespace rooted at the instance's cgroup", l)
 				}
 			}
-			// The shim forked ahead clones its init at once; give it the
-			// time to, then start.
+			// The shim forked ahead clones its init at once (at the
+			// lowest priority, so later on a loaded machine): wait for
+			// it, and some clock ticks more, then start. Without a
+			// server there is none to wait for; the start must still
+			// clone its own.
+			if tc.ahead {
+				waitClonedAhead(t)
+			}
 			time.Sleep(300 * time.Millisecond)
 			before := uptimeTicks(t)
 			p, err := r.Start(t.Context(), withName(hostile("sleep", "5")))
@@ -317,6 +323,23 @@ func TestInitClonedAhead(t *testing.T) {
 			}
 		})
 	}
+}
+
+// waitClonedAhead waits until a shim forked ahead (this process's child,
+// named waitingName) has cloned its init.
+func waitClonedAhead(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, pid := range children() {
+			if comm(pid) != waitingName {
+				continue
+			}
+			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid)); len(strings.Fields(string(b))) > 0 {
+				return
+			}
+		}
+	}
+	t.Fatal("no shim forked ahead cloned an init within a minute")
 }
 
 // kernelRelease is uname -r.
