@@ -204,7 +204,7 @@ func run(n int) error {
 		{name: "plain exec", isolation: "none", sample: func(int) (func() error, error) {
 			return firstLine(exec.Command(hello))
 		}},
-		{name: "culvert sandbox, cold direct", isolation: "7 ns, RO root, seccomp, cgroup v1 limits; C shim and its init (empty namespaces) made ahead by the fork server, cgroup made ahead, BPF compiled once", sample: func(int) (func() error, error) {
+		{name: "culvert sandbox, cold direct", isolation: "7 ns, RO root, seccomp, cgroup v1 limits; C shim and its init (empty namespaces, /proc and /dev) made ahead by the fork server, cgroup made ahead, BPF compiled once", sample: func(int) (func() error, error) {
 			return culvertSample(direct, spec)
 		}},
 		{name: "cold direct, shim exec'd", isolation: "same, the shim exec'd per start (Options.ExecShim)", sample: func(int) (func() error, error) {

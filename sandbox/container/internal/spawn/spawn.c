@@ -1300,8 +1300,9 @@ static void __attribute__((noreturn)) shim(int reqfd, int stfd, int life, struct
 		kill(pid, SIGKILL);
 		fail("pidfd_open", "(init)", err);
 	}
-	// The init's pid is on the status pipe before anything the init may
-	// write there: it writes nothing before 'm'.
+	// The init's pid is on the status pipe before the init's 'A' or
+	// 'D', which come after 'm' (a failure of its own, 'E', may come
+	// first: the runtime reads one in place of the pid too).
 	unsigned char msg[5] = {'P'};
 	put32(msg + 1, (uint32_t)pid);
 	if (write_full(status_fd, msg, sizeof(msg)) < 0 || release(c.sync, 'm', NULL, 0) < 0) {
@@ -1473,14 +1474,16 @@ static void __attribute__((noreturn)) server(int sock, int life, char *argv0)
 		if (pid < 0)
 			_exit(1);
 		// The shim says it took a start once it has released its init;
-		// one that exits before that (killed, or failed) took one too.
-		// (The shims need pidfds: without one, it is gone already.)
+		// one that exits before that (killed, or failed) took one too,
+		// which its pidfd tells (ESRCH: it is gone already; without a
+		// pidfd otherwise, only its word counts).
 		int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-		while (pidfd >= 0) {
+		int gone = pidfd < 0 && errno == ESRCH;
+		while (!gone) {
 			// The socket with no events: only its hang-up wakes the
 			// server; the waiting shim reads the messages.
 			struct pollfd p[4] = {{.fd = taken[0], .events = POLLIN}, {.fd = life, .events = POLLIN}, {.fd = sock, .events = 0}, {.fd = pidfd, .events = POLLIN}};
-			int n = poll(p, 4, -1);
+			int n = poll(p, pidfd >= 0 ? 4 : 3, -1);
 			if (n < 0 && errno == EINTR)
 				continue;
 			if (n < 0 || p[1].revents != 0 || p[2].revents != 0)
@@ -1488,7 +1491,7 @@ static void __attribute__((noreturn)) server(int sock, int life, char *argv0)
 			char c;
 			if (p[0].revents != 0 && read(taken[0], &c, 1) == 1)
 				break;
-			if (p[3].revents != 0)
+			if (pidfd >= 0 && p[3].revents != 0)
 				break;
 		}
 		if (pidfd >= 0)
