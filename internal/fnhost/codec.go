@@ -2,6 +2,7 @@ package fnhost
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"sync"
 	"unicode/utf8"
@@ -10,6 +11,7 @@ import (
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"github.com/culvert-dev/culvert/proto/framing"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 )
 
 // The framed mode's codec. Batches are encoded by framing with the
@@ -41,6 +43,10 @@ type resultDecoder struct {
 	recs    wire.Records // where decoded records live
 	ids     idArena      // where derived output ids live
 	sent    *sentBatch   // the batch being answered, if known (decodeAnswer)
+	// unchangedOK: the function accepted the unchanged capability, so an
+	// Output may be Output.unchanged (decoded as an Output with no Record,
+	// which result replaces by a copy of the input record).
+	unchangedOK bool
 }
 
 type recordResult struct {
@@ -70,7 +76,7 @@ func (d *resultDecoder) from(br *culvertv1.BatchResult) {
 		r := recordResult{start: len(d.outs)}
 		for _, o := range rr.Outputs {
 			rec := o.Record
-			if rec == nil {
+			if rec == nil && !o.Unchanged {
 				rec = &culvertv1.Record{}
 			}
 			d.outs = append(d.outs, Output{Record: rec, To: o.Output})
@@ -162,12 +168,24 @@ func (d *resultDecoder) recordResult(b []byte) bool {
 func (d *resultDecoder) output(b []byte) bool {
 	var rec *culvertv1.Record
 	var to string
+	same := false
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || typ != protowire.BytesType {
+		if n < 0 {
 			return false
 		}
 		b = b[n:]
+		if num == 3 && typ == protowire.VarintType { // unchanged
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return false
+			}
+			same, b = v != 0, b[n:]
+			continue
+		}
+		if typ != protowire.BytesType {
+			return false
+		}
 		v, n := protowire.ConsumeBytes(b)
 		if n < 0 {
 			return false
@@ -191,11 +209,61 @@ func (d *resultDecoder) output(b []byte) bool {
 			return false
 		}
 	}
-	if rec == nil {
+	switch {
+	case same && (rec != nil || !d.unchangedOK):
+		return false // a violation: package proto decodes it, badUnchanged names it
+	case same:
+		if sb := d.sent; sb != nil && len(d.results) < len(sb.recs) && sb.known[len(d.results)] {
+			rec = d.copyOf(sb.recs[len(d.results)])
+		} // else: result copies the input record
+	case rec == nil:
 		rec = d.recs.New()
 	}
 	d.outs = append(d.outs, Output{Record: rec, To: to})
 	return true
+}
+
+// badUnchanged names what is wrong with the Output.unchanged fields of br,
+// if anything: sent without the capability in use, or beside a record.
+func badUnchanged(br *culvertv1.BatchResult, allowed bool) string {
+	for i, rr := range br.GetResults() {
+		for j, o := range rr.GetOutputs() {
+			switch {
+			case !o.GetUnchanged():
+			case !allowed:
+				return fmt.Sprintf("output %d of result %d of batch %d sets unchanged, but the function did not accept the %q capability in Ready", j, i, br.GetBatchId(), CapUnchanged)
+			case o.Record != nil:
+				return fmt.Sprintf("output %d of result %d of batch %d sets both unchanged and record", j, i, br.GetBatchId())
+			}
+		}
+	}
+	return ""
+}
+
+// copyOf returns a copy of in for an output that repeats it: the same
+// fields, byte slices and sub-messages, which the host never modifies
+// (fillOutputs shares the input's source and event time with its outputs
+// anyway). in must have no unknown fields of its own (input handles those).
+func (d *resultDecoder) copyOf(in *culvertv1.Record) *culvertv1.Record {
+	r := d.recs.New()
+	r.Id, r.Key, r.Value, r.ContentType = in.Id, in.Key, in.Value, in.ContentType
+	r.Headers, r.EventTime, r.Source = in.Headers, in.EventTime, in.Source
+	return r
+}
+
+// input is the record an Output.unchanged stands for: what decoding in's
+// encoding gives. That is a copy of in, unless in has unknown fields (rare:
+// a record decoded from bytes keeps only fields it does not know, which
+// decode the same way again); in is then encoded and decoded.
+func (d *resultDecoder) input(in *culvertv1.Record) *culvertv1.Record {
+	if len(in.ProtoReflect().GetUnknown()) == 0 {
+		return d.copyOf(in)
+	}
+	rec := new(culvertv1.Record)
+	if b, err := proto.Marshal(in); err == nil && proto.Unmarshal(b, rec) == nil {
+		return rec
+	}
+	return proto.CloneOf(in)
 }
 
 func decodeFailure(b []byte, r *recordResult) bool {
@@ -398,10 +466,7 @@ func (d *resultDecoder) unchanged(i int, v []byte) *culvertv1.Record {
 	if !sb.known[i] || !bytes.Equal(v, sb.buf[sp.start:sp.end]) {
 		return nil
 	}
-	r := d.recs.New()
-	r.Id, r.Key, r.Value, r.ContentType = in.Id, in.Key, in.Value, in.ContentType
-	r.Headers, r.EventTime, r.Source = in.Headers, in.EventTime, in.Source
-	return r
+	return d.copyOf(in)
 }
 
 // onlyKnown reports whether v, the encoding of in, holds nothing but in's

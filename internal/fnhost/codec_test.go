@@ -35,11 +35,13 @@ func passthroughResult(id uint64, n int) *culvertv1.FunctionMessage {
 }
 
 // viaProto is what the fast path must agree with: package proto's decoding,
-// taken the way result consumes it. ok is false if proto refuses b or b is
-// not a BatchResult.
-func viaProto(b []byte) (d *resultDecoder, ok bool) {
+// taken the way readLoop and result consume it. ok is false if proto
+// refuses b, b is not a BatchResult, or readLoop would call its
+// Output.unchanged fields a violation (unchangedOK: the capability is in
+// use).
+func viaProto(b []byte, unchangedOK bool) (d *resultDecoder, ok bool) {
 	m := &culvertv1.FunctionMessage{}
-	if proto.Unmarshal(b, m) != nil || m.GetResult() == nil {
+	if proto.Unmarshal(b, m) != nil || m.GetResult() == nil || badUnchanged(m.GetResult(), unchangedOK) != "" {
 		return nil, false
 	}
 	d = &resultDecoder{}
@@ -47,7 +49,22 @@ func viaProto(b []byte) (d *resultDecoder, ok bool) {
 	return d, true
 }
 
-func sameDecoding(t *testing.T, b []byte, got, want *resultDecoder) {
+// resolved is the record of output i of d as result hands it on: an
+// Output.unchanged left without a record stands for the input record of
+// its result (in[r]; nil when the inputs are not known).
+func resolved(d *resultDecoder, i int, in []*culvertv1.Record) *culvertv1.Record {
+	if rec := d.outs[i].Record; rec != nil || in == nil {
+		return rec
+	}
+	for r, rr := range d.results {
+		if i >= rr.start && i < rr.end && r < len(in) {
+			return d.input(in[r])
+		}
+	}
+	return nil
+}
+
+func sameDecoding(t *testing.T, b []byte, got, want *resultDecoder, in ...*culvertv1.Record) {
 	t.Helper()
 	if got.id != want.id || len(got.results) != len(want.results) || len(got.outs) != len(want.outs) {
 		t.Fatalf("frame %x: fast path gave id %d, %d results, %d outputs; proto %d, %d, %d",
@@ -60,26 +77,31 @@ func sameDecoding(t *testing.T, b []byte, got, want *resultDecoder) {
 	}
 	for i := range got.outs {
 		g, w := got.outs[i], want.outs[i]
-		if g.To != w.To || !proto.Equal(g.Record, w.Record) {
-			t.Fatalf("frame %x: output %d: fast path %v %q, proto %v %q", b, i, g.Record, g.To, w.Record, w.To)
+		gr, wr := resolved(got, i, in), resolved(want, i, in)
+		if g.To != w.To || (gr == nil) != (wr == nil) || !proto.Equal(gr, wr) {
+			t.Fatalf("frame %x: output %d: fast path %v %q, proto %v %q", b, i, gr, g.To, wr, w.To)
 		}
 	}
 }
 
-// checkFast checks the fast path against package proto on b: whenever it
-// accepts b, proto accepts it too, with the same meaning.
+// checkFast checks the fast path against package proto on b, with the
+// unchanged capability in use and not: whenever it accepts b, proto
+// accepts it too, with the same meaning.
 func checkFast(t *testing.T, b []byte) (accepted bool) {
 	t.Helper()
-	var d resultDecoder
-	if !d.decode(bytes.Clone(b)) {
-		return false
+	for _, unchangedOK := range []bool{false, true} {
+		d := resultDecoder{unchangedOK: unchangedOK}
+		if !d.decode(bytes.Clone(b)) {
+			continue
+		}
+		want, ok := viaProto(b, unchangedOK)
+		if !ok {
+			t.Fatalf("frame %x: the fast path (unchanged in use: %v) accepts what proto refuses", b, unchangedOK)
+		}
+		sameDecoding(t, b, &d, want)
+		accepted = true
 	}
-	want, ok := viaProto(b)
-	if !ok {
-		t.Fatalf("frame %x: the fast path accepts what proto refuses", b)
-	}
-	sameDecoding(t, b, &d, want)
-	return true
+	return accepted
 }
 
 func TestResultFastPath(t *testing.T) {
@@ -152,6 +174,10 @@ func FuzzResultDecoder(f *testing.F) {
 		{Outputs: []*culvertv1.Output{{Record: &culvertv1.Record{Id: "é", Headers: []*culvertv1.Header{{Name: "n"}}, Source: &culvertv1.Position{Stream: "s"}}, Output: "o"}}},
 	}}}}))
 	f.Add(result(rr(field(1, field(1, field(1, []byte{0xff}))))))
+	f.Add(resultFrame(f, &culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Result{Result: &culvertv1.BatchResult{BatchId: 5, Results: []*culvertv1.RecordResult{
+		{Outputs: []*culvertv1.Output{{Unchanged: true}, {Unchanged: true, Output: "o"}, {Record: &culvertv1.Record{Id: "x"}}}},
+		{Outputs: []*culvertv1.Output{{Unchanged: true, Record: &culvertv1.Record{}}}},
+	}}}}))
 	f.Add([]byte("\x8a\x01\x1b 0\x12\x13\"\x01\xffB\x010\"\x010E00002\x032\x010 0 0"))
 	f.Add([]byte("\x92\x00\x010"))
 	f.Add([]byte("2\x020X0"))
@@ -243,11 +269,16 @@ func TestUnchangedOutputs(t *testing.T) {
 	}
 	changed := proto.Clone(in[0]).(*culvertv1.Record)
 	changed.Value = []byte("other")
+	same := &culvertv1.Record{} // stands for Output.unchanged
 	answer := func(id uint64, outs ...[]*culvertv1.Record) []byte {
 		br := &culvertv1.BatchResult{BatchId: id}
 		for _, o := range outs {
 			rr := &culvertv1.RecordResult{}
 			for _, r := range o {
+				if r == same {
+					rr.Outputs = append(rr.Outputs, &culvertv1.Output{Unchanged: true})
+					continue
+				}
 				rr.Outputs = append(rr.Outputs, &culvertv1.Output{Record: r})
 			}
 			br.Results = append(br.Results, rr)
@@ -255,38 +286,64 @@ func TestUnchangedOutputs(t *testing.T) {
 		return resultFrame(t, &culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Result{Result: br}})
 	}
 	one := func(r ...*culvertv1.Record) []*culvertv1.Record { return r }
+	withRecord := resultFrame(t, &culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Result{Result: &culvertv1.BatchResult{BatchId: 9,
+		Results: []*culvertv1.RecordResult{{Outputs: []*culvertv1.Output{{Unchanged: true, Record: in[0]}}}, {}, {}, {}, {}, {}, {}}}}})
 	tests := []struct {
-		name  string
-		frame []byte
-		taken []bool // per output: taken from its input record
+		name        string
+		frame       []byte
+		unchangedOK bool   // the unchanged capability is in use
+		taken       []bool // per output: taken from its input record
+		violation   string // readLoop's complaint; the fast path refuses the frame
 	}{
 		{"passthrough", answer(9, one(in[0]), one(in[1]), one(in[2]), one(in[3]), one(in[4]), one(in[5]), one(in[6])),
-			[]bool{true, true, false, false, false, false, false}},
-		{"changed", answer(9, one(changed), one(in[1]), nil, nil, nil, nil, nil), []bool{false, true}},
-		{"fan-out", answer(9, one(in[0], in[0]), nil, nil, nil, nil, nil, nil), []bool{true, true}},
-		{"another input's record", answer(9, one(in[1]), one(in[0]), nil, nil, nil, nil, nil), []bool{false, false}},
+			false, []bool{true, true, false, false, false, false, false}, ""},
+		{"changed", answer(9, one(changed), one(in[1]), nil, nil, nil, nil, nil), false, []bool{false, true}, ""},
+		{"fan-out", answer(9, one(in[0], in[0]), nil, nil, nil, nil, nil, nil), false, []bool{true, true}, ""},
+		{"another input's record", answer(9, one(in[1]), one(in[0]), nil, nil, nil, nil, nil), false, []bool{false, false}, ""},
 		{"another batch", answer(8, one(in[0]), one(in[1]), one(in[2]), one(in[3]), one(in[4]), one(in[5]), one(in[6])),
-			[]bool{false, false, false, false, false, false, false}},
+			false, []bool{false, false, false, false, false, false, false}, ""},
+		{"Output.unchanged", answer(9, one(same), one(same, in[1]), one(same), one(same), one(same), one(same), one(same)),
+			true, []bool{true, true, true, false, false, false, false, false}, ""},
+		{"Output.unchanged, another batch", answer(8, one(same), one(same), nil, nil, nil, nil, nil), true, []bool{false, false}, ""},
+		{"Output.unchanged without the capability", answer(9, one(same), nil, nil, nil, nil, nil, nil), false, nil,
+			`sets unchanged, but the function did not accept the "unchanged" capability`},
+		{"Output.unchanged with a record", withRecord, true, nil, "sets both unchanged and record"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			sb := sent(t, 9, in)
-			var d resultDecoder
-			if !d.decodeAnswer(bytes.Clone(tc.frame), sb) {
+			d := resultDecoder{unchangedOK: tc.unchangedOK}
+			accepted := d.decodeAnswer(bytes.Clone(tc.frame), sb)
+			if tc.violation != "" {
+				m := &culvertv1.FunctionMessage{}
+				if err := proto.Unmarshal(tc.frame, m); err != nil {
+					t.Fatal(err)
+				}
+				if got := badUnchanged(m.GetResult(), tc.unchangedOK); accepted || !strings.Contains(got, tc.violation) {
+					t.Fatalf("fast path accepted: %v; violation %q, want one containing %q", accepted, got, tc.violation)
+				}
+				return
+			}
+			if !accepted {
 				t.Fatal("the fast path refused the answer")
 			}
-			want, ok := viaProto(tc.frame)
+			want, ok := viaProto(tc.frame, tc.unchangedOK)
 			if !ok {
 				t.Fatal("proto refused the answer")
 			}
-			sameDecoding(t, tc.frame, &d, want)
+			var inputs []*culvertv1.Record
+			if d.id == 9 {
+				inputs = in // what result would pair the outputs with
+			}
+			sameDecoding(t, tc.frame, &d, want, inputs...)
 			if len(d.outs) != len(tc.taken) {
 				t.Fatalf("%d outputs, want %d", len(d.outs), len(tc.taken))
 			}
 			for i, o := range d.outs {
+				rec := resolved(&d, i, inputs)
 				shared := false
 				for _, r := range in {
-					shared = shared || len(r.Value) > 0 && len(o.Record.Value) > 0 && &r.Value[0] == &o.Record.Value[0]
+					shared = shared || len(r.Value) > 0 && len(rec.GetValue()) > 0 && &r.Value[0] == &rec.Value[0]
 				}
 				if shared != tc.taken[i] {
 					t.Errorf("output %d: taken from its input %v, want %v", i, shared, tc.taken[i])
@@ -296,6 +353,47 @@ func TestUnchangedOutputs(t *testing.T) {
 						t.Errorf("output %d is the input record itself, not a copy", i)
 					}
 				}
+			}
+		})
+	}
+}
+
+// TestUnchangedIsTheInput: the record an Output.unchanged stands for is
+// what decoding its input's encoding gives, unknown fields and all, and
+// never the input record itself.
+func TestUnchangedIsTheInput(t *testing.T) {
+	unknown := &culvertv1.Record{Id: "u", Value: []byte("v")}
+	unknown.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1))
+	repeated := &culvertv1.Record{Id: "r", Value: []byte("first")}
+	repeated.ProtoReflect().SetUnknown(protowire.AppendString(protowire.AppendTag(nil, 3, protowire.BytesType), "second"))
+	tests := []struct {
+		name string
+		in   *culvertv1.Record
+	}{
+		{"empty", &culvertv1.Record{}},
+		{"every field", &culvertv1.Record{Id: "kafka:in:0:1", Key: []byte("k"), Value: []byte("v"), ContentType: "text/plain",
+			Headers: []*culvertv1.Header{{Name: "h", Value: []byte("x")}, {Name: "h", Value: []byte("y")}}, EventTime: timestamppb.New(time.Unix(5, 6)),
+			Source: &culvertv1.Position{Connector: "kafka", Stream: "in", Subject: "in", Partition: "0", Offset: 1}}},
+		{"unknown fields", unknown},
+		{"unknown bytes repeating a known field", repeated},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := proto.Marshal(tc.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := &culvertv1.Record{}
+			if err := proto.Unmarshal(b, want); err != nil {
+				t.Fatal(err)
+			}
+			var d resultDecoder
+			got := d.input(tc.in)
+			if got == tc.in {
+				t.Fatal("input returned the input record itself")
+			}
+			if !proto.Equal(got, want) {
+				t.Fatalf("input gave %v, decoding the input's encoding %v", got, want)
 			}
 		})
 	}
@@ -391,17 +489,25 @@ func FuzzUnchangedOutputs(f *testing.F) {
 	}
 	f.Add(resultFrame(f, &culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Result{Result: br}}))
 	f.Add(resultFrame(f, passthroughResult(9, 2)))
+	f.Add(resultFrame(f, &culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Result{Result: &culvertv1.BatchResult{BatchId: 9,
+		Results: []*culvertv1.RecordResult{{Outputs: []*culvertv1.Output{{Unchanged: true}}}, {Outputs: []*culvertv1.Output{{Unchanged: true, Output: "o"}, {Record: in[1]}}}}}}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		sb := sent(t, 9, in)
-		var d resultDecoder
-		if !d.decodeAnswer(bytes.Clone(b), sb) {
-			return
+		for _, unchangedOK := range []bool{false, true} {
+			sb := sent(t, 9, in)
+			d := resultDecoder{unchangedOK: unchangedOK}
+			if !d.decodeAnswer(bytes.Clone(b), sb) {
+				continue
+			}
+			want, ok := viaProto(b, unchangedOK)
+			if !ok {
+				t.Fatalf("frame %x: the fast path (unchanged in use: %v) accepts what proto refuses", b, unchangedOK)
+			}
+			var inputs []*culvertv1.Record
+			if d.id == 9 {
+				inputs = in
+			}
+			sameDecoding(t, b, &d, want, inputs...)
 		}
-		want, ok := viaProto(b)
-		if !ok {
-			t.Fatalf("frame %x: the fast path accepts what proto refuses", b)
-		}
-		sameDecoding(t, b, &d, want)
 	})
 }
 

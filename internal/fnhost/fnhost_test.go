@@ -25,7 +25,12 @@ import (
 // bins holds the example functions, built once for the package's tests.
 var bins string
 
-func TestMain(m *testing.M) { testbin.Main(m, &bins, testbin.Examples) }
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(peerEnv); mode != "" {
+		os.Exit(peer(mode))
+	}
+	testbin.Main(m, &bins, testbin.Examples)
+}
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 

@@ -17,6 +17,11 @@ import (
 // ProtocolVersion is the version of proto/SPEC.md this host speaks.
 const ProtocolVersion = 1
 
+// CapUnchanged is the capability that lets a function answer a record with
+// Output.unchanged instead of its bytes (proto/SPEC.md, "Capabilities").
+// The host offers it to every framed function.
+const CapUnchanged = "unchanged"
+
 // framed speaks proto/SPEC.md's framed mode.
 type framed struct {
 	*conn
@@ -52,6 +57,7 @@ func startFramed(ctx context.Context, cfg Config) (Instance, error) {
 	}
 	hello := &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Hello{Hello: &culvertv1.Hello{
 		Versions:           []uint32{ProtocolVersion},
+		Capabilities:       []string{CapUnchanged},
 		MaxFrameBytes:      uint32(cfg.MaxFrame),
 		MaxBatchRecords:    uint32(cfg.MaxBatch),
 		MaxInflightBatches: uint32(cfg.MaxInflight),
@@ -182,6 +188,11 @@ func (f *framed) readLoop(ready chan<- error) {
 		}
 		switch x := m.Msg.(type) {
 		case *culvertv1.FunctionMessage_Result:
+			if msg := badUnchanged(x.Result, f.dec.unchangedOK); msg != "" {
+				err = errors.New("bad unchanged output")
+				f.violation(msg)
+				return
+			}
 			f.dec.from(x.Result)
 			if err = f.result(&f.dec); err != nil {
 				return
@@ -208,12 +219,14 @@ func (f *framed) handshake(m *culvertv1.FunctionMessage) error {
 			f.violation(fmt.Sprintf("Ready chose protocol version %d; the host offered [%d]", x.Ready.Version, ProtocolVersion))
 			return errors.New("bad version")
 		}
-		if len(x.Ready.Capabilities) > 0 {
-			// v1 offers none, so a function may accept none.
-			f.violation(fmt.Sprintf("Ready accepted capabilities %q that the host did not offer", x.Ready.Capabilities))
-			return errors.New("bad capabilities")
+		for _, c := range x.Ready.Capabilities {
+			if c != CapUnchanged {
+				f.violation(fmt.Sprintf("Ready accepted capability %q that the host did not offer (it offered [%s])", c, CapUnchanged))
+				return errors.New("bad capabilities")
+			}
+			f.dec.unchangedOK = true
 		}
-		f.cfg.Logger.Debug("function ready", "agent", x.Ready.Agent, "version", x.Ready.Version)
+		f.cfg.Logger.Debug("function ready", "agent", x.Ready.Agent, "version", x.Ready.Version, "capabilities", x.Ready.Capabilities)
 		return nil
 	case *culvertv1.FunctionMessage_InitError:
 		f.stopReading()
@@ -258,6 +271,11 @@ func (f *framed) result(br *resultDecoder) error {
 		// One array for the batch; each record's outputs are capped so that
 		// appending to them cannot reach its neighbour's.
 		outs := br.outs[rr.start:rr.end:rr.end]
+		for j := range outs {
+			if outs[j].Record == nil { // Output.unchanged
+				outs[j].Record = br.input(in)
+			}
+		}
 		fillOutputs(f.cfg.Function, in, outs, &br.ids)
 		res[i].Outputs = outs
 	}

@@ -115,7 +115,15 @@ outputs:
 	if err != nil {
 		t.Fatalf("lease bucket: %v", err)
 	}
-	keysInKV, err := kv.Keys(context.Background())
+	// A listing is a consumer over the bucket's stream and may end before
+	// a key written a moment ago: look again for a while before failing.
+	var keysInKV []string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		keysInKV, err = kv.Keys(context.Background())
+		if err == nil && len(keysInKV) == 2 || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil || len(keysInKV) != 2 {
 		t.Fatalf("lease keys %v (%v), want one per shard", keysInKV, err)
 	}

@@ -53,7 +53,24 @@ type Result struct {
 type Output struct {
 	Record *Record
 	To     string
+	input  bool // Pass, PassTo: the input record as it came (Record unused)
 }
+
+// capUnchanged is the protocol capability behind Pass and PassTo.
+const capUnchanged = "unchanged"
+
+// Pass returns the input record, exactly as it came, as the one output to
+// the default destination: what a filter, a router or a passthrough
+// returns for a record it keeps. It is the same as Emit(rec) with the
+// handler's rec left untouched, but the record is not encoded and sent
+// back: the SDK answers with Output.unchanged when the host offers the
+// "unchanged" capability (proto/SPEC.md, "Capabilities"), as Culvert's
+// does, and sends the record otherwise. Changes made to rec are not
+// seen: a handler that modifies its record returns it with Emit.
+func Pass() []Output { return []Output{{input: true}} }
+
+// PassTo is Pass aimed at the named route output.
+func PassTo(output string) Output { return Output{To: output, input: true} }
 
 // Emit returns recs as outputs to the default destination.
 func Emit(recs ...*Record) []Output {

@@ -42,6 +42,17 @@
 // time: no goroutine per call. The ctx they receive ends at the batch
 // deadline set by the host; [CurrentBatch] gives the batch id and attempt.
 //
+// A handler that passes a record on exactly as it came (a filter keeping
+// it, a router, a sampler) returns [Pass], or [PassTo] for a named output.
+// With a host that offers the protocol's "unchanged" capability, as
+// Culvert's does, the record is then neither encoded nor written back: the
+// answer says "the input, unchanged" in two bytes, and the host uses the
+// record it sent (proto/SPEC.md, "Capabilities"). With another host the SDK
+// sends the record. In bench/framedhop this cut the function's CPU per
+// 1 KiB record by about a third and the host's by about a quarter. A
+// handler that changes its record returns it with [Emit]: Pass ignores
+// changes.
+//
 // An error fails one record. It is permanent (the record goes to the dead
 // letter output at once) unless wrapped with [Retryable], in which case the
 // host tries the record again with backoff. A panic in a Handler fails only
@@ -78,8 +89,8 @@
 // A function that keeps nothing of a batch once its handler returned (a
 // filter, a router, a passthrough) can say so with [ReuseRecords]: each
 // batch is then decoded into the memory of the last, the records aliasing
-// the frame read from the host, and the garbage left is the slice Emit
-// returns. In BenchmarkServeRecords that halves the SDK's time per
+// the frame read from the host, and the garbage left is the slice Emit (or
+// Pass) returns. In BenchmarkServeRecords that halves the SDK's time per
 // record (about 500 to 270 ns).
 //
 // # Lifecycle

@@ -66,6 +66,9 @@ type server struct {
 	r   *framing.Reader
 	w   *framing.Writer
 	max int
+	// unchanged: the host offered the "unchanged" capability, and Ready
+	// accepted it, so Pass and PassTo outputs go out as Output.unchanged.
+	unchanged bool
 
 	in        culvertv1.HostMessage // reused for every frame read
 	dec       batchDecoder          // decodes most batches, instead of proto
@@ -171,6 +174,10 @@ func (s *server) handshake(ctx context.Context, m *culvertv1.HostMessage) error 
 		}
 	}
 	ready := &culvertv1.Ready{Version: Version, Agent: s.cfg.agent}
+	if slices.Contains(hello.GetCapabilities(), capUnchanged) {
+		s.unchanged = true
+		ready.Capabilities = []string{capUnchanged}
+	}
 	if err := s.w.Write(&culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Ready{Ready: ready}}); err != nil {
 		return fmt.Errorf("writing Ready: %w", err)
 	}
@@ -294,7 +301,7 @@ func (s *server) build(id uint64, recs []*Record, res []Result) {
 		err := r.Err
 		if err == nil {
 			for j, out := range r.Outputs {
-				if out.Record == nil {
+				if out.Record == nil && !out.input {
 					err = fmt.Errorf("culvert: output %d of record %s is a nil record", j, recs[i].GetId())
 					break
 				}
@@ -310,7 +317,15 @@ func (s *server) build(id uint64, recs []*Record, res []Result) {
 		start := o
 		for _, out := range r.Outputs {
 			po := &s.outs[o]
-			po.Record, po.Output = out.Record, out.To
+			po.Record, po.Output, po.Unchanged = out.Record, out.To, false
+			if out.input {
+				// The input record as the host sent it: named, not sent
+				// back, when the host takes that (SPEC.md, "Capabilities").
+				po.Record, po.Unchanged = nil, s.unchanged
+				if !s.unchanged {
+					po.Record = recs[i]
+				}
+			}
 			s.outp[o] = po
 			o++
 		}

@@ -27,6 +27,13 @@ func hello(versions ...uint32) *culvertv1.HostMessage {
 	}}}
 }
 
+// helloWith is hello(1) offering capabilities.
+func helloWith(caps ...string) *culvertv1.HostMessage {
+	m := hello(1)
+	m.GetHello().Capabilities = caps
+	return m
+}
+
 func batch(id uint64, values ...string) *culvertv1.HostMessage {
 	b := &culvertv1.Batch{Id: id, Attempt: 1, DeadlineUnixMs: time.Now().Add(time.Minute).UnixMilli()}
 	for i, v := range values {
@@ -52,6 +59,13 @@ func ready(agent string) *culvertv1.FunctionMessage {
 }
 
 var readyDefault = ready(culvert.DefaultAgent)
+
+// readyUnchanged is Ready accepting the "unchanged" capability.
+var readyUnchanged = &culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Ready{Ready: &culvertv1.Ready{
+	Version: 1, Agent: culvert.DefaultAgent, Capabilities: []string{"unchanged"}}}}
+
+// unchanged is Output.unchanged, aimed at to.
+func unchanged(to string) *culvertv1.Output { return &culvertv1.Output{Unchanged: true, Output: to} }
 
 func initError(msg string, retryable bool) *culvertv1.FunctionMessage {
 	return &culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_InitError{InitError: &culvertv1.InitError{Message: msg, Retryable: retryable}}}
@@ -144,6 +158,18 @@ func passThrough(ctx context.Context, rec *culvert.Record) ([]culvert.Output, er
 	return culvert.Emit(rec), nil
 }
 
+// passUnchanged passes records with Pass: "drop" is dropped, "keep-x" goes
+// to output x and to the default destination, the rest to the default.
+func passUnchanged(ctx context.Context, rec *culvert.Record) ([]culvert.Output, error) {
+	switch string(rec.Value) {
+	case "drop":
+		return nil, nil
+	case "keep-x":
+		return []culvert.Output{culvert.PassTo("x"), culvert.Pass()[0]}, nil
+	}
+	return culvert.Pass(), nil
+}
+
 func TestServe(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -187,6 +213,25 @@ func TestServe(t *testing.T) {
 			want: []proto.Message{readyDefault,
 				result(1, ok(pass(1, 0, "a")), ok(pass(1, 1, "b"))),
 				result(2, ok(pass(2, 0, "c")))},
+		},
+		{
+			name:    "Pass with the unchanged capability",
+			handler: culvert.PerRecord(passUnchanged),
+			send:    []any{helloWith("log-frames", "unchanged", "some-future-capability"), batch(1, "a", "keep-x", "drop"), shutdown()},
+			want:    []proto.Message{readyUnchanged, result(1, ok(unchanged("")), ok(unchanged("x"), unchanged("")), ok())},
+		},
+		{
+			name:    "Pass without it: the records are sent back",
+			handler: culvert.PerRecord(passUnchanged),
+			send:    []any{helloWith("log-frames"), batch(1, "a", "keep-x", "drop"), shutdown()},
+			want: []proto.Message{readyDefault, result(1, ok(pass(1, 0, "a")),
+				ok(&culvertv1.Output{Record: pass(1, 1, "keep-x").Record, Output: "x"}, pass(1, 1, "keep-x")), ok())},
+		},
+		{
+			name:    "the capability offered, Emit still sends records",
+			handler: culvert.PerRecord(passThrough),
+			send:    []any{helloWith("unchanged"), batch(1, "a"), shutdown()},
+			want:    []proto.Message{readyUnchanged, result(1, ok(pass(1, 0, "a")))},
 		},
 		{
 			name: "multiple, zero and named outputs",

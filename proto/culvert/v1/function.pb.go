@@ -771,7 +771,11 @@ type Output struct {
 	Record *Record                `protobuf:"bytes,1,opt,name=record,proto3" json:"record,omitempty"`
 	// Name of the route output it is aimed at; empty sends it to every output
 	// of the route (or to the next function of the chain).
-	Output        string `protobuf:"bytes,2,opt,name=output,proto3" json:"output,omitempty"`
+	Output string `protobuf:"bytes,2,opt,name=output,proto3" json:"output,omitempty"`
+	// True: the output is the input record, exactly as the Batch carried it,
+	// as if record held it; record must then be unset. Only when the
+	// "unchanged" capability is in use (SPEC.md, "Capabilities").
+	Unchanged     bool `protobuf:"varint,3,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -818,6 +822,13 @@ func (x *Output) GetOutput() string {
 		return x.Output
 	}
 	return ""
+}
+
+func (x *Output) GetUnchanged() bool {
+	if x != nil {
+		return x.Unchanged
+	}
+	return false
 }
 
 // Failure reports that one record failed.
@@ -1029,10 +1040,11 @@ const file_culvert_v1_function_proto_rawDesc = "" +
 	"\aresults\x18\x02 \x03(\v2\x18.culvert.v1.RecordResultR\aresults\"k\n" +
 	"\fRecordResult\x12,\n" +
 	"\aoutputs\x18\x01 \x03(\v2\x12.culvert.v1.OutputR\aoutputs\x12-\n" +
-	"\afailure\x18\x02 \x01(\v2\x13.culvert.v1.FailureR\afailure\"L\n" +
+	"\afailure\x18\x02 \x01(\v2\x13.culvert.v1.FailureR\afailure\"j\n" +
 	"\x06Output\x12*\n" +
 	"\x06record\x18\x01 \x01(\v2\x12.culvert.v1.RecordR\x06record\x12\x16\n" +
-	"\x06output\x18\x02 \x01(\tR\x06output\"A\n" +
+	"\x06output\x18\x02 \x01(\tR\x06output\x12\x1c\n" +
+	"\tunchanged\x18\x03 \x01(\bR\tunchanged\"A\n" +
 	"\aFailure\x12\x18\n" +
 	"\amessage\x18\x01 \x01(\tR\amessage\x12\x1c\n" +
 	"\tretryable\x18\x02 \x01(\bR\tretryable\"!\n" +
