@@ -18,6 +18,11 @@
 // runs first: the first pass over the input costs any client more.
 //
 // -nofunction adds a run with an empty chain (connectors and engine only).
+// -floor adds the floor of any function over standard input and output:
+// the raw loop with every record's key and value sent through a `cat`
+// process and read back (length-prefixed, no protobuf, no engine) before
+// it is produced. Where that row is below a ratio, no stdio function
+// protocol can reach it on this machine.
 // -function runs a prebuilt function instead of building the passthrough
 // example, and -fnenv sets its environment (e.g. GOGC=400). -cpuprofile and
 // -memprofile profile this process during the first run of the side named
@@ -25,7 +30,9 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"io"
@@ -61,11 +68,12 @@ func main() {
 	batch := flag.Int("batch", 1000, "function batch size")
 	instances := flag.Int("instances", 2, "function instances")
 	noFn := flag.Bool("nofunction", false, "also measure the pipeline with an empty chain (connectors and engine only)")
+	floor := flag.Bool("floor", false, "also measure the raw loop with every record sent through a cat process and back (the floor of a stdio function)")
 	fnEnv := flag.String("fnenv", "", "environment of the function processes, as KEY=VALUE[,KEY=VALUE...] (e.g. GOGC=400)")
 	fnBin := flag.String("function", "", "the function to run instead of examples/functions/passthrough (built afresh); it must pass every record through unchanged")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (kfake included) during the first measured run of -profile's side to this file")
 	memProfile := flag.String("memprofile", "", "write allocation profiles of this process taken before and after the first measured run of -profile's side to this file and this file + \".base\" (go tool pprof -sample_index=alloc_space -base FILE.base FILE)")
-	profSide := flag.String("profile", "culvert", "the side -cpuprofile covers: raw, culvert (with the function) or bare (empty chain)")
+	profSide := flag.String("profile", "culvert", "the side -cpuprofile covers: raw, culvert (with the function), bare (empty chain) or floor (raw through cat)")
 	flag.Parse()
 	prof := &profiler{side: *profSide, mem: *memProfile}
 	if *cpuProfile != "" {
@@ -77,7 +85,7 @@ func main() {
 		defer f.Close()
 		prof.f = f
 	}
-	if err := run(*records, *valueSize, *keys, *runs, *batch, *instances, *noFn, fnSpec{*fnBin, *fnEnv}, prof); err != nil {
+	if err := run(*records, *valueSize, *keys, *runs, *batch, *instances, *noFn, *floor, fnSpec{*fnBin, *fnEnv}, prof); err != nil {
 		fmt.Fprintln(os.Stderr, "kafkahop:", err)
 		os.Exit(1)
 	}
@@ -137,7 +145,7 @@ func measure(n int, f func() (float64, error)) (rate, cpu, fnCPU float64, err er
 // examples/functions/passthrough) and its env (KEY=VALUE,...).
 type fnSpec struct{ bin, env string }
 
-func run(records, valueSize, keys, runs, batch, instances int, noFn bool, spec fnSpec, prof *profiler) error {
+func run(records, valueSize, keys, runs, batch, instances int, noFn, floor bool, spec fnSpec, prof *profiler) error {
 	fn := spec.bin
 	dir, err := os.MkdirTemp("", "kafkahop")
 	if err != nil {
@@ -171,8 +179,8 @@ func run(records, valueSize, keys, runs, batch, instances int, noFn bool, spec f
 		return fmt.Errorf("warm-up: %w", err)
 	}
 
-	var raw, cul, bare []float64
-	var rawCPU, culCPU, bareCPU, fnCPU []float64
+	var raw, cul, bare, piped []float64
+	var rawCPU, culCPU, bareCPU, fnCPU, pipedCPU, catCPU []float64
 	for i := range runs {
 		r, rc, _, err := measure(records, func() (float64, error) {
 			return prof.around("raw", func() (float64, error) { return rawHop(brokers, records, i) })
@@ -203,6 +211,16 @@ func run(records, valueSize, keys, runs, batch, instances int, noFn bool, spec f
 			bare, bareCPU = append(bare, b), append(bareCPU, bc)
 			fmt.Fprintf(os.Stderr, "run %d: culvert without function %.0f records/s\n", i+1, b)
 		}
+		if floor {
+			f, fc, cc, err := measure(records, func() (float64, error) {
+				return prof.around("floor", func() (float64, error) { return catHop(brokers, records, i) })
+			})
+			if err != nil {
+				return fmt.Errorf("raw run %d through cat: %w", i, err)
+			}
+			piped, pipedCPU, catCPU = append(piped, f), append(pipedCPU, fc), append(catCPU, cc)
+			fmt.Fprintf(os.Stderr, "run %d: raw through cat %.0f records/s\n", i+1, f)
+		}
 	}
 	mr, mc := median(raw), median(cul)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -214,7 +232,7 @@ func run(records, valueSize, keys, runs, batch, instances int, noFn bool, spec f
 	for i := range raw {
 		pairs[i] = cul[i] / raw[i]
 	}
-	defer fmt.Printf("median of the per-run ratios culvert/raw: %.2f (runs: %s)\n", median(pairs), fmtRatios(pairs))
+	summary := []string{fmt.Sprintf("median of the per-run ratios culvert/raw: %.2f (runs: %s)", median(pairs), fmtRatios(pairs))}
 	fmt.Fprintf(tw, "path\trecords\tvalue B\trecords/s (median of %d)\tratio to raw\tCPU ns/record\tCPU ratio to raw\tof which functions\t\n", runs)
 	fmt.Fprintf(tw, "raw franz-go consume+produce\t%d\t%d\t%.0f\t1.00\t%.0f\t1.00\t\t\n", records, valueSize, mr, mrc)
 	fmt.Fprintf(tw, "culvert kafka -> passthrough (framed, batch %d, %d instances) -> kafka\t%d\t%d\t%.0f\t%.2f\t%.0f\t%.2f\t%.0f\t\n", batch, instances, records, valueSize, mc, mc/mr, mcc, mcc/mrc, median(fnCPU))
@@ -222,7 +240,22 @@ func run(records, valueSize, keys, runs, batch, instances int, noFn bool, spec f
 		mb, mbc := median(bare), median(bareCPU)
 		fmt.Fprintf(tw, "culvert kafka -> (empty chain) -> kafka\t%d\t%d\t%.0f\t%.2f\t%.0f\t%.2f\t\t\n", records, valueSize, mb, mb/mr, mbc, mbc/mrc)
 	}
-	return tw.Flush()
+	if floor {
+		mp, mpc := median(piped), median(pipedCPU)
+		fmt.Fprintf(tw, "floor: raw franz-go, records through cat and back\t%d\t%d\t%.0f\t%.2f\t%.0f\t%.2f\t%.0f\t\n", records, valueSize, mp, mp/mr, mpc, mpc/mrc, median(catCPU))
+		pp := make([]float64, len(raw))
+		for i := range raw {
+			pp[i] = piped[i] / raw[i]
+		}
+		summary = append(summary, fmt.Sprintf("median of the per-run ratios floor/raw: %.2f (runs: %s)", median(pp), fmtRatios(pp)))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, line := range summary {
+		fmt.Println(line)
+	}
+	return nil
 }
 
 // cpuNow is the CPU time (user + system) of this process and of its
@@ -349,6 +382,111 @@ func rawHop(brokers []string, n, run int) (float64, error) {
 		})
 	}
 	<-done
+	if err := cons.CommitUncommittedOffsets(ctx); err != nil {
+		return 0, err
+	}
+	el := time.Since(start)
+	if err, _ := failed.Load().(error); err != nil {
+		return 0, err
+	}
+	return float64(n) / el.Seconds(), nil
+}
+
+// catHop is rawHop with a `cat` process between the consumer and the
+// producer: each polled batch of records is written to cat's standard
+// input as length-prefixed keys and values, and a reader produces each
+// record as it comes back on cat's standard output. It is what a function
+// over standard input and output costs at the least: two pipe copies each
+// way and a process that moves the bytes, with no framing, encoding or
+// bookkeeping.
+func catHop(brokers []string, n, run int) (float64, error) {
+	out := "cat-out-" + strconv.Itoa(run)
+	if err := createTopic(brokers, out); err != nil {
+		return 0, err
+	}
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RequiredAcks(kgo.AllISRAcks()), kgo.MaxBufferedRecords(10000))
+	if err != nil {
+		return 0, err
+	}
+	defer prod.Close()
+	start := time.Now()
+	cat := exec.Command("cat")
+	stdin, err := cat.StdinPipe()
+	if err != nil {
+		return 0, err
+	}
+	stdout, err := cat.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	if err := cat.Start(); err != nil {
+		return 0, fmt.Errorf("starting cat: %w", err)
+	}
+	defer func() { _ = stdin.Close(); _ = cat.Wait() }()
+	cons, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("cat-"+strconv.Itoa(run)), kgo.ConsumeTopics("in"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.DisableAutoCommit(), kgo.Balancers(kgo.CooperativeStickyBalancer()))
+	if err != nil {
+		return 0, err
+	}
+	defer cons.Close()
+	var acked atomic.Int64
+	var failed atomic.Value
+	done := make(chan struct{})
+	ctx := context.Background()
+	readErr := make(chan error, 1)
+	go func() {
+		r := bufio.NewReaderSize(stdout, 1<<20)
+		var hdr [4]byte
+		field := func() ([]byte, error) {
+			if _, err := io.ReadFull(r, hdr[:]); err != nil {
+				return nil, err
+			}
+			b := make([]byte, binary.LittleEndian.Uint32(hdr[:]))
+			_, err := io.ReadFull(r, b)
+			return b, err
+		}
+		for range n {
+			key, err := field()
+			if err != nil {
+				readErr <- fmt.Errorf("reading cat's output: %w", err)
+				return
+			}
+			val, err := field()
+			if err != nil {
+				readErr <- fmt.Errorf("reading cat's output: %w", err)
+				return
+			}
+			prod.Produce(ctx, &kgo.Record{Topic: out, Key: key, Value: val}, func(_ *kgo.Record, err error) {
+				if err != nil {
+					failed.Store(err)
+				}
+				if acked.Add(1) == int64(n) {
+					close(done)
+				}
+			})
+		}
+	}()
+	w := bufio.NewWriterSize(stdin, 1<<20)
+	put := func(b []byte) {
+		w.Write(binary.LittleEndian.AppendUint32(nil, uint32(len(b))))
+		w.Write(b)
+	}
+	for seen := 0; seen < n; {
+		fs := cons.PollFetches(ctx)
+		fs.EachRecord(func(r *kgo.Record) {
+			seen++
+			put(r.Key)
+			put(r.Value)
+		})
+		if err := w.Flush(); err != nil {
+			return 0, fmt.Errorf("writing to cat: %w", err)
+		}
+	}
+	select {
+	case <-done:
+	case err := <-readErr:
+		return 0, err
+	}
 	if err := cons.CommitUncommittedOffsets(ctx); err != nil {
 		return 0, err
 	}
