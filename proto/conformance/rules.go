@@ -55,6 +55,7 @@ func Rules() []Rule {
 		{"version-refusal", "10, 5.2", "offered only [2], refuses with InitError{retryable false} naming both sides' versions, then writes nothing and exits", false, checkVersionRefusal, ""},
 		{"capabilities", "10, 4.2", "ignores unknown capabilities; Ready.capabilities is a subset of those offered", false, checkCapabilities, ""},
 		{"unknown-fields", "3.2, 10", "ignores unknown fields in Hello, Batch and Record", false, checkUnknownFields, ""},
+		{"unchanged", "10, 4.3, 6", "offered the unchanged capability, sends Output.unchanged only if Ready accepted it, and never beside a record; the answers mean the same either way", false, checkUnchanged, ""},
 		{"batch-result", "4.3, 5.4", "answers a Batch with one BatchResult of the same id and one RecordResult per record, in order", false, checkEcho, ""},
 		{"empty-batch", "4.3", "answers a Batch with no records with an empty BatchResult", false, checkEmptyBatch, ""},
 		{"binary-values", "4.5", "passes values, keys and header values with NUL, invalid UTF-8 and every byte value through unchanged", false, checkBinary, ""},
@@ -350,6 +351,52 @@ func checkCapabilities(t *T) error {
 		}
 	}
 	return t.answer(p, 1, t.payload("r1", 0, []byte("x")))
+}
+
+// checkUnchanged offers the "unchanged" capability and checks how the
+// function answers: Output.unchanged only once accepted, never with a
+// record, and each answer, with Output.unchanged read as the input record,
+// what the rules without the capability expect.
+func checkUnchanged(t *T) error {
+	h := hello()
+	h.Capabilities = []string{"unchanged"}
+	p, err := t.start(startOpts{})
+	if err != nil {
+		return err
+	}
+	p.send(helloMsg(h))
+	m, err := p.recv(t.ctx, t.timeout())
+	if err != nil {
+		return err
+	}
+	if m.GetReady() == nil {
+		return fmt.Errorf("offered the unchanged capability, got %s, want Ready", describe(m))
+	}
+	accepted := slices.Contains(m.GetReady().GetCapabilities(), "unchanged")
+	recs := []*culvertv1.Record{t.payload("u1", 0, []byte("x")), t.payload("u2", 1, []byte("y")), t.payload("u3", 2, []byte{0, 0xff})}
+	res, err := t.roundTrip(p, 1, recs...)
+	if err != nil {
+		return err
+	}
+	for i, rr := range res {
+		resolved := &culvertv1.RecordResult{Failure: rr.GetFailure()}
+		for j, o := range rr.GetOutputs() {
+			switch {
+			case !o.GetUnchanged():
+				resolved.Outputs = append(resolved.Outputs, o)
+				continue
+			case !accepted:
+				return fmt.Errorf("record %s: output %d sets unchanged, but Ready did not accept the capability (SPEC.md 10)", recs[i].Id, j)
+			case o.GetRecord() != nil:
+				return fmt.Errorf("record %s: output %d sets unchanged and a record (SPEC.md 4.3)", recs[i].Id, j)
+			}
+			resolved.Outputs = append(resolved.Outputs, &culvertv1.Output{Record: recs[i], Output: o.GetOutput()})
+		}
+		if err := t.expect(resolved, recs[i]); err != nil {
+			return fmt.Errorf("batch 1: %w", err)
+		}
+	}
+	return nil
 }
 
 // withUnknown appends an unknown field (number 900, a string) to body.

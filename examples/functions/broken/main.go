@@ -13,6 +13,7 @@
 //	version-refusal         answers Ready{version 1} even when 1 is not offered
 //	capabilities            claims the capability "log-frames", never offered
 //	unknown-fields          exits when a message carries a field it does not know
+//	unchanged               answers echoes with Output.unchanged when offered, without accepting it
 //	batch-result            answers the records of a batch in reverse order
 //	empty-batch             answers a batch with no records with one result
 //	binary-values           treats values as C strings of UTF-8: cut at NUL, invalid bytes replaced
@@ -54,7 +55,7 @@ import (
 
 // defects lists what --break accepts.
 var defects = []string{
-	"handshake", "version-negotiation", "version-refusal", "capabilities", "unknown-fields",
+	"handshake", "version-negotiation", "version-refusal", "capabilities", "unknown-fields", "unchanged",
 	"batch-result", "empty-batch", "binary-values", "frame-limit", "frame-limit-negotiated",
 	"frame-limit-enforced", "length-encoding", "headers", "partial-failure", "multiple-outputs", "zero-outputs", "pipelining",
 	"keep-alive", "no-unsolicited-frames", "stdout-protected", "slow-reader", "host-garbage",
@@ -89,6 +90,8 @@ type function struct {
 	broken map[string]bool
 	out    frameWriter
 	w      *framing.Writer
+	// unchangedOffered: Hello offered the "unchanged" capability.
+	unchangedOffered bool
 }
 
 // frameWriter is where frames go: a private descriptor, or (broken) fd 1.
@@ -275,6 +278,7 @@ func (f *function) handshake(h *culvertv1.Hello) bool {
 	if f.broken["capabilities"] {
 		ready.Capabilities = []string{"log-frames"}
 	}
+	f.unchangedOffered = slices.Contains(h.GetCapabilities(), "unchanged")
 	f.write(&culvertv1.FunctionMessage{Msg: &culvertv1.FunctionMessage_Ready{Ready: ready}})
 	return true
 }
@@ -334,6 +338,9 @@ func (f *function) record(rec *culvertv1.Record) *culvertv1.RecordResult {
 		})
 	}
 	one := []*culvertv1.Output{{Record: out}}
+	if f.broken["unchanged"] && f.unchangedOffered {
+		one = []*culvertv1.Output{{Unchanged: true}} // never accepted in Ready
+	}
 	switch d.Kind {
 	case convention.Fail, convention.Retry:
 		return &culvertv1.RecordResult{Failure: &culvertv1.Failure{Message: "failure requested by the culvert-conformance header", Retryable: d.Kind == convention.Retry}}

@@ -20,8 +20,11 @@ import (
 	culvert "github.com/culvert-dev/culvert/sdk/go"
 )
 
+// echo passes rec on as it came: with culvert.Pass, so that a host offering
+// the "unchanged" capability gets Output.unchanged (the kit's rule of that
+// name checks it) and any other host the record.
 func echo(_ context.Context, rec *culvert.Record) ([]culvert.Output, error) {
-	return culvert.Emit(rec), nil
+	return culvert.Pass(), nil
 }
 
 // batch answers each record of a batch as convention.Wrap(echo) would.
