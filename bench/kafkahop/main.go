@@ -4,7 +4,7 @@
 // to another topic with the same producer settings (idempotent, acks=all),
 // waiting for every produce acknowledgement.
 //
-//	go run ./bench/kafkahop [-records 200000] [-value 100] [-keys 1000] [-runs 3] [-batch 1000] [-instances 2]
+//	go run ./bench/kafkahop [-records 200000] [-value 100] [-keys 1000] [-runs 3] [-batch 1000] [-instances 1]
 //
 // Both sides run against one in-process kfake cluster (3 brokers, 3
 // partitions) on 127.0.0.1, preloaded once; every measurement uses a fresh
@@ -53,6 +53,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sys/unix"
 
 	"github.com/culvert-dev/culvert/internal/engine"
 	"github.com/culvert-dev/culvert/internal/runner"
@@ -66,7 +67,7 @@ func main() {
 	keys := flag.Int("keys", 1000, "distinct keys")
 	runs := flag.Int("runs", 3, "measurements per side; the median is printed")
 	batch := flag.Int("batch", 1000, "function batch size")
-	instances := flag.Int("instances", 2, "function instances")
+	instances := flag.Int("instances", 1, "function instances (on two cores a second Go function process costs more CPU per record than it brings)")
 	noFn := flag.Bool("nofunction", false, "also measure the pipeline with an empty chain (connectors and engine only)")
 	floor := flag.Bool("floor", false, "also measure the raw loop with every record sent through a cat process and back (the floor of a stdio function)")
 	fnEnv := flag.String("fnenv", "", "environment of the function processes, as KEY=VALUE[,KEY=VALUE...] (e.g. GOGC=400)")
@@ -394,8 +395,9 @@ func rawHop(brokers []string, n, run int) (float64, error) {
 
 // catHop is rawHop with a `cat` process between the consumer and the
 // producer: each polled batch of records is written to cat's standard
-// input as length-prefixed keys and values, and a reader produces each
-// record as it comes back on cat's standard output. It is what a function
+// input as length-prefixed keys and values (through a 1 MiB buffer,
+// flushed after each poll), and a reader produces each record as it comes
+// back on cat's standard output. It is what a function
 // over standard input and output costs at the least: two pipe copies each
 // way and a process that moves the bytes, with no framing, encoding or
 // bookkeeping.
@@ -422,6 +424,13 @@ func catHop(brokers []string, n, run int) (float64, error) {
 	if err := cat.Start(); err != nil {
 		return 0, fmt.Errorf("starting cat: %w", err)
 	}
+	// Pipes of 1 MiB, as the host grows a function's to its frames: fewer
+	// wake-ups than the default 64 KiB (best effort: pipe-max-size).
+	for _, p := range []any{stdin, stdout} {
+		if f, ok := p.(interface{ Fd() uintptr }); ok {
+			_, _ = unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+		}
+	}
 	defer func() { _ = stdin.Close(); _ = cat.Wait() }()
 	cons, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("cat-"+strconv.Itoa(run)), kgo.ConsumeTopics("in"),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.DisableAutoCommit(), kgo.Balancers(kgo.CooperativeStickyBalancer()))
@@ -435,27 +444,23 @@ func catHop(brokers []string, n, run int) (float64, error) {
 	ctx := context.Background()
 	readErr := make(chan error, 1)
 	go func() {
+		// A record is its key's and its value's lengths (4 bytes each),
+		// then both: one read of the lengths, one allocation and one read
+		// for the bytes.
 		r := bufio.NewReaderSize(stdout, 1<<20)
-		var hdr [4]byte
-		field := func() ([]byte, error) {
-			if _, err := io.ReadFull(r, hdr[:]); err != nil {
-				return nil, err
-			}
-			b := make([]byte, binary.LittleEndian.Uint32(hdr[:]))
-			_, err := io.ReadFull(r, b)
-			return b, err
-		}
+		var hdr [8]byte
 		for range n {
-			key, err := field()
-			if err != nil {
+			if _, err := io.ReadFull(r, hdr[:]); err != nil {
 				readErr <- fmt.Errorf("reading cat's output: %w", err)
 				return
 			}
-			val, err := field()
-			if err != nil {
+			kl, vl := binary.LittleEndian.Uint32(hdr[:4]), binary.LittleEndian.Uint32(hdr[4:])
+			b := make([]byte, kl+vl)
+			if _, err := io.ReadFull(r, b); err != nil {
 				readErr <- fmt.Errorf("reading cat's output: %w", err)
 				return
 			}
+			key, val := b[:kl:kl], b[kl:]
 			prod.Produce(ctx, &kgo.Record{Topic: out, Key: key, Value: val}, func(_ *kgo.Record, err error) {
 				if err != nil {
 					failed.Store(err)
@@ -467,16 +472,16 @@ func catHop(brokers []string, n, run int) (float64, error) {
 		}
 	}()
 	w := bufio.NewWriterSize(stdin, 1<<20)
-	put := func(b []byte) {
-		w.Write(binary.LittleEndian.AppendUint32(nil, uint32(len(b))))
-		w.Write(b)
-	}
+	var hdr [8]byte
 	for seen := 0; seen < n; {
 		fs := cons.PollFetches(ctx)
 		fs.EachRecord(func(r *kgo.Record) {
 			seen++
-			put(r.Key)
-			put(r.Value)
+			binary.LittleEndian.PutUint32(hdr[:4], uint32(len(r.Key)))
+			binary.LittleEndian.PutUint32(hdr[4:], uint32(len(r.Value)))
+			w.Write(hdr[:])
+			w.Write(r.Key)
+			w.Write(r.Value)
 		})
 		if err := w.Flush(); err != nil {
 			return 0, fmt.Errorf("writing to cat: %w", err)
