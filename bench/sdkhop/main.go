@@ -2,7 +2,11 @@
 // written with each SDK (Go, Python, Node, C), in the same run, so that
 // the other languages are reported as ratios to the Go SDK.
 //
-//	go run ./bench/sdkhop [-records 200000] [-batch 1000] [-value 100] [-runs 3] [-langs go,python,node,c]
+//	go run ./bench/sdkhop [-records 200000] [-batch 1000] [-value 100] [-runs 3] [-langs go,go-pass,python,node,c]
+//
+// "go" is the Go passthrough returning each record with culvert.Emit, as
+// the other SDKs' passthroughs do; "go-pass" answers with culvert.Pass
+// (the protocol's "unchanged" capability: the records are not sent back).
 //
 // Run it from the repository root after `make deps` (it needs
 // /usr/bin/python3 with python3-protobuf, node with sdk/node/node_modules,
@@ -48,7 +52,7 @@ func main() {
 	valueSize := flag.Int("value", 100, "value size in bytes")
 	runs := flag.Int("runs", 3, "measurements per language; the median is printed")
 	inflight := flag.Int("inflight", 2, "batches outstanding per instance")
-	langs := flag.String("langs", "go,python,node,c", "SDKs to measure, in this order")
+	langs := flag.String("langs", "go,go-pass,python,node,c", "SDKs to measure, in this order")
 	flag.Parse()
 	if err := run(os.Stdout, *records, *batch, *valueSize, *runs, *inflight, strings.Split(*langs, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "sdkhop:", err)
@@ -121,11 +125,15 @@ func run(w io.Writer, records, batch, valueSize, runs, inflight int, names []str
 // passthrough example.
 func prepare(name, root, dir string) (lang, error) {
 	switch name {
-	case "go":
+	case "go", "go-pass":
 		if err := command(root, "go", "build", "-o", dir, "./examples/functions/passthrough"); err != nil {
 			return lang{}, fmt.Errorf("building the Go passthrough: %w", err)
 		}
-		return lang{name: name, path: filepath.Join(dir, "passthrough")}, nil
+		if name == "go-pass" { // culvert.Pass: the records are not sent back
+			return lang{name: name, path: filepath.Join(dir, "passthrough")}, nil
+		}
+		// culvert.Emit: each record is sent back, as the other SDKs do.
+		return lang{name: name, path: filepath.Join(dir, "passthrough"), args: []string{"--emit"}}, nil
 	case "python":
 		return lang{name: name, path: "/usr/bin/python3", args: []string{filepath.Join(root, "sdk/python/examples/passthrough/main.py")}}, nil
 	case "node":
@@ -142,7 +150,7 @@ func prepare(name, root, dir string) (lang, error) {
 		}
 		return lang{name: name, path: out}, nil
 	}
-	return lang{}, fmt.Errorf("unknown SDK %q (want go, python, node or c)", name)
+	return lang{}, fmt.Errorf("unknown SDK %q (want go, go-pass, python, node or c)", name)
 }
 
 func command(dir, name string, args ...string) error {
