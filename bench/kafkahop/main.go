@@ -343,54 +343,91 @@ func createTopic(brokers []string, topic string) error {
 	return err
 }
 
+// newProducer creates topic out and returns the raw sides' producer: the
+// settings of Culvert's Kafka sink (idempotent, acks=all, at most 10,000
+// records buffered).
+func newProducer(brokers []string, out string) (*kgo.Client, error) {
+	if err := createTopic(brokers, out); err != nil {
+		return nil, err
+	}
+	return kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RequiredAcks(kgo.AllISRAcks()), kgo.MaxBufferedRecords(10000))
+}
+
+// acks counts the raw sides' produce acknowledgements: done is closed at
+// the n-th, and the last error is kept.
+type acks struct {
+	n      int64
+	count  atomic.Int64
+	failed atomic.Value
+	done   chan struct{}
+}
+
+func newAcks(n int) *acks { return &acks{n: int64(n), done: make(chan struct{})} }
+
+// promise is the produce promise.
+func (a *acks) promise(_ *kgo.Record, err error) {
+	if err != nil {
+		a.failed.Store(err)
+	}
+	if a.count.Add(1) == a.n {
+		close(a.done)
+	}
+}
+
+// err is the last produce error, if any.
+func (a *acks) err() error {
+	err, _ := a.failed.Load().(error)
+	return err
+}
+
+// rate commits cons's offsets, once every record is acknowledged, and
+// returns the records per second since start, or the last produce error.
+func (a *acks) rate(ctx context.Context, cons *kgo.Client, start time.Time) (float64, error) {
+	if err := cons.CommitUncommittedOffsets(ctx); err != nil {
+		return 0, err
+	}
+	el := time.Since(start)
+	if err := a.err(); err != nil {
+		return 0, err
+	}
+	return float64(a.n) / el.Seconds(), nil
+}
+
+// newConsumer is the raw sides' consumer: a new group reading "in" from
+// the start with cooperative-sticky balancing, committing by hand.
+func newConsumer(brokers []string, group string) (*kgo.Client, error) {
+	return kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup(group), kgo.ConsumeTopics("in"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.DisableAutoCommit(), kgo.Balancers(kgo.CooperativeStickyBalancer()))
+}
+
 // rawHop consumes "in" in a fresh group and produces each record to a
 // fresh topic, marking offsets after each acknowledgement and committing
 // them at the end: the work a consume-transform-produce loop must do at
 // least, with no function in between.
 func rawHop(brokers []string, n, run int) (float64, error) {
 	out := "raw-out-" + strconv.Itoa(run) // run -1: the warm-up
-	if err := createTopic(brokers, out); err != nil {
-		return 0, err
-	}
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RequiredAcks(kgo.AllISRAcks()), kgo.MaxBufferedRecords(10000))
+	prod, err := newProducer(brokers, out)
 	if err != nil {
 		return 0, err
 	}
 	defer prod.Close()
 	start := time.Now()
-	cons, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("raw-"+strconv.Itoa(run)), kgo.ConsumeTopics("in"),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.DisableAutoCommit(), kgo.Balancers(kgo.CooperativeStickyBalancer()))
+	cons, err := newConsumer(brokers, "raw-"+strconv.Itoa(run))
 	if err != nil {
 		return 0, err
 	}
 	defer cons.Close()
-	var acked atomic.Int64
-	var failed atomic.Value
-	done := make(chan struct{})
+	a := newAcks(n)
 	ctx := context.Background()
 	for seen := 0; seen < n; {
 		fs := cons.PollFetches(ctx)
 		fs.EachRecord(func(r *kgo.Record) {
 			seen++
-			prod.Produce(ctx, &kgo.Record{Topic: out, Key: r.Key, Value: r.Value, Headers: r.Headers}, func(_ *kgo.Record, err error) {
-				if err != nil {
-					failed.Store(err)
-				}
-				if acked.Add(1) == int64(n) {
-					close(done)
-				}
-			})
+			prod.Produce(ctx, &kgo.Record{Topic: out, Key: r.Key, Value: r.Value, Headers: r.Headers}, a.promise)
 		})
 	}
-	<-done
-	if err := cons.CommitUncommittedOffsets(ctx); err != nil {
-		return 0, err
-	}
-	el := time.Since(start)
-	if err, _ := failed.Load().(error); err != nil {
-		return 0, err
-	}
-	return float64(n) / el.Seconds(), nil
+	<-a.done
+	return a.rate(ctx, cons, start)
 }
 
 // catHop is rawHop with a `cat` process between the consumer and the
@@ -403,10 +440,7 @@ func rawHop(brokers []string, n, run int) (float64, error) {
 // bookkeeping.
 func catHop(brokers []string, n, run int) (float64, error) {
 	out := "cat-out-" + strconv.Itoa(run)
-	if err := createTopic(brokers, out); err != nil {
-		return 0, err
-	}
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RequiredAcks(kgo.AllISRAcks()), kgo.MaxBufferedRecords(10000))
+	prod, err := newProducer(brokers, out)
 	if err != nil {
 		return 0, err
 	}
@@ -432,15 +466,12 @@ func catHop(brokers []string, n, run int) (float64, error) {
 		}
 	}
 	defer func() { _ = stdin.Close(); _ = cat.Wait() }()
-	cons, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumerGroup("cat-"+strconv.Itoa(run)), kgo.ConsumeTopics("in"),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.DisableAutoCommit(), kgo.Balancers(kgo.CooperativeStickyBalancer()))
+	cons, err := newConsumer(brokers, "cat-"+strconv.Itoa(run))
 	if err != nil {
 		return 0, err
 	}
 	defer cons.Close()
-	var acked atomic.Int64
-	var failed atomic.Value
-	done := make(chan struct{})
+	a := newAcks(n)
 	ctx := context.Background()
 	readErr := make(chan error, 1)
 	go func() {
@@ -461,14 +492,7 @@ func catHop(brokers []string, n, run int) (float64, error) {
 				return
 			}
 			key, val := b[:kl:kl], b[kl:]
-			prod.Produce(ctx, &kgo.Record{Topic: out, Key: key, Value: val}, func(_ *kgo.Record, err error) {
-				if err != nil {
-					failed.Store(err)
-				}
-				if acked.Add(1) == int64(n) {
-					close(done)
-				}
-			})
+			prod.Produce(ctx, &kgo.Record{Topic: out, Key: key, Value: val}, a.promise)
 		}
 	}()
 	w := bufio.NewWriterSize(stdin, 1<<20)
@@ -488,18 +512,11 @@ func catHop(brokers []string, n, run int) (float64, error) {
 		}
 	}
 	select {
-	case <-done:
+	case <-a.done:
 	case err := <-readErr:
 		return 0, err
 	}
-	if err := cons.CommitUncommittedOffsets(ctx); err != nil {
-		return 0, err
-	}
-	el := time.Since(start)
-	if err, _ := failed.Load().(error); err != nil {
-		return 0, err
-	}
-	return float64(n) / el.Seconds(), nil
+	return a.rate(ctx, cons, start)
 }
 
 func culvertHop(dir string, fn fnSpec, brokers []string, n, run, batch, instances int, withFn bool) (float64, error) {

@@ -280,12 +280,7 @@ func (t *T) answer(p *proc, id uint64, recs ...*culvertv1.Record) error {
 func checkVersionNegotiation(t *T) error {
 	h := hello()
 	h.Versions = []uint32{1, 2, 7}
-	p, err := t.start(startOpts{})
-	if err != nil {
-		return err
-	}
-	p.send(helloMsg(h))
-	m, err := p.recv(t.ctx, t.timeout())
+	p, m, err := t.offer(h)
 	if err != nil {
 		return err
 	}
@@ -301,12 +296,7 @@ func checkVersionNegotiation(t *T) error {
 func checkVersionRefusal(t *T) error {
 	h := hello()
 	h.Versions = []uint32{2}
-	p, err := t.start(startOpts{})
-	if err != nil {
-		return err
-	}
-	p.send(helloMsg(h))
-	m, err := p.recv(t.ctx, t.timeout())
+	p, m, err := t.offer(h)
 	if err != nil {
 		return err
 	}
@@ -333,12 +323,7 @@ func checkVersionRefusal(t *T) error {
 func checkCapabilities(t *T) error {
 	h := hello()
 	h.Capabilities = []string{"conformance-unknown-capability", "cancel"}
-	p, err := t.start(startOpts{})
-	if err != nil {
-		return err
-	}
-	p.send(helloMsg(h))
-	m, err := p.recv(t.ctx, t.timeout())
+	p, m, err := t.offer(h)
 	if err != nil {
 		return err
 	}
@@ -360,12 +345,7 @@ func checkCapabilities(t *T) error {
 func checkUnchanged(t *T) error {
 	h := hello()
 	h.Capabilities = []string{"unchanged"}
-	p, err := t.start(startOpts{})
-	if err != nil {
-		return err
-	}
-	p.send(helloMsg(h))
-	m, err := p.recv(t.ctx, t.timeout())
+	p, m, err := t.offer(h)
 	if err != nil {
 		return err
 	}
@@ -397,6 +377,20 @@ func checkUnchanged(t *T) error {
 		}
 	}
 	return nil
+}
+
+// offer starts the function, sends it h and returns its first frame.
+func (t *T) offer(h *culvertv1.Hello) (*proc, *culvertv1.FunctionMessage, error) {
+	p, err := t.start(startOpts{})
+	if err != nil {
+		return nil, nil, err
+	}
+	p.send(helloMsg(h))
+	m, err := p.recv(t.ctx, t.timeout())
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, m, nil
 }
 
 // withUnknown appends an unknown field (number 900, a string) to body.
