@@ -402,6 +402,15 @@ export declare type Output = Message<"culvert.v1.Output"> & {
    * @generated from field: string output = 2;
    */
   output: string;
+
+  /**
+   * True: the output is the input record, exactly as the Batch carried it,
+   * as if record held it; record must then be unset. Only when the
+   * "unchanged" capability is in use (SPEC.md, "Capabilities").
+   *
+   * @generated from field: bool unchanged = 3;
+   */
+  unchanged: boolean;
 };
 
 /**
