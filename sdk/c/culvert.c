@@ -199,6 +199,11 @@ typedef struct culvert_results {
 struct culvert_out {
     buf b; /* RecordResult fields: outputs, or one failure */
     int failed;
+    /* For culvert_pass: the input record's bytes as the Batch carried them
+     * (pointing into the frame; data is NULL outside a batch), and whether
+     * the unchanged capability is in use. */
+    culvert_bytes in;
+    int unchanged;
 };
 
 typedef struct server {
@@ -217,6 +222,8 @@ typedef struct server {
     culvert_record *recs;
     size_t recs_cap;
     size_t *hstart;
+    culvert_bytes *raw; /* raw[i]: the bytes of recs[i] in the Batch */
+    int unchanged;      /* the unchanged capability is in use (SPEC.md 10) */
     culvert_header *hdrs;
     size_t hdrs_len, hdrs_cap;
     culvert_out *outs;
@@ -309,9 +316,13 @@ static int decode_batch(server *s, culvert_bytes in, culvert_batch *b) {
                 size_t *hs = realloc(s->hstart, cap * sizeof *hs);
                 if (!hs) return -1;
                 s->hstart = hs;
+                culvert_bytes *raw = realloc(s->raw, cap * sizeof *raw);
+                if (!raw) return -1;
+                s->raw = raw;
                 s->recs_cap = cap;
             }
             s->hstart[n] = s->hdrs_len;
+            s->raw[n] = rb;
             if (decode_record(s, rb, &s->recs[n]) < 0) return -1;
             n++;
             break;
@@ -327,11 +338,18 @@ static int decode_batch(server *s, culvert_bytes in, culvert_batch *b) {
     return 0;
 }
 
-static int decode_hello(culvert_bytes in, culvert_init_context *ctx, int *has_v1, uint64_t versions[8], size_t *nv) {
+/* The capability behind culvert_pass (SPEC.md section 10). */
+static const char cap_unchanged[] = "unchanged";
+
+/* decode_hello fills ctx and the versions offered, and sets *unchanged when
+ * Hello.capabilities lists "unchanged"; other capabilities are ignored. */
+static int decode_hello(culvert_bytes in, culvert_init_context *ctx, int *has_v1, uint64_t versions[8], size_t *nv,
+                        int *unchanged) {
     rd r = {in.data, in.data + in.len};
     memset(ctx, 0, sizeof *ctx);
     *has_v1 = 0;
     *nv = 0;
+    *unchanged = 0;
     while (r.p < r.end) {
         uint32_t f;
         int wt;
@@ -377,8 +395,12 @@ static int decode_hello(culvert_bytes in, culvert_init_context *ctx, int *has_v1
             }
             break;
         }
+        case 5:
+            RD_BYTES(&r, wt, b);
+            if (b.len == sizeof cap_unchanged - 1 && memcmp(b.data, cap_unchanged, b.len) == 0) *unchanged = 1;
+            break;
         case 7: RD_VARINT(&r, wt, v); ctx->keep_alive_ms = (uint32_t)v; break;
-        default: /* capabilities (5) and unknown fields */
+        default: /* unknown fields */
             if (rd_skip(&r, wt) < 0) return -1;
         }
     }
@@ -556,6 +578,30 @@ int culvert_emit(culvert_out *out, const culvert_record *rec, const char *output
     return 0;
 }
 
+int culvert_pass(culvert_out *out, const char *output) {
+    if (out->failed) return -1;
+    if (!out->in.data) return culvert_fail(out, 0, "culvert: culvert_pass outside a batch has no input record");
+    size_t olen = output ? strlen(output) : 0;
+    if (olen && !utf8_valid((const uint8_t *)output, olen))
+        return culvert_fail(out, 0, "culvert: an output name is not valid UTF-8");
+    /* Output{output, unchanged: true} when the host took the capability,
+     * else Output{record: the input's bytes, output}. */
+    size_t os = out->unchanged ? len_field_size(2, olen) + tag_len(3) + 1
+                               : tag_len(1) + varint_len(out->in.len) + out->in.len + len_field_size(2, olen);
+    if (buf_reserve(&out->b, tag_len(1) + varint_len(os) + os) < 0)
+        return culvert_fail(out, 1, "culvert: out of memory for an output of %zu bytes", os);
+    put_tag(&out->b, 1, WT_LEN); /* RecordResult.outputs */
+    put_varint(&out->b, os);
+    if (!out->unchanged) {
+        put_tag(&out->b, 1, WT_LEN); /* Output.record */
+        put_varint(&out->b, out->in.len);
+        put_raw(&out->b, out->in.data, out->in.len);
+    }
+    put_len_field(&out->b, 2, (const uint8_t *)output, olen); /* Output.output */
+    if (out->unchanged) put_varint_field(&out->b, 3, 1);     /* Output.unchanged */
+    return 0;
+}
+
 culvert_out *culvert_result(culvert_results *res, size_t i) { return i < res->n ? &res->outs[i] : NULL; }
 
 /* ---- I/O ------------------------------------------------------------ */
@@ -701,7 +747,8 @@ static int handshake(server *s, culvert_bytes payload) {
     int has_v1;
     uint64_t versions[8];
     size_t nv;
-    if (decode_hello(payload, &ctx, &has_v1, versions, &nv) < 0)
+    int unchanged;
+    if (decode_hello(payload, &ctx, &has_v1, versions, &nv, &unchanged) < 0)
         return fail(s, "protocol violation: undecodable Hello of %zu bytes", payload.len);
     if (ctx.max_frame_bytes) s->max = ctx.max_frame_bytes;
     if (!has_v1) {
@@ -733,12 +780,17 @@ static int handshake(server *s, culvert_bytes payload) {
     snprintf(a, sizeof a, "%s", agent);
     utf8_sanitize(a);
     size_t al = strlen(a);
+    /* Ready.capabilities: "unchanged" when offered, so that culvert_pass
+     * names the input record instead of sending it back. */
+    size_t cl = unchanged ? sizeof cap_unchanged - 1 : 0;
     buf c = {0};
-    if (buf_reserve(&c, 2 + len_field_size(3, al)) < 0) return fail(s, "out of memory");
+    if (buf_reserve(&c, 2 + len_field_size(2, cl) + len_field_size(3, al)) < 0) return fail(s, "out of memory");
     put_varint_field(&c, 1, CULVERT_VERSION);
+    put_len_field(&c, 2, (const uint8_t *)cap_unchanged, cl);
     put_len_field(&c, 3, (const uint8_t *)a, al);
     int rc = send_frame(s, 16, &c, NULL);
     free(c.p);
+    if (rc == 0) s->unchanged = unchanged;
     return rc;
 }
 
@@ -756,6 +808,8 @@ static int batch(server *s, culvert_bytes payload) {
     for (size_t i = 0; i < res.n; i++) {
         res.outs[i].b.len = 0;
         res.outs[i].failed = 0;
+        res.outs[i].in = s->raw[i];
+        res.outs[i].unchanged = s->unchanged;
     }
     if (s->rfn) {
         for (size_t i = 0; i < res.n; i++) {
@@ -864,6 +918,7 @@ int culvert_serve(int in_fd, int out_fd, culvert_record_fn rfn, culvert_batch_fn
     free(s.outs);
     free(s.recs);
     free(s.hstart);
+    free(s.raw);
     free(s.hdrs);
     free(s.rbuf);
     free(s.w.p);

@@ -11,6 +11,7 @@
  *       (void)user; (void)b;
  *       if (in->value.len == 0) return 0;                          // consumed: no output
  *       if (in->value.data[0] == '{') return culvert_fail(out, 0, "no JSON, please");
+ *       if (in->value.data[0] == '!') return culvert_pass(out, NULL); // as it came, not sent back
  *       culvert_record r = *in;                                    // key and headers kept
  *       r.value.data = (const uint8_t *)"SHOUT"; r.value.len = 5;
  *       return culvert_emit(out, &r, NULL);                        // copied at once
@@ -98,6 +99,20 @@ typedef struct culvert_out culvert_out;
  * (and fails the record) when rec has a string field that is not UTF-8, or
  * when the record already failed. rec->source is not sent. */
 int culvert_emit(culvert_out *out, const culvert_record *rec, const char *output);
+
+/* culvert_pass adds the input record of out, exactly as the host sent it,
+ * as an output: what a filter, a router or a passthrough returns for a
+ * record it keeps. output names a route output, or NULL/"" for the default.
+ * When the host offers the protocol's "unchanged" capability (SPEC.md
+ * section 10), as Culvert's does, the SDK accepts it in Ready and the
+ * output only names the input record: the record is neither encoded nor
+ * written back, and the host does not read it again. Otherwise the output
+ * carries a copy of the input record's bytes, which means the same as
+ * culvert_emit(out, in, output). Changes made to a copy of *in are not
+ * seen: a callback that modifies its record returns it with culvert_emit.
+ * Works in record and batch callbacks alike. Returns 0, or -1 (and fails
+ * the record) when output is not UTF-8, or when the record already failed. */
+int culvert_pass(culvert_out *out, const char *output);
 
 /* culvert_fail fails the record of out, dropping its outputs: retryable
  * non-zero asks the host to retry it, zero sends it to the dead-letter

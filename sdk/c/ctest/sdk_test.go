@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/culvert-dev/culvert/internal/testbin"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"github.com/culvert-dev/culvert/proto/framing"
 	"github.com/culvert-dev/culvert/sdk/internal/sdktest"
@@ -84,6 +85,52 @@ func TestCEndToEnd(t *testing.T) {
 	sdktest.EndToEnd(t, bin)
 }
 
+// TestCPassthroughUnchanged runs the passthrough example, built with the
+// sanitizers, through the real host, which offers the unchanged
+// capability: Ready accepts it, and the records come back as they went in
+// whether the example answers with culvert_pass (Output.unchanged) or,
+// with --emit, with culvert_emit (the records sent back). The bytes on
+// the wire are checked by test/test_culvert.c.
+func TestCPassthroughUnchanged(t *testing.T) {
+	bin, err := cachedBuild("passthrough", nil, "culvert.c", "examples/passthrough/main.c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := []*culvertv1.Record{
+		{Id: "a", Key: []byte("k\x00\xff"), Value: []byte("v\x00\xff"), ContentType: "application/octet-stream",
+			Headers: []*culvertv1.Header{{Name: "h", Value: []byte{0}}, {Name: "h", Value: []byte("x")}},
+			Source:  &culvertv1.Position{Connector: "test", Offset: 7}},
+		{Id: "b", Value: []byte("second"), Source: &culvertv1.Position{Connector: "test", Offset: 8}},
+	}
+	for _, args := range [][]string{nil, {"--emit"}} {
+		t.Run(fmt.Sprint("args", args), func(t *testing.T) {
+			var logs testbin.Buffer
+			inst := sdktest.Start(t, &logs, 100, append([]string{bin}, args...)...)
+			res, err := sdktest.Call(t, inst, recs)
+			if err != nil {
+				t.Fatalf("batch: %v\nlog:\n%s", err, &logs)
+			}
+			if len(res) != len(recs) {
+				t.Fatalf("%d results for %d records", len(res), len(recs))
+			}
+			for i, r := range res {
+				if r.Failure != nil || len(r.Outputs) != 1 {
+					t.Fatalf("%s: failure %+v, %d outputs; want one output\nlog:\n%s", recs[i].Id, r.Failure, len(r.Outputs), &logs)
+				}
+				got, want := r.Outputs[0].Record, recs[i]
+				if !bytes.Equal(got.GetValue(), want.Value) || !bytes.Equal(got.GetKey(), want.Key) ||
+					got.GetContentType() != want.ContentType || len(got.GetHeaders()) != len(want.Headers) ||
+					got.GetSource().GetOffset() != want.Source.Offset {
+					t.Errorf("%s: got %v, want %v", want.Id, got, want)
+				}
+			}
+			if !strings.Contains(logs.String(), "capabilities=[unchanged]") {
+				t.Errorf("Ready did not accept the unchanged capability:\n%s", &logs)
+			}
+		})
+	}
+}
+
 // seeds are streams a host writes: a handshake, batches with headers,
 // binary values and event times, a keep-alive and a shutdown.
 func seeds(t testing.TB) [][]byte {
@@ -110,10 +157,17 @@ func seeds(t testing.TB) [][]byte {
 	frame(&full, &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_KeepAlive{KeepAlive: &culvertv1.KeepAlive{Nonce: 99}}})
 	frame(&full, &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Batch{Batch: &culvertv1.Batch{Id: 2}}})
 	frame(&full, &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Shutdown{Shutdown: &culvertv1.Shutdown{Reason: "bye"}}})
-	out := [][]byte{hello.Bytes(), full.Bytes(), []byte("hello\n")}
+	// The same batch after a Hello offering the unchanged capability, so
+	// that culvert_pass answers with Output.unchanged.
+	var unchanged bytes.Buffer
+	hu := proto.Clone(h).(*culvertv1.HostMessage)
+	hu.GetHello().Capabilities = []string{"log-frames", "unchanged"}
+	frame(&unchanged, hu)
+	frame(&unchanged, &culvertv1.HostMessage{Msg: &culvertv1.HostMessage_Batch{Batch: &culvertv1.Batch{Id: 1, Records: recs, Attempt: 1}}})
+	out := [][]byte{hello.Bytes(), full.Bytes(), []byte("hello\n"), unchanged.Bytes()}
 	// Bare frame bodies too: the fuzz target also decodes its input as one
 	// body, in a buffer of exactly its size.
-	for _, m := range []*culvertv1.HostMessage{h, {Msg: &culvertv1.HostMessage_Batch{Batch: &culvertv1.Batch{Id: 1, Records: recs, Attempt: 1}}}} {
+	for _, m := range []*culvertv1.HostMessage{h, hu, {Msg: &culvertv1.HostMessage_Batch{Batch: &culvertv1.Batch{Id: 1, Records: recs, Attempt: 1}}}} {
 		b, err := proto.Marshal(m)
 		if err != nil {
 			t.Fatal(err)

@@ -64,19 +64,27 @@ static void host_frame(buf *out, uint32_t field, const buf *content) {
     put_raw(out, content->p, content->len);
 }
 
-static void hello(buf *out, uint32_t version, uint32_t max_frame) {
+/* hello_caps writes a Hello offering the capabilities caps[0..ncaps). */
+static void hello_caps(buf *out, uint32_t version, uint32_t max_frame, const char *const *caps, size_t ncaps) {
     buf c = {0};
     buf_reserve(&c, 64);
     put_tag(&c, 1, WT_LEN); /* packed versions */
     put_varint(&c, varint_len(version));
     put_varint(&c, version);
     put_varint_field(&c, 2, max_frame);
+    for (size_t i = 0; i < ncaps; i++) {
+        buf_reserve(&c, 16 + strlen(caps[i]));
+        put_len_field(&c, 5, (const uint8_t *)caps[i], strlen(caps[i]));
+    }
+    buf_reserve(&c, 16);
     put_tag(&c, 6, WT_LEN); /* context: function "fn" */
     put_varint(&c, 4);
     put_len_field(&c, 2, (const uint8_t *)"fn", 2);
     host_frame(out, 16, &c);
     free(c.p);
 }
+
+static void hello(buf *out, uint32_t version, uint32_t max_frame) { hello_caps(out, version, max_frame, NULL, 0); }
 
 static void batch_frame(buf *out, uint64_t id, const culvert_record *recs, size_t n) {
     buf c = {0};
@@ -108,8 +116,11 @@ typedef struct {
     uint64_t batch_id, nonce;
     int n_results;
     int n_outputs[64];
+    int n_unchanged[64]; /* outputs with Output.unchanged true */
+    int n_records[64];   /* outputs with Output.record set */
     char value[64][64];
     char output[64][32];
+    char caps[64]; /* Ready.capabilities, joined by ',' */
     char failure[64][256];
     int retryable[64];
     char text[256]; /* Ready.agent or InitError.message */
@@ -145,6 +156,11 @@ static int decode_fn(const uint8_t *p, size_t n, fmsg *m) {
         }
         if (rd_bytes(&q, &b) < 0) return -1;
         if ((m->kind == 16 && f == 3) || (m->kind == 17 && f == 1)) copy_str(m->text, sizeof m->text, b);
+        if (m->kind == 16 && f == 2) {
+            size_t l = strlen(m->caps);
+            if (l && l < sizeof m->caps - 1) m->caps[l++] = ',';
+            copy_str(m->caps + l, sizeof m->caps - l, b);
+        }
         if (m->kind == 18 && f == 2) { /* RecordResult */
             int i = m->n_results++;
             rd rr = {b.data, b.data + b.len};
@@ -156,9 +172,17 @@ static int decode_fn(const uint8_t *p, size_t n, fmsg *m) {
                     m->n_outputs[i]++;
                     while (o.p < o.end) {
                         culvert_bytes y;
-                        if (rd_tag(&o, &f, &wt) < 0 || rd_bytes(&o, &y) < 0) return -1;
+                        uint64_t z;
+                        if (rd_tag(&o, &f, &wt) < 0) return -1;
+                        if (wt == WT_VARINT) {
+                            if (rd_varint(&o, &z) < 0) return -1;
+                            if (f == 3 && z) m->n_unchanged[i]++;
+                            continue;
+                        }
+                        if (rd_bytes(&o, &y) < 0) return -1;
                         if (f == 2) copy_str(m->output[i], sizeof m->output[i], y);
                         if (f == 1) {
+                            m->n_records[i]++;
                             culvert_record rec;
                             server s;
                             memset(&s, 0, sizeof s);
@@ -187,19 +211,31 @@ static int decode_fn(const uint8_t *p, size_t n, fmsg *m) {
     return 0;
 }
 
-/* serve_bytes runs culvert_serve over input and decodes its frames into
- * msgs (at most max). Returns culvert_serve's result. */
-static int serve_bytes(const buf *input, culvert_record_fn rfn, culvert_batch_fn bfn, const culvert_options *opts,
-                       fmsg *msgs, int max, int *n, char *err, size_t errlen) {
+/* serve_raw runs culvert_serve over input and returns what it wrote in
+ * *written (malloc'd) and *wn. Returns culvert_serve's result. */
+static int serve_raw(const buf *input, culvert_record_fn rfn, culvert_batch_fn bfn, const culvert_options *opts,
+                     uint8_t **written, size_t *wn, char *err, size_t errlen) {
     FILE *in = tmpfile(), *out = tmpfile();
     fwrite(input->p, 1, input->len, in);
     fflush(in);
     rewind(in);
     int rc = culvert_serve(fileno(in), fileno(out), rfn, bfn, opts, err, errlen);
     off_t size = lseek(fileno(out), 0, SEEK_END);
-    uint8_t *data = malloc((size_t)size + 1);
+    *written = malloc((size_t)size + 1);
     lseek(fileno(out), 0, SEEK_SET);
-    size_t got = (size_t)read(fileno(out), data, (size_t)size);
+    *wn = (size_t)read(fileno(out), *written, (size_t)size);
+    fclose(in);
+    fclose(out);
+    return rc;
+}
+
+/* serve_bytes runs culvert_serve over input and decodes its frames into
+ * msgs (at most max). Returns culvert_serve's result. */
+static int serve_bytes(const buf *input, culvert_record_fn rfn, culvert_batch_fn bfn, const culvert_options *opts,
+                       fmsg *msgs, int max, int *n, char *err, size_t errlen) {
+    uint8_t *data;
+    size_t got;
+    int rc = serve_raw(input, rfn, bfn, opts, &data, &got, err, errlen);
     server s;
     memset(&s, 0, sizeof s);
     s.in_fd = -1;
@@ -219,8 +255,6 @@ static int serve_bytes(const buf *input, culvert_record_fn rfn, culvert_batch_fn
         (*n)++;
     }
     free(data);
-    fclose(in);
-    fclose(out);
     return rc;
 }
 
@@ -250,6 +284,7 @@ static void test_spec_batch_decodes(void) {
     CHECK(r->n_headers == 1 && eq(r->headers[0].name, "type") && eq(r->headers[0].value, "created"), "headers");
     free(s.recs);
     free(s.hstart);
+    free(s.raw);
     free(s.hdrs);
 }
 
@@ -583,6 +618,195 @@ static void test_stdout_taken(void) {
     free(in.p);
 }
 
+/* ---- the unchanged capability (SPEC.md sections 4.3, 6 and 10) ---- */
+
+static const char *const offer_unchanged[] = {"log-frames", "unchanged", "some-future-capability"};
+static const char *const offer_other[] = {"log-frames"};
+
+/* pass_rec passes records on as they came: "drop" is consumed, a value
+ * "keep-NAME" goes to the default output and to NAME, others to the
+ * default output. */
+static int pass_rec(void *u, const culvert_batch *b, const culvert_record *in, culvert_out *out) {
+    (void)u;
+    (void)b;
+    if (eq(in->value, "drop")) return 0;
+    if (in->value.len > 5 && memcmp(in->value.data, "keep-", 5) == 0) {
+        char name[32];
+        copy_str(name, sizeof name, (culvert_bytes){in->value.data + 5, in->value.len - 5});
+        if (culvert_pass(out, NULL) < 0) return -1;
+        return culvert_pass(out, name);
+    }
+    return culvert_pass(out, NULL);
+}
+
+/* emit_rec answers as pass_rec does, with culvert_emit of the input. */
+static int emit_rec(void *u, const culvert_batch *b, const culvert_record *in, culvert_out *out) {
+    (void)u;
+    (void)b;
+    if (eq(in->value, "drop")) return 0;
+    if (in->value.len > 5 && memcmp(in->value.data, "keep-", 5) == 0) {
+        char name[32];
+        copy_str(name, sizeof name, (culvert_bytes){in->value.data + 5, in->value.len - 5});
+        if (culvert_emit(out, in, NULL) < 0) return -1;
+        return culvert_emit(out, in, name);
+    }
+    return culvert_emit(out, in, NULL);
+}
+
+static void pass_batch(void *u, const culvert_batch *b, culvert_results *res) {
+    for (size_t i = b->n_records; i-- > 0;) /* any order */
+        (void)pass_rec(u, b, &b->records[i], culvert_result(res, i));
+}
+
+/* pass_records fills recs[3] with "a", "keep-x" and "drop", with ids, keys,
+ * a content type, repeated headers and an event time. */
+static void pass_records(culvert_record recs[3], const culvert_header *hs) {
+    const char *vals[] = {"a", "keep-x", "drop"};
+    for (int i = 0; i < 3; i++) {
+        memset(&recs[i], 0, sizeof recs[i]);
+        recs[i].id = str(i == 0 ? "in:1" : i == 1 ? "in:2" : "in:3");
+        recs[i].key = str("k\xff");
+        recs[i].value = str(vals[i]);
+        recs[i].content_type = str("text/plain");
+        recs[i].headers = hs;
+        recs[i].n_headers = 2;
+        recs[i].has_event_time = 1;
+        recs[i].event_seconds = 1767225600;
+        recs[i].event_nanos = 5;
+    }
+}
+
+/* Offered: Ready lists the capability (and only that of the offers), and
+ * each pass is Output{unchanged: true}, with no record, its output name
+ * kept: byte for byte. The batch callback gets the same answers. */
+static void test_pass_unchanged(void) {
+    culvert_header hs[2] = {{str("h"), {(const uint8_t *)"\0\1", 2}}, {str("h"), str("again")}};
+    culvert_record recs[3];
+    pass_records(recs, hs);
+    buf in = {0};
+    hello_caps(&in, 1, 0, offer_unchanged, 3);
+    batch_frame(&in, 1, recs, 3);
+    for (int v = 0; v < 2; v++) {
+        fmsg m[3];
+        int n;
+        char err[256];
+        int rc = serve_bytes(&in, v ? NULL : pass_rec, v ? pass_batch : NULL, NULL, m, 3, &n, err, sizeof err);
+        CHECK(rc == 0, "serve %d: %s", v, err);
+        CHECK(n == 2 && m[0].kind == 16 && m[0].flag == 1 && strcmp(m[0].caps, "unchanged") == 0, "%d: Ready capabilities \"%s\"", v,
+              m[0].caps);
+        CHECK(m[1].kind == 18 && m[1].n_results == 3, "%d: result", v);
+        CHECK(m[1].n_outputs[0] == 1 && m[1].n_unchanged[0] == 1 && m[1].n_records[0] == 0 && m[1].output[0][0] == 0,
+              "%d: a: %d outputs, %d unchanged, %d records", v, m[1].n_outputs[0], m[1].n_unchanged[0], m[1].n_records[0]);
+        CHECK(m[1].n_outputs[1] == 2 && m[1].n_unchanged[1] == 2 && m[1].n_records[1] == 0 && strcmp(m[1].output[1], "x") == 0,
+              "%d: keep-x: %d outputs, %d unchanged, %d records, output \"%s\"", v, m[1].n_outputs[1], m[1].n_unchanged[1],
+              m[1].n_records[1], m[1].output[1]);
+        CHECK(m[1].n_outputs[2] == 0 && m[1].failure[2][0] == 0, "%d: drop", v);
+    }
+    /* The BatchResult, byte for byte: Output{unchanged: true} is 18 01,
+     * and Output{output: "x", unchanged: true} 12 01 78 18 01. */
+    uint8_t want[64];
+    size_t wn = unhex("1a 92 01 17 08 01 12 04 0a 02 18 01 12 0b 0a 02 18 01 0a 05 12 01 78 18 01 12 00", want);
+    uint8_t *got;
+    size_t gn;
+    char err[256];
+    CHECK(serve_raw(&in, pass_rec, NULL, NULL, &got, &gn, err, sizeof err) == 0, "%s", err);
+    CHECK(gn > wn && memcmp(got + gn - wn, want, wn) == 0, "the BatchResult is not Output.unchanged (%zu bytes written)", gn);
+    free(got);
+    free(in.p);
+}
+
+/* Not offered (or only other capabilities): Ready lists none, and a pass
+ * sends the record back: every byte written is what an echo with
+ * culvert_emit writes. */
+static void test_pass_without_capability(void) {
+    culvert_header hs[2] = {{str("h"), {(const uint8_t *)"\0\1", 2}}, {str("h"), str("again")}};
+    culvert_record recs[3];
+    pass_records(recs, hs);
+    for (int v = 0; v < 2; v++) {
+        buf in = {0};
+        hello_caps(&in, 1, 0, offer_other, (size_t)v);
+        batch_frame(&in, 1, recs, 3);
+        fmsg m[3];
+        int n;
+        char err[256];
+        CHECK(serve_bytes(&in, pass_rec, NULL, NULL, m, 3, &n, err, sizeof err) == 0, "%d: %s", v, err);
+        CHECK(n == 2 && m[0].kind == 16 && m[0].caps[0] == 0, "%d: Ready capabilities \"%s\"", v, m[0].caps);
+        CHECK(m[1].n_outputs[0] == 1 && m[1].n_records[0] == 1 && m[1].n_unchanged[0] == 0 && strcmp(m[1].value[0], "a") == 0,
+              "%d: a", v);
+        CHECK(m[1].n_outputs[1] == 2 && m[1].n_records[1] == 2 && m[1].n_unchanged[1] == 0 && strcmp(m[1].value[1], "keep-x") == 0 &&
+                  strcmp(m[1].output[1], "x") == 0,
+              "%d: keep-x", v);
+        uint8_t *passed, *echoed;
+        size_t pn, en;
+        CHECK(serve_raw(&in, pass_rec, NULL, NULL, &passed, &pn, err, sizeof err) == 0, "%s", err);
+        CHECK(serve_raw(&in, emit_rec, NULL, NULL, &echoed, &en, err, sizeof err) == 0, "%s", err);
+        CHECK(pn == en && memcmp(passed, echoed, pn) == 0, "%d: passed records (%zu bytes) differ from echoed ones (%zu bytes)", v,
+              pn, en);
+        free(passed);
+        free(echoed);
+        free(in.p);
+    }
+
+    /* The bytes are the input's as the Batch carried them, a field from a
+     * future version included. */
+    uint8_t rb[64];
+    buf r = {rb, 0, sizeof rb};
+    put_len_field(&r, 3, (const uint8_t *)"v", 1);
+    put_tag(&r, 900, WT_LEN);
+    put_varint(&r, 3);
+    put_raw(&r, "new", 3);
+    uint8_t cb[96];
+    buf c = {cb, 0, sizeof cb};
+    put_varint_field(&c, 1, 1);
+    put_len_field(&c, 2, r.p, r.len);
+    buf in = {0};
+    hello(&in, 1, 0);
+    host_frame(&in, 17, &c);
+    uint8_t *got;
+    size_t gn;
+    char err[256];
+    CHECK(serve_raw(&in, pass_rec, NULL, NULL, &got, &gn, err, sizeof err) == 0, "%s", err);
+    /* ... 12 (RecordResult) 0c, 0a (Output) 0a, 0a (record) 08, the record. */
+    CHECK(gn > r.len && memcmp(got + gn - r.len, r.p, r.len) == 0 && got[gn - r.len - 1] == r.len &&
+              got[gn - r.len - 2] == 0x0a,
+          "the input record's bytes were not copied");
+    free(got);
+    free(in.p);
+}
+
+/* Offered, a callback that emits its records still sends them. */
+static void test_emit_with_capability(void) {
+    culvert_header hs[2] = {{str("h"), {(const uint8_t *)"\0\1", 2}}, {str("h"), str("again")}};
+    culvert_record recs[3];
+    pass_records(recs, hs);
+    buf in = {0};
+    hello_caps(&in, 1, 0, offer_unchanged + 1, 1);
+    batch_frame(&in, 1, recs, 3);
+    fmsg m[3];
+    int n;
+    char err[256];
+    CHECK(serve_bytes(&in, emit_rec, NULL, NULL, m, 3, &n, err, sizeof err) == 0, "%s", err);
+    CHECK(n == 2 && strcmp(m[0].caps, "unchanged") == 0, "Ready capabilities \"%s\"", m[0].caps);
+    CHECK(m[1].n_outputs[0] == 1 && m[1].n_records[0] == 1 && m[1].n_unchanged[0] == 0 && strcmp(m[1].value[0], "a") == 0, "a");
+    CHECK(m[1].n_outputs[1] == 2 && m[1].n_records[1] == 2 && m[1].n_unchanged[1] == 0 && strcmp(m[1].output[1], "x") == 0,
+          "keep-x");
+    free(in.p);
+}
+
+/* culvert_pass outside a batch, after a failure and with an output name
+ * that is not UTF-8 fails the record. */
+static void test_pass_errors(void) {
+    culvert_out out = {0};
+    CHECK(culvert_pass(&out, NULL) == -1 && out.failed, "no input record accepted");
+    CHECK(culvert_pass(&out, NULL) == -1, "pass after a failure accepted");
+    culvert_out named = {0};
+    named.in = str("\x1a\x01v");
+    named.unchanged = 1;
+    CHECK(culvert_pass(&named, "\xff") == -1 && named.failed, "an output name that is not UTF-8 accepted");
+    free(out.b.p);
+    free(named.b.p);
+}
+
 int main(void) {
     RUN(test_spec_batch_decodes);
     RUN(test_spec_frames_encode);
@@ -595,6 +819,10 @@ int main(void) {
     RUN(test_frame_limit_fails_largest);
     RUN(test_utf8);
     RUN(test_stdout_taken);
+    RUN(test_pass_unchanged);
+    RUN(test_pass_without_capability);
+    RUN(test_emit_with_capability);
+    RUN(test_pass_errors);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

@@ -4,6 +4,11 @@
  * culvert-conformance header asks it to echo, emit N copies, drop, fail,
  * fail retryably or print to stdout. Every other record is echoed.
  *
+ * A plain echo passes the record on with culvert_pass, so that a host
+ * offering the "unchanged" capability (SPEC.md section 10) gets
+ * Output.unchanged, and every other host the record back: the kit's
+ * "unchanged" rule checks both answers.
+ *
  * With --batch it serves the same answers through the per-batch API
  * (culvert_run_batch), reporting each record through culvert_result, so
  * that the kit checks that API too. */
@@ -38,7 +43,7 @@ static int handle(void *user, const culvert_batch *batch, const culvert_record *
             d = &in->headers[i].value;
             break;
         }
-    if (!d || is(*d, "echo")) return culvert_emit(out, in, NULL);
+    if (!d || is(*d, "echo")) return culvert_pass(out, NULL);
     if (is(*d, "drop")) return 0;
     if (is(*d, "fail")) return culvert_fail(out, 0, "failure requested by the %s header", header);
     if (is(*d, "retry")) return culvert_fail(out, 1, "failure requested by the %s header", header);
