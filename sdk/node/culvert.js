@@ -11,6 +11,10 @@
 //     return record;                                           // the input, modified
 //   }, { agent: "reverse/1" });
 //
+// A handler that passes its record on exactly as it came returns
+// culvert.pass() (or culvert.passTo("name")): with a host that offers the
+// protocol's "unchanged" capability the record is not sent back.
+//
 // Handlers may be async; records and batches are still answered in order,
 // one at a time. Before any handler, init or shutdown code runs, run() sends
 // process.stdout and console output to stderr and writes frames to fd 1
@@ -59,7 +63,17 @@ export class ProtocolError extends Error {
   }
 }
 
-/** One emitted record aimed at a named route output (see to()). */
+/** The protocol capability behind pass() and passTo(). */
+const CAP_UNCHANGED = "unchanged";
+
+// Marks an Output made by pass() or passTo(): the input record as it came.
+const INPUT = Symbol("culvert.input");
+
+/**
+ * One emitted record aimed at a named route output (see to()), or, made by
+ * pass() or passTo(), the input record as it came (record is then
+ * undefined).
+ */
 export class Output {
   constructor(record, to = "") {
     this.record = record;
@@ -70,6 +84,28 @@ export class Output {
 /** Returns record as an output aimed at the route output named output. */
 export function to(output, record) {
   return new Output(record, output);
+}
+
+/**
+ * Returns the input record, exactly as it came, as an output to the default
+ * destination: what a filter, a router or a passthrough returns for a
+ * record it keeps. It means the same as returning the untouched record, but
+ * when the host offers the protocol's "unchanged" capability (proto/SPEC.md
+ * section 10), as Culvert's does, the SDK answers with Output.unchanged:
+ * the record is neither encoded nor written back, and the host uses the one
+ * it sent. With another host the SDK sends the record, as returning it
+ * would. Use it only for a record the handler did not change: a changed
+ * record is returned itself.
+ */
+export function pass() {
+  return passTo("");
+}
+
+/** pass() aimed at the route output named output. */
+export function passTo(output) {
+  const o = new Output(undefined, output);
+  o[INPUT] = true;
+  return o;
 }
 
 /** Makes a Record from its fields, e.g. record({ value: bytes, key }). */
@@ -308,6 +344,9 @@ class Server {
     this.shutdown = options.shutdown;
     this.agent = options.agent ?? DEFAULT_AGENT;
     this.max = DEFAULT_MAX_FRAME;
+    // The host offered the "unchanged" capability and Ready accepted it:
+    // pass() and passTo() go out as Output.unchanged.
+    this.unchanged = false;
   }
 
   send(msg) {
@@ -329,7 +368,13 @@ class Server {
         this.refuse(message(e), retryable(e));
       }
     }
-    this.send({ case: "ready", value: { version: VERSION, agent: this.agent } });
+    const ready = { version: VERSION, agent: this.agent };
+    if (hello.capabilities.includes(CAP_UNCHANGED)) {
+      // Accepted whenever offered, never otherwise (SPEC.md section 10).
+      this.unchanged = true;
+      ready.capabilities = [CAP_UNCHANGED];
+    }
+    this.send({ case: "ready", value: ready });
   }
 
   refuse(msg, isRetryable) {
@@ -387,7 +432,7 @@ class Server {
       logError(`batch ${b.id} of ${recs.length} records`, e);
       results = new Array(recs.length).fill(e instanceof Error ? e : new Error(String(e)));
     }
-    const rrs = results.map((r, i) => recordResult(r, recs[i]));
+    const rrs = results.map((r, i) => recordResult(r, recs[i], this.unchanged));
     let body;
     try {
       body = encodeResult(b.id, rrs);
@@ -435,7 +480,9 @@ function isRecord(x) {
 }
 
 // recordResult turns what a handler returned for rec into a RecordResult.
-function recordResult(r, rec) {
+// unchanged: the capability is in use, so pass() outputs name the input
+// record (Output.unchanged, no record) instead of carrying it.
+function recordResult(r, rec, unchanged) {
   if (r === null || r === undefined) return create(RecordResultSchema);
   if (r instanceof Error) return failure(message(r), retryable(r));
   const items = Array.isArray(r) ? r : [r];
@@ -444,6 +491,11 @@ function recordResult(r, rec) {
     let out = item;
     let name = "";
     if (item instanceof Output) {
+      if (item[INPUT] === true) {
+        // The input record as the host sent it (SPEC.md sections 4.3, 6).
+        outputs.push(unchanged ? { unchanged: true, output: item.to ?? "" } : { record: rec, output: item.to ?? "" });
+        continue;
+      }
       out = item.record;
       name = item.to ?? "";
     }

@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as culvert from "../culvert.js";
-import { FunctionMessageSchema, HostMessageSchema } from "../gen/culvert/v1/function_pb.js";
+import { FunctionMessageSchema, HostMessageSchema, OutputSchema } from "../gen/culvert/v1/function_pb.js";
 
 const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 
@@ -43,7 +43,8 @@ async function serve(handler, frames, { batchHandler = false, chunkSize = 7, ...
   } catch (e) {
     err = e;
   }
-  return { got: decodeAll(Buffer.concat(written)), err };
+  const raw = Buffer.concat(written);
+  return { got: decodeAll(raw), err, raw };
 }
 
 test("FrameReader", async (t) => {
@@ -293,4 +294,91 @@ test("a protocol error exits 1 without writing", () => {
   assert.equal(p.status, 1);
   assert.equal(p.stdout.length, 0);
   assert.match(p.stderr.toString(), /not a culvert.v1 frame/);
+});
+
+// passing answers with culvert.pass(): "drop" is dropped, "keep-x" goes to
+// the output x and to the default destination, anything else to the
+// default destination.
+const passing = (r) => {
+  switch (Buffer.from(r.value).toString("latin1")) {
+    case "drop":
+      return null;
+    case "keep-x":
+      return [culvert.passTo("x"), culvert.pass()];
+  }
+  return culvert.pass();
+};
+const marker = "a value the answer must not carry \x00\xff";
+const passRecs = () => [rec("1", marker, [{ name: "h", value: Buffer.from("v") }]), rec("2", "keep-x"), rec("3", "drop")];
+const outputs = (res) => res.results.map((rr) => rr.outputs.map((o) => [o.unchanged, o.record === undefined, o.output]));
+
+test("pass with the unchanged capability", async (t) => {
+  for (const batchHandler of [false, true]) {
+    await t.test(batchHandler ? "runBatch" : "run", async () => {
+      const handler = batchHandler ? (recs) => recs.map(passing) : passing;
+      const { got, err, raw } = await serve(handler, [hello({ capabilities: ["log-frames", "unchanged", "some-future-capability"] }), batch(1, passRecs())], {
+        batchHandler,
+      });
+      assert.equal(err, null);
+      assert.equal(got[0].case, "ready");
+      assert.deepEqual(got[0].value.capabilities, ["unchanged"]); // the offered one it uses, nothing else
+      assert.equal(got[1].case, "result");
+      // [unchanged, no record, output]
+      assert.deepEqual(outputs(got[1].value), [[[true, true, ""]], [[true, true, "x"], [true, true, ""]], []]);
+      // On the wire: field 3 true and nothing else, and the record is not sent.
+      const first = got[1].value.results[0].outputs[0];
+      assert.deepEqual([...toBinary(OutputSchema, first)], [0x18, 0x01]);
+      assert.ok(!raw.includes(Buffer.from(marker, "latin1")), "the record's value was sent back");
+    });
+  }
+});
+
+test("pass without the unchanged capability sends the records back, as an echo does", async (t) => {
+  for (const [name, hostHello] of [
+    ["none offered", hello()],
+    ["others offered", hello({ capabilities: ["log-frames", "some-future-capability"] })],
+  ]) {
+    await t.test(name, async () => {
+      const pass = await serve(passing, [hostHello, batch(1, passRecs())]);
+      const echo = await serve(
+        (r) => {
+          const v = Buffer.from(r.value).toString("latin1");
+          if (v === "drop") return null;
+          if (v === "keep-x") return [culvert.to("x", r), r];
+          return r;
+        },
+        [hostHello, batch(1, passRecs())],
+      );
+      assert.equal(pass.err, null);
+      assert.equal(echo.err, null);
+      assert.deepEqual(pass.got[0].value.capabilities, []); // never a capability the host did not offer
+      assert.deepEqual(outputs(pass.got[1].value), [[[false, false, ""]], [[false, false, "x"], [false, false, ""]], []]);
+      const o = pass.got[1].value.results[0].outputs[0].record;
+      assert.equal(Buffer.from(o.value).toString("latin1"), marker);
+      assert.deepEqual(o.headers.map((h) => [h.name, Buffer.from(h.value).toString()]), [["h", "v"]]);
+      assert.ok(pass.raw.equals(echo.raw), "pass() without the capability is not byte for byte an echo");
+    });
+  }
+});
+
+test("the capability offered, returned records are still sent", async () => {
+  const handle = (r) => {
+    const v = Buffer.from(r.value).toString("latin1");
+    if (v === "keep-x") return [culvert.to("x", r), culvert.record({ value: Buffer.from("new") })];
+    if (v === "drop") {
+      r.value = Buffer.from("changed");
+      return r;
+    }
+    return r;
+  };
+  const { got, err, raw } = await serve(handle, [hello({ capabilities: ["unchanged"] }), batch(1, passRecs())]);
+  assert.equal(err, null);
+  assert.deepEqual(got[0].value.capabilities, ["unchanged"]);
+  const res = got[1].value;
+  assert.deepEqual(outputs(res), [[[false, false, ""]], [[false, false, "x"], [false, false, ""]], [[false, false, ""]]]);
+  assert.deepEqual(
+    res.results.map((rr) => rr.outputs.map((o) => Buffer.from(o.record.value).toString("latin1"))),
+    [[marker], ["keep-x", "new"], ["changed"]],
+  );
+  assert.ok(raw.includes(Buffer.from(marker, "latin1")));
 });

@@ -3,7 +3,8 @@
 // appendix A), so that `culvert fn conform -- node index.js` can drive every
 // rule: with CULVERT_CONFORMANCE=1 in its environment, a record's
 // culvert-conformance header asks it to echo, emit N copies, drop, fail,
-// fail retryably or print to stdout. Every other record is echoed.
+// fail retryably or print to stdout. Every other record is echoed, with
+// culvert.pass().
 //
 // With --batch it serves the same answers through the per-batch API
 // (culvert.runBatch), failing single records by putting an Error in their
@@ -21,7 +22,10 @@ function directive(record) {
 
 function handle(record) {
   const d = enabled ? directive(record) : null;
-  if (d === null || d === "echo") return record;
+  // The record passes on as it came: culvert.pass(), so that a host offering
+  // the "unchanged" capability (the kit's rule "unchanged") gets
+  // Output.unchanged, and any other gets the record back.
+  if (d === null || d === "echo") return culvert.pass();
   if (d === "drop") return null;
   if (d === "fail") throw new Error("failure requested by the culvert-conformance header");
   if (d === "retry") throw new culvert.RetryableError("failure requested by the culvert-conformance header");
