@@ -24,14 +24,17 @@ func FuzzPythonServe(f *testing.F) {
 }
 
 // seeds are host streams that follow a Hello: batches with headers and
-// binary values, a keep-alive, a shutdown, and printed text.
+// binary values, a keep-alive, a shutdown, and printed text. The stream of
+// frames comes twice, once with a byte after the Shutdown, so that both
+// parities of length run: the harness offers the "unchanged" capability
+// to even ones only.
 func seeds(tb testing.TB) [][]byte {
 	tb.Helper()
 	var all []byte
 	for _, m := range []*culvertv1.HostMessage{
 		{Msg: &culvertv1.HostMessage_Batch{Batch: &culvertv1.Batch{Id: 1, Attempt: 1, Records: []*culvertv1.Record{
 			{Id: "a", Key: []byte("k"), Value: []byte("v\x00\xff"), Headers: []*culvertv1.Header{{Name: "h", Value: []byte{0}}}},
-			{Id: "b", Value: []byte("f")}, {Id: "c", Value: []byte("two")}}}}},
+			{Id: "b", Value: []byte("f")}, {Id: "c", Value: []byte("two")}, {Id: "d", Value: []byte("same")}}}}},
 		{Msg: &culvertv1.HostMessage_KeepAlive{KeepAlive: &culvertv1.KeepAlive{Nonce: 5}}},
 		{Msg: &culvertv1.HostMessage_Batch{Batch: &culvertv1.Batch{Id: 2}}},
 		{Msg: &culvertv1.HostMessage_Shutdown{Shutdown: &culvertv1.Shutdown{}}},
@@ -42,5 +45,5 @@ func seeds(tb testing.TB) [][]byte {
 		}
 		all = append(all, b...)
 	}
-	return [][]byte{all, []byte("hello\n"), nil}
+	return [][]byte{all, append(all[:len(all):len(all)], 0), []byte("hello\n"), nil}
 }

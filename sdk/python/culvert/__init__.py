@@ -22,10 +22,20 @@ A function that upper-cases text, drops empty records and fails the rest::
     culvert.run(handle, agent="shout/1")
 
 Handlers return ``None`` (no output), a ``Record``, an ``Output`` made by
-``culvert.to(name, record)``, or a list (or any iterable, e.g. a generator)
-of those. An exception fails that
+``culvert.to(name, record)``, ``culvert.unchanged()`` or
+``culvert.unchanged_to(name)``, or a list (or any iterable, e.g. a
+generator) of those. An exception fails that
 record: permanently, unless it is a ``culvert.RetryableError`` (or has a
 true ``retryable`` attribute), in which case the host retries the record.
+
+A handler that passes its input on exactly as it came (a filter, a router,
+a sampler) returns ``culvert.unchanged()``, or ``culvert.unchanged_to(name)``
+for a named route output. When the host offers the protocol's ``unchanged``
+capability (proto/SPEC.md, section 10), as Culvert's does, the SDK accepts
+it and answers with ``Output.unchanged``: the record is neither encoded nor
+written back, and the host uses the one it sent. With another host the SDK
+sends the record itself. A handler that changes its record returns the
+record instead.
 
 Before any handler, init or shutdown code runs, ``run`` moves the protocol
 to private copies of fds 0 and 1, points fd 1 (and ``sys.stdout``) at stderr
@@ -46,7 +56,7 @@ from culvert.v1 import record_pb2 as _rpb
 __all__ = [
     "Batch", "DEFAULT_AGENT", "Header", "InitContext", "Output", "Position",
     "ProtocolError", "Record", "RetryableError", "VERSION", "run",
-    "run_batch", "serve", "to",
+    "run_batch", "serve", "to", "unchanged", "unchanged_to",
 ]
 
 Record = _rpb.Record
@@ -59,6 +69,8 @@ ProtocolError = _framing.ProtocolError
 VERSION = 1
 #: The Ready.agent sent unless run(agent=...) says otherwise.
 DEFAULT_AGENT = "culvert-sdk-python/1"
+#: The protocol capability behind unchanged() and unchanged_to().
+_CAP_UNCHANGED = "unchanged"
 
 
 class RetryableError(Exception):
@@ -74,21 +86,51 @@ class RetryableError(Exception):
 
 
 class Output:
-    """One emitted record aimed at a named route output (see ``to``)."""
+    """One output of a handler: a record aimed at a route output.
 
-    __slots__ = ("record", "to")
+    ``to`` names the route output ("": the default destination). Made by
+    ``to(name, record)`` with a record, or by ``unchanged()`` and
+    ``unchanged_to(name)`` with ``unchanged`` true and no record: the input
+    record, exactly as the host sent it.
+    """
 
-    def __init__(self, record, to=""):
+    __slots__ = ("record", "to", "unchanged")
+
+    def __init__(self, record=None, to="", unchanged=False):
         self.record = record
         self.to = to
+        self.unchanged = unchanged
 
     def __repr__(self):
-        return f"Output(to={self.to!r}, record id={self.record.id!r})"
+        if self.unchanged:
+            return f"Output(to={self.to!r}, unchanged=True)"
+        rid = self.record.id if self.record is not None else None
+        return f"Output(to={self.to!r}, record id={rid!r})"
 
 
 def to(output, record):
     """Return ``record`` as an output aimed at the route output named ``output``."""
     return Output(record, output)
+
+
+def unchanged():
+    """Return the input record, exactly as it came, as an output to the default destination.
+
+    ``return culvert.unchanged()`` passes the record on without sending it
+    back when the host offers the ``unchanged`` capability (the answer is
+    two bytes, and the host uses the record it sent); otherwise the SDK
+    sends the input record, as ``return record`` would. It stands for the
+    input as the host sent it: changes the handler made to the record are
+    lost once the capability is in use, so a handler that changes its record
+    returns the record. A handler can return the Output alone or in a list
+    with others.
+    """
+    return Output(None, "", True)
+
+
+def unchanged_to(output):
+    """Return ``unchanged()`` aimed at the route output named ``output``."""
+    return Output(None, output, True)
 
 
 class Batch:
@@ -230,6 +272,9 @@ class _Server:
         self.shutdown = shutdown
         self.agent = agent
         self.max = _framing.DEFAULT_MAX_FRAME
+        # True once the host offered the "unchanged" capability and Ready
+        # accepted it: unchanged() outputs then go out as Output.unchanged.
+        self.unchanged = False
 
     def next(self):
         body = _framing.read_frame(self.infile, self.max)
@@ -296,6 +341,9 @@ class _Server:
         out = _fpb.FunctionMessage()
         out.ready.version = VERSION
         out.ready.agent = self.agent
+        if _CAP_UNCHANGED in hello.capabilities:
+            self.unchanged = True
+            out.ready.capabilities.append(_CAP_UNCHANGED)
         self.write(out)
 
     def refuse(self, message, retryable):
@@ -326,7 +374,8 @@ class _Server:
         except Exception as e:  # noqa: BLE001 - fails the whole batch, not the process
             _log_exception(f"batch {b.id} of {n} records", e)
             results = [e] * n
-        parts = [_result_bytes(r, recs[i]) for i, r in enumerate(results)]
+        u = self.unchanged
+        parts = [_result_bytes(r, recs[i], u) for i, r in enumerate(results)]
         body = _result_body(b.id, parts)
         if len(body) > self.max:
             body = self.shrink(b.id, parts)
@@ -358,8 +407,12 @@ _OUTPUTS = b"\x0a"  # RecordResult.outputs (1, LEN)
 _FAILURE = b"\x12"  # RecordResult.failure (2, LEN)
 _RECORD = b"\x0a"  # Output.record (1, LEN)
 _OUTPUT = b"\x12"  # Output.output (2, LEN)
+_UNCHANGED = b"\x18\x01"  # Output.unchanged (3, varint) = true
 _VARINTS = [_framing.encode_length(i) for i in range(1 << 12)]
 _EMPTY_RESULT = _RESULTS + b"\x00"
+# One output, Output.unchanged to the default destination: what unchanged()
+# sends once the capability is in use.
+_UNCHANGED_RESULT = _RESULTS + b"\x04" + _OUTPUTS + b"\x02" + _UNCHANGED
 
 
 def _varint(n):
@@ -379,12 +432,18 @@ def _failure_bytes(message, retryable):
     return _RESULTS + _varint(len(rr)) + rr
 
 
-def _result_bytes(r, rec):
-    """One BatchResult.results field for a handler's result r for input rec."""
+def _result_bytes(r, rec, unchanged=False):
+    """One BatchResult.results field for a handler's result r for input rec.
+
+    ``unchanged`` says whether the capability is in use: an unchanged()
+    output is then Output.unchanged, else the input record's bytes.
+    """
     if r is None:
         return _EMPTY_RESULT
     if isinstance(r, BaseException):
         return _failure_bytes(_message(r), _retryable(r))
+    if unchanged and type(r) is Output and r.unchanged and not r.to and r.record is None:
+        return _UNCHANGED_RESULT
     try:
         if isinstance(r, (list, tuple)):
             items = r
@@ -403,7 +462,18 @@ def _result_bytes(r, rec):
             name = b""
             if type(item) is Output:
                 name = item.to.encode() if item.to else b""
-                item = item.record
+                if item.unchanged:
+                    if item.record is not None:
+                        raise TypeError("an unchanged output has no record: return the record itself to send it")
+                    if unchanged:
+                        # The input record as the host sent it: named, not
+                        # sent back (SPEC.md 4.3, 6 and 10).
+                        ob = (_OUTPUT + _varint(len(name)) + name if name else b"") + _UNCHANGED
+                        outs.append(_OUTPUTS + _varint(len(ob)) + ob)
+                        continue
+                    item = rec  # without the capability: the record, as an echo sends it
+                else:
+                    item = item.record
             if type(item) is not Record:
                 raise TypeError(f"an output must be a culvert.Record or culvert.Output, not {type(item).__name__}")
             rb = item.SerializeToString()

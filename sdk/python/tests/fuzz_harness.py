@@ -3,7 +3,9 @@ sdk/python/fuzz_test.go. It reads inputs as 4-byte big-endian lengths and
 bytes on stdin; for each it runs culvert.serve over a Hello followed by the
 input, checks that every frame written decodes, and answers one line on
 stdout: "ok" when the SDK coped (a ProtocolError or a refused handshake
-counts), or "bug: <traceback>" for anything else."""
+counts), or "bug: <traceback>" for anything else. The Hello offers the
+"unchanged" capability to inputs of even length, so that culvert.unchanged()
+answers go out both ways."""
 
 import io
 import os
@@ -23,6 +25,10 @@ def handle(record, batch):
         raise culvert.RetryableError("requested")
     if record.value == b"two":
         return [record, culvert.to("named", record)]
+    if record.value == b"same":
+        return [culvert.unchanged(), culvert.unchanged_to("named")]
+    if len(record.value) % 2:
+        return culvert.unchanged()
     return record
 
 
@@ -32,6 +38,8 @@ def one(data, out):
     hello = fpb.HostMessage()
     hello.hello.versions.append(1)
     hello.hello.max_frame_bytes = 1 << 16
+    if len(data) % 2 == 0:
+        hello.hello.capabilities.append("unchanged")
     body = hello.SerializeToString()
     stream = io.BytesIO(_framing.encode_length(len(body)) + body + data)
     try:

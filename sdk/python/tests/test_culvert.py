@@ -25,6 +25,7 @@ def frame(msg):
 def hello(**kw):
     m = fpb.HostMessage()
     m.hello.versions.extend(kw.pop("versions", [1]))
+    m.hello.capabilities.extend(kw.pop("capabilities", []))
     m.hello.context.function = "fn"
     for k, v in kw.items():
         setattr(m.hello, k, v)
@@ -73,8 +74,8 @@ def frames_of(data):
         out.append(m)
 
 
-def serve(handler, *msgs, batch_handler=False, **kw):
-    """Run culvert.serve over msgs; return (frames written, exception raised)."""
+def serve_raw(handler, *msgs, batch_handler=False, **kw):
+    """Run culvert.serve over msgs; return (bytes written, exception raised)."""
     infile = io.BytesIO(b"".join(frame(m) for m in msgs))
     with tempfile.TemporaryFile() as out:
         err = None
@@ -84,7 +85,24 @@ def serve(handler, *msgs, batch_handler=False, **kw):
         except Exception as e:  # noqa: BLE001
             err = e
         out.seek(0)
-        return frames_of(out.read()), err
+        return out.read(), err
+
+
+def serve(handler, *msgs, **kw):
+    """Run culvert.serve over msgs; return (frames written, exception raised)."""
+    data, err = serve_raw(handler, *msgs, **kw)
+    return frames_of(data), err
+
+
+def raw_frames(data):
+    """The bodies of the frames in data, undecoded."""
+    f = io.BytesIO(data)
+    out = []
+    while True:
+        body = _framing.read_frame(f, 64 << 20)
+        if body is None:
+            return out
+        out.append(body)
 
 
 class FramingTest(unittest.TestCase):
@@ -276,6 +294,140 @@ class ServeTest(unittest.TestCase):
         rs = got[1].result.results
         self.assertEqual(rs[0].outputs[0].record.value, b"s" * 200)
         self.assertIn("exceed the frame limit of 4096 bytes", rs[1].failure.message)
+
+
+def pass_unchanged(r, b):
+    """Passes records with unchanged(): "drop" is dropped, "keep-x" goes to
+    output x and to the default destination, the rest to the default."""
+    if r.value == b"drop":
+        return None
+    if r.value == b"keep-x":
+        return [culvert.unchanged_to("x"), culvert.unchanged()]
+    return culvert.unchanged()
+
+
+def echo(r, b):
+    """What pass_unchanged answers, with the records themselves."""
+    if r.value == b"drop":
+        return None
+    if r.value == b"keep-x":
+        return [culvert.to("x", r), r]
+    return r
+
+
+def unchanged_records():
+    return [
+        rec("a", b"\x00\xff binary", key=b"k", headers=[("h", b"1"), ("h", b"2")]),
+        rec("b", b"keep-x", headers=[("only", b"")]),
+        rec("c", b"drop"),
+    ]
+
+
+class UnchangedTest(unittest.TestCase):
+    """The "unchanged" capability (proto/SPEC.md 4.3, 6 and 10)."""
+
+    def test_with_the_capability(self):
+        for name, batch_handler, h in [
+            ("per record", False, pass_unchanged),
+            ("per batch", True, lambda recs, b: [pass_unchanged(r, b) for r in recs]),
+        ]:
+            with self.subTest(name):
+                data, err = serve_raw(h, hello(capabilities=["log-frames", "unchanged", "some-future-capability"]),
+                                      batch(1, *unchanged_records()), shutdown(), batch_handler=batch_handler)
+                self.assertIsNone(err)
+                got = frames_of(data)
+                self.assertEqual([m.WhichOneof("msg") for m in got], ["ready", "result"])
+                self.assertEqual(list(got[0].ready.capabilities), ["unchanged"])
+                rs = got[1].result.results
+                self.assertEqual(len(rs), 3)
+                for r in rs:
+                    self.assertFalse(r.HasField("failure"))
+                    for o in r.outputs:
+                        self.assertTrue(o.unchanged)
+                        self.assertFalse(o.HasField("record"))
+                self.assertEqual([[o.output for o in r.outputs] for r in rs], [[""], ["x", ""], []])
+                # Every byte of the result: Output.unchanged is field 3, varint 1,
+                # after Output.output when that is set; no record field.
+                want = fpb.FunctionMessage()
+                want.result.batch_id = 1
+                want.result.results.add().outputs.add(unchanged=True)
+                two = want.result.results.add()
+                two.outputs.add(output="x", unchanged=True)
+                two.outputs.add(unchanged=True)
+                want.result.results.add()
+                body = raw_frames(data)[1]
+                self.assertEqual(body, want.SerializeToString())
+                self.assertEqual(body, b"\x92\x01\x17\x08\x01"
+                                       b"\x12\x04\x0a\x02\x18\x01"
+                                       b"\x12\x0b\x0a\x05\x12\x01x\x18\x01\x0a\x02\x18\x01"
+                                       b"\x12\x00")
+
+    def test_without_it_the_records_are_sent_back(self):
+        for name, caps in [("not offered", []), ("other capabilities", ["log-frames"])]:
+            with self.subTest(name):
+                msgs = [hello(capabilities=caps), batch(1, *unchanged_records()), batch(2, rec("d", b"x")), shutdown()]
+                data, err = serve_raw(pass_unchanged, *msgs)
+                self.assertIsNone(err)
+                want, err = serve_raw(echo, *msgs)
+                self.assertIsNone(err)
+                self.assertEqual(data, want)  # byte-equal to an echo
+                got = frames_of(data)
+                self.assertEqual(list(got[0].ready.capabilities), [])
+                rs = got[1].result.results
+                recs = unchanged_records()
+                self.assertEqual(rs[0].outputs[0].record, recs[0])
+                self.assertEqual([(o.output, o.record) for o in rs[1].outputs], [("x", recs[1]), ("", recs[1])])
+                self.assertEqual(len(rs[2].outputs), 0)
+                for r in rs:
+                    for o in r.outputs:
+                        self.assertFalse(o.unchanged)
+
+    def test_offered_records_are_still_sent(self):
+        msgs = [batch(1, *unchanged_records()), shutdown()]
+        data, err = serve_raw(echo, hello(capabilities=["unchanged"]), *msgs)
+        self.assertIsNone(err)
+        got = frames_of(data)
+        self.assertEqual(list(got[0].ready.capabilities), ["unchanged"])
+        rs = got[1].result.results
+        recs = unchanged_records()
+        self.assertEqual(rs[0].outputs[0].record, recs[0])
+        self.assertEqual([(o.output, o.record) for o in rs[1].outputs], [("x", recs[1]), ("", recs[1])])
+        for r in rs:
+            for o in r.outputs:
+                self.assertFalse(o.unchanged)
+        # The result is the one an echo sends to a host without the capability.
+        want, err = serve_raw(echo, hello(), *msgs)
+        self.assertIsNone(err)
+        self.assertEqual(raw_frames(data)[1:], raw_frames(want)[1:])
+
+    def test_mixed_and_misused(self):
+        def handle(r, b):
+            if r.value == b"mixed":
+                return (o for o in [culvert.Record(value=b"new"), culvert.unchanged_to("x")])
+            if r.value == b"both":
+                return culvert.Output(r, "", True)
+            return culvert.unchanged()
+
+        for caps in ([], ["unchanged"]):
+            with self.subTest(caps=caps):
+                got, err = serve(handle, hello(capabilities=caps), batch(1, rec("m", b"mixed"), rec("b", b"both")))
+                self.assertIsNone(err)
+                rs = got[1].result.results
+                self.assertEqual(rs[0].outputs[0].record.value, b"new")
+                self.assertEqual(rs[0].outputs[1].output, "x")
+                self.assertEqual(rs[0].outputs[1].unchanged, bool(caps))
+                self.assertEqual(rs[0].outputs[1].HasField("record"), not caps)
+                self.assertIn("an unchanged output has no record", rs[1].failure.message)
+                self.assertEqual(len(rs[1].outputs), 0)
+
+    def test_api(self):
+        o = culvert.unchanged()
+        self.assertIsInstance(o, culvert.Output)
+        self.assertEqual((o.record, o.to, o.unchanged), (None, "", True))
+        o = culvert.unchanged_to("alerts")
+        self.assertEqual((o.record, o.to, o.unchanged), (None, "alerts", True))
+        self.assertEqual(repr(o), "Output(to='alerts', unchanged=True)")
+        self.assertFalse(culvert.to("x", culvert.Record()).unchanged)
 
 
 class StdoutTakenTest(unittest.TestCase):

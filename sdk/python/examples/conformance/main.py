@@ -3,7 +3,9 @@
 appendix A), so that `culvert fn conform -- /usr/bin/python3 main.py` can
 drive every rule: with CULVERT_CONFORMANCE=1 in its environment, a record's
 `culvert-conformance` header asks it to echo, emit N copies, drop, fail,
-fail retryably or print to stdout. Every other record is echoed.
+fail retryably or print to stdout. Every other record is echoed, with
+culvert.unchanged(): a host offering the "unchanged" capability (the kit's
+rule of that name checks it) gets Output.unchanged, any other the record.
 
 With --batch it serves the same answers through the per-batch API
 (culvert.run_batch), failing single records by putting an exception in
@@ -31,7 +33,7 @@ def directive(record):
 def handle(record, batch):
     d = directive(record) if ENABLED else None
     if d is None or d == b"echo":
-        return record
+        return culvert.unchanged()
     if d == b"drop":
         return None
     if d == b"fail":
@@ -46,7 +48,7 @@ def handle(record, batch):
         return [copy] * int(m.group(1))
     if d.startswith(b"stdout=") and all(0x20 <= c <= 0x7E for c in d[7:]):
         print(d[7:].decode())
-        return record
+        return culvert.unchanged()
     raise ValueError(f"{HEADER}: unknown directive {d!r} (echo, emit=N, drop, fail, retry, stdout=TEXT)")
 
 
