@@ -4,6 +4,7 @@ package sdk_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -119,7 +120,9 @@ func newRuntime(t *testing.T) *container.Runtime {
 	if err := os.Chmod(filepath.Dir(state), 0o711); err != nil {
 		t.Fatal(err)
 	}
-	parent := "culvert-sdk-test-" + strings.ToLower(filepath.Base(state))
+	// The process id keeps test binaries that run at once apart: t.TempDir
+	// names the first directory of each test 001.
+	parent := fmt.Sprintf("culvert-sdk-test-%d-%s", os.Getpid(), strings.ToLower(filepath.Base(state)))
 	rt, err := container.New(container.Options{
 		StateDir: state, CgroupParent: parent,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

@@ -2,11 +2,12 @@
 // written with each SDK (Go, Python, Node, C), in the same run, so that
 // the other languages are reported as ratios to the Go SDK.
 //
-//	go run ./bench/sdkhop [-records 200000] [-batch 1000] [-value 100] [-runs 3] [-langs go,go-pass,python,node,c]
+//	go run ./bench/sdkhop [-records 200000] [-batch 1000] [-value 100] [-runs 3] [-langs go,go-emit,python,node,c]
 //
-// "go" is the Go passthrough returning each record with culvert.Emit, as
-// the other SDKs' passthroughs do; "go-pass" answers with culvert.Pass
-// (the protocol's "unchanged" capability: the records are not sent back).
+// Every SDK's passthrough answers with its form of the protocol's
+// "unchanged" capability (culvert.Pass in Go): the records are not sent
+// back. "go-emit" is the Go passthrough returning each record with
+// culvert.Emit instead, which sends it back.
 //
 // Run it from the repository root after `make deps` (it needs
 // /usr/bin/python3 with python3-protobuf, node with sdk/node/node_modules,
@@ -52,7 +53,7 @@ func main() {
 	valueSize := flag.Int("value", 100, "value size in bytes")
 	runs := flag.Int("runs", 3, "measurements per language; the median is printed")
 	inflight := flag.Int("inflight", 2, "batches outstanding per instance")
-	langs := flag.String("langs", "go,go-pass,python,node,c", "SDKs to measure, in this order")
+	langs := flag.String("langs", "go,go-emit,python,node,c", "SDKs to measure, in this order")
 	flag.Parse()
 	if err := run(os.Stdout, *records, *batch, *valueSize, *runs, *inflight, strings.Split(*langs, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "sdkhop:", err)
@@ -125,15 +126,14 @@ func run(w io.Writer, records, batch, valueSize, runs, inflight int, names []str
 // passthrough example.
 func prepare(name, root, dir string) (lang, error) {
 	switch name {
-	case "go", "go-pass":
+	case "go", "go-emit":
 		if err := command(root, "go", "build", "-o", dir, "./examples/functions/passthrough"); err != nil {
 			return lang{}, fmt.Errorf("building the Go passthrough: %w", err)
 		}
-		if name == "go-pass" { // culvert.Pass: the records are not sent back
-			return lang{name: name, path: filepath.Join(dir, "passthrough")}, nil
+		if name == "go-emit" { // culvert.Emit: each record is sent back
+			return lang{name: name, path: filepath.Join(dir, "passthrough"), args: []string{"--emit"}}, nil
 		}
-		// culvert.Emit: each record is sent back, as the other SDKs do.
-		return lang{name: name, path: filepath.Join(dir, "passthrough"), args: []string{"--emit"}}, nil
+		return lang{name: name, path: filepath.Join(dir, "passthrough")}, nil
 	case "python":
 		return lang{name: name, path: "/usr/bin/python3", args: []string{filepath.Join(root, "sdk/python/examples/passthrough/main.py")}}, nil
 	case "node":
@@ -150,7 +150,7 @@ func prepare(name, root, dir string) (lang, error) {
 		}
 		return lang{name: name, path: out}, nil
 	}
-	return lang{}, fmt.Errorf("unknown SDK %q (want go, go-pass, python, node or c)", name)
+	return lang{}, fmt.Errorf("unknown SDK %q (want go, go-emit, python, node or c)", name)
 }
 
 func command(dir, name string, args ...string) error {
