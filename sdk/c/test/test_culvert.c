@@ -623,16 +623,22 @@ static void test_stdout_taken(void) {
 static const char *const offer_unchanged[] = {"log-frames", "unchanged", "some-future-capability"};
 static const char *const offer_other[] = {"log-frames"};
 
+/* keep_name: whether in's value is "keep-NAME", with NAME copied to name. */
+static int keep_name(const culvert_record *in, char *name, size_t size) {
+    if (in->value.len <= 5 || memcmp(in->value.data, "keep-", 5) != 0) return 0;
+    copy_str(name, size, (culvert_bytes){in->value.data + 5, in->value.len - 5});
+    return 1;
+}
+
 /* pass_rec passes records on as they came: "drop" is consumed, a value
  * "keep-NAME" goes to the default output and to NAME, others to the
  * default output. */
 static int pass_rec(void *u, const culvert_batch *b, const culvert_record *in, culvert_out *out) {
     (void)u;
     (void)b;
+    char name[32];
     if (eq(in->value, "drop")) return 0;
-    if (in->value.len > 5 && memcmp(in->value.data, "keep-", 5) == 0) {
-        char name[32];
-        copy_str(name, sizeof name, (culvert_bytes){in->value.data + 5, in->value.len - 5});
+    if (keep_name(in, name, sizeof name)) {
         if (culvert_pass(out, NULL) < 0) return -1;
         return culvert_pass(out, name);
     }
@@ -643,10 +649,9 @@ static int pass_rec(void *u, const culvert_batch *b, const culvert_record *in, c
 static int emit_rec(void *u, const culvert_batch *b, const culvert_record *in, culvert_out *out) {
     (void)u;
     (void)b;
+    char name[32];
     if (eq(in->value, "drop")) return 0;
-    if (in->value.len > 5 && memcmp(in->value.data, "keep-", 5) == 0) {
-        char name[32];
-        copy_str(name, sizeof name, (culvert_bytes){in->value.data + 5, in->value.len - 5});
+    if (keep_name(in, name, sizeof name)) {
         if (culvert_emit(out, in, NULL) < 0) return -1;
         return culvert_emit(out, in, name);
     }

@@ -63,15 +63,12 @@ def shutdown():
 
 def frames_of(data):
     """Decode every FunctionMessage in data."""
-    f = io.BytesIO(data)
     out = []
-    while True:
-        body = _framing.read_frame(f, 64 << 20)
-        if body is None:
-            return out
+    for body in raw_frames(data):
         m = fpb.FunctionMessage()
         m.ParseFromString(body)
         out.append(m)
+    return out
 
 
 def serve_raw(handler, *msgs, batch_handler=False, **kw):
