@@ -483,12 +483,14 @@ func catHop(brokers []string, n, run int) (float64, error) {
 		for range n {
 			if _, err := io.ReadFull(r, hdr[:]); err != nil {
 				readErr <- fmt.Errorf("reading cat's output: %w", err)
+				_ = cat.Process.Kill() // the writer then fails instead of filling the pipes
 				return
 			}
 			kl, vl := binary.LittleEndian.Uint32(hdr[:4]), binary.LittleEndian.Uint32(hdr[4:])
 			b := make([]byte, kl+vl)
 			if _, err := io.ReadFull(r, b); err != nil {
 				readErr <- fmt.Errorf("reading cat's output: %w", err)
+				_ = cat.Process.Kill() // the writer then fails instead of filling the pipes
 				return
 			}
 			key, val := b[:kl:kl], b[kl:]

@@ -224,16 +224,23 @@ func (d *resultDecoder) output(b []byte) bool {
 }
 
 // badUnchanged names what is wrong with the Output.unchanged fields of br,
-// if anything: sent without the capability in use, or beside a record.
-func badUnchanged(br *culvertv1.BatchResult, allowed bool) string {
+// if anything: sent without the capability in use, or beside a record. in
+// are the records of the batch br answers, when known (nil otherwise), to
+// name the record.
+func badUnchanged(br *culvertv1.BatchResult, allowed bool, in []*culvertv1.Record) string {
 	for i, rr := range br.GetResults() {
 		for j, o := range rr.GetOutputs() {
+			where := fmt.Sprintf("output %d of result %d", j, i)
+			if i < len(in) {
+				where += fmt.Sprintf(" (record %s)", in[i].GetId())
+			}
+			where += fmt.Sprintf(" of batch %d", br.GetBatchId())
 			switch {
 			case !o.GetUnchanged():
 			case !allowed:
-				return fmt.Sprintf("output %d of result %d of batch %d sets unchanged, but the function did not accept the %q capability in Ready", j, i, br.GetBatchId(), CapUnchanged)
+				return where + fmt.Sprintf(" sets unchanged, but the function did not accept the %q capability in Ready", CapUnchanged)
 			case o.Record != nil:
-				return fmt.Sprintf("output %d of result %d of batch %d sets both unchanged and record", j, i, br.GetBatchId())
+				return where + " sets both unchanged and record"
 			}
 		}
 	}

@@ -41,7 +41,7 @@ func passthroughResult(id uint64, n int) *culvertv1.FunctionMessage {
 // use).
 func viaProto(b []byte, unchangedOK bool) (d *resultDecoder, ok bool) {
 	m := &culvertv1.FunctionMessage{}
-	if proto.Unmarshal(b, m) != nil || m.GetResult() == nil || badUnchanged(m.GetResult(), unchangedOK) != "" {
+	if proto.Unmarshal(b, m) != nil || m.GetResult() == nil || badUnchanged(m.GetResult(), unchangedOK, nil) != "" {
 		return nil, false
 	}
 	d = &resultDecoder{}
@@ -319,7 +319,7 @@ func TestUnchangedOutputs(t *testing.T) {
 				if err := proto.Unmarshal(tc.frame, m); err != nil {
 					t.Fatal(err)
 				}
-				if got := badUnchanged(m.GetResult(), tc.unchangedOK); accepted || !strings.Contains(got, tc.violation) {
+				if got := badUnchanged(m.GetResult(), tc.unchangedOK, in); accepted || !strings.Contains(got, tc.violation) {
 					t.Fatalf("fast path accepted: %v; violation %q, want one containing %q", accepted, got, tc.violation)
 				}
 				return

@@ -188,7 +188,11 @@ func (f *framed) readLoop(ready chan<- error) {
 		}
 		switch x := m.Msg.(type) {
 		case *culvertv1.FunctionMessage_Result:
-			if msg := badUnchanged(x.Result, f.dec.unchangedOK); msg != "" {
+			var in []*culvertv1.Record // to name the record in a violation
+			if sb := f.sent.head(); sb != nil && sb.id == x.Result.GetBatchId() {
+				in = sb.recs
+			}
+			if msg := badUnchanged(x.Result, f.dec.unchangedOK, in); msg != "" {
 				err = errors.New("bad unchanged output")
 				f.violation(msg)
 				return

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/culvert-dev/culvert/internal/fnhost"
+	"github.com/culvert-dev/culvert/internal/testbin"
 	culvertv1 "github.com/culvert-dev/culvert/proto/culvert/v1"
 	"github.com/culvert-dev/culvert/proto/framing"
 	"google.golang.org/protobuf/proto"
@@ -87,7 +89,8 @@ func peerConfig(mode string) fnhost.Config {
 
 // TestFramedUnchanged: an Output.unchanged comes back as the input record
 // under the rules of any output (a derived id, the input's source), from a
-// function that has no SDK, and from the SDK's Pass.
+// function that has no SDK, and from the SDK's Pass; both accept the
+// capability in Ready (the host logs what was accepted).
 func TestFramedUnchanged(t *testing.T) {
 	for _, tc := range []struct{ name string }{{"peer"}, {"sdk"}} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -95,7 +98,12 @@ func TestFramedUnchanged(t *testing.T) {
 			if tc.name == "sdk" {
 				cfg = config(fnhost.Framed, filepath.Join(bins, "passthrough"))
 			}
+			var log testbin.Buffer
+			cfg.Logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			inst := start(t, cfg)
+			if !strings.Contains(log.String(), "capabilities=[unchanged]") {
+				t.Fatalf("the function did not accept the unchanged capability; the host logged:\n%s", log.String())
+			}
 			in := records("a", "", "c")
 			in[2].ContentType = "text/plain"
 			res, err := call(t, inst, in)
@@ -129,8 +137,8 @@ func TestFramedUnchangedViolations(t *testing.T) {
 		mode string
 		want string
 	}{
-		{"unasked", `output 0 of result 0 of batch 1 sets unchanged, but the function did not accept the "unchanged" capability in Ready`},
-		{"with-record", "output 0 of result 0 of batch 1 sets both unchanged and record"},
+		{"unasked", `output 0 of result 0 (record r0) of batch 1 sets unchanged, but the function did not accept the "unchanged" capability in Ready`},
+		{"with-record", "output 0 of result 0 (record r0) of batch 1 sets both unchanged and record"},
 		{"other-capability", `Ready accepted capability "cancel" that the host did not offer (it offered [unchanged])`},
 	}
 	for _, tc := range tests {
