@@ -246,16 +246,25 @@ func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
 		close(ran)
 	}()
 
-	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(s.cfg.FetchBatch)}
+	// Pull requests live defaultPullExpiry (nats.go's own default is 30s),
+	// with heartbeats at half of that. Should the server hold no request of
+	// ours while nats.go believes one is open (a consumer with messages
+	// pending, nothing un-acked and no waiting pull, its iterator blocked),
+	// the missing heartbeats make the iterator forget what it thought was
+	// pending and pull again: such a stall lasts two heartbeats, not for
+	// good. A missed heartbeat is not an error that stops the input.
+	expiry := defaultPullExpiry
 	if s.cfg.Group != "" {
 		// The server keeps the pin while the holder's pull requests keep
 		// coming: an expiring request is renewed at least every third of
-		// the ttl, also while the consumer has nothing to deliver.
-		// Those short-lived requests have heartbeats at half their life
-		// (500ms for a 3s ttl): a missed one is not an error that stops
-		// the input; the iterator just sends a new pull request.
-		opts = append(opts, jetstream.PullPriorityGroup(s.cfg.Group), jetstream.PullExpiry(pullExpiry(s.cfg.PinnedTTL)),
-			jetstream.WithMessagesErrOnMissingHeartbeat(false))
+		// the ttl, also while the consumer has nothing to deliver (and
+		// heartbeats come every 500ms for a 3s ttl).
+		expiry = pullExpiry(s.cfg.PinnedTTL)
+	}
+	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(s.cfg.FetchBatch), jetstream.PullExpiry(expiry),
+		jetstream.WithMessagesErrOnMissingHeartbeat(false)}
+	if s.cfg.Group != "" {
+		opts = append(opts, jetstream.PullPriorityGroup(s.cfg.Group))
 	}
 	it, err := s.cons.Messages(opts...)
 	if err != nil {
@@ -289,6 +298,9 @@ func (s *Source) Run(ctx context.Context, h connectors.Handler) error {
 // pullExpiry is how long a pull request of a pinned group lives: a third
 // of the pin's ttl (at least 3s, so at least nats.go's minimum of 1s).
 func pullExpiry(ttl time.Duration) time.Duration { return ttl / 3 }
+
+// defaultPullExpiry is how long a pull request lives without a group.
+const defaultPullExpiry = 5 * time.Second
 
 // pinHeader carries the pin id on the messages of a pinned group.
 const pinHeader = "Nats-Pin-Id"
